@@ -1,0 +1,14 @@
+"""timm-tgr: sparse Vision MoE (V-MoE) and Teacher-Guided Routing (TGR-MoE) for timm.
+
+Importing the package registers its models with timm::
+
+    import timm, timm_tgr
+    model = timm.create_model('tgr_moe_deit_small', num_classes=100)
+"""
+from .version import __version__
+from .router import RouterOutput, TopKRouter
+from .moe import GroupedExperts, RoutingInfo, SparseMoE, assign_slots, expert_capacity
+from .vmoe_deit import (
+    MoEBlock, VMoEVisionTransformer, VMoEVisionTransformerDistilled, PAPER_MOE_LAYERS,
+)
+from . import losses

@@ -1,0 +1,293 @@
+"""Sparse top-K Mixture-of-Experts MLP with expert capacity, as in V-MoE.
+
+Three small pieces, kept apart so each can be replaced (e.g. by a grouped-GEMM fast path):
+
+- :class:`~timm_tgr.router.TopKRouter` picks experts,
+- :func:`assign_slots` turns the choices into buffer slots under the capacity limit,
+- :class:`GroupedExperts` runs all experts at once with batched matmuls.
+
+Nothing in the forward loops over experts in Python or reads a tensor value on the host,
+so ``torch.compile(fullgraph=True)`` captures the layer whole.
+
+Capacity (V-MoE): tokens are routed in groups; by default a group is one sample's N tokens,
+so a sample's output never depends on the other samples of the batch (``capacity_group='batch'``
+makes the whole batch one group). Each expert takes at most
+``C = ceil(S * K * capacity_factor / E)`` tokens of a group of S tokens. Choices are served
+k-major (all first choices before any second choice); within a rank, earlier tokens win, or with
+batch-prioritized routing (BPR) the tokens with the higher top-1 gate win. A choice beyond an
+expert's capacity is dropped: the token gets nothing from that expert and, if all its choices
+are dropped, passes through the block's residual connection only.
+"""
+import math
+from dataclasses import dataclass
+from typing import Optional, Type, Union
+
+import torch
+import torch.nn as nn
+
+from .losses import load_balance_loss, router_z_loss
+from .router import RouterOutput, TopKRouter
+
+__all__ = ['GroupedExperts', 'SparseMoE', 'RoutingInfo', 'assign_slots', 'expert_capacity']
+
+_CAPACITY_GROUPS = ('sample', 'batch')
+
+
+def expert_capacity(group_tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
+    """C = ceil(tokens * K * capacity_factor / E), at least 1."""
+    return max(1, math.ceil(group_tokens * top_k * capacity_factor / num_experts))
+
+
+def assign_slots(
+        expert_index: torch.Tensor,
+        gates: torch.Tensor,
+        num_experts: int,
+        batch_prioritized: bool = False,
+) -> torch.Tensor:
+    """Position of every (token, choice) in its expert's buffer.
+
+    Args:
+        expert_index: ``[G, S, K]`` chosen experts per group, token and rank.
+        gates: ``[G, S, K]`` their combine weights (BPR orders tokens by ``gates[..., 0]``).
+        num_experts: E.
+        batch_prioritized: serve tokens with a higher top-1 gate first instead of earlier tokens first.
+
+    Returns:
+        ``[G, S, K]`` int64 positions: the number of choices of the same expert in the same group
+        served before this one. A choice is kept iff its position is below the capacity C.
+    """
+    G, S, K = expert_index.shape
+    arange_s = torch.arange(S, device=expert_index.device)
+    if batch_prioritized:
+        order = torch.argsort(gates[..., 0].detach(), dim=1, descending=True, stable=True)
+        token_rank = torch.empty_like(order).scatter_(1, order, arange_s.expand(G, S))
+    else:
+        token_rank = arange_s.expand(G, S)
+    # priority of each choice: k-major, then token rank; unique within a group
+    ranks_k = torch.arange(K, device=expert_index.device) * S
+    priority = token_rank.unsqueeze(-1) + ranks_k  # [G, S, K]
+    flat_e = expert_index.reshape(G, S * K)
+    key = flat_e * (S * K) + priority.reshape(G, S * K)
+    sorted_key, perm = torch.sort(key, dim=1)
+    sorted_e = torch.div(sorted_key, S * K, rounding_mode='floor')
+    counts = torch.zeros(G, num_experts, dtype=torch.long, device=expert_index.device)
+    counts.scatter_add_(1, flat_e, torch.ones_like(flat_e))
+    starts = counts.cumsum(1) - counts
+    rank_in_expert = torch.arange(S * K, device=expert_index.device) - starts.gather(1, sorted_e)
+    position = torch.empty_like(rank_in_expert).scatter_(1, perm, rank_in_expert)
+    return position.view(G, S, K)
+
+
+class GroupedExperts(nn.Module):
+    """E two-layer MLP experts (fc1 -> act -> drop -> fc2 -> drop) evaluated with batched matmuls.
+
+    Weights are stored like E stacked ``nn.Linear`` layers (``fc1_weight`` is ``[E, hidden, dim]``),
+    so a dense timm ``Mlp`` can be copied into any expert (sparse upcycling).
+    Input ``[E, T, dim]`` (T slots per expert), output ``[E, T, dim]``.
+    """
+
+    def __init__(
+            self,
+            num_experts: int,
+            dim: int,
+            hidden_dim: int,
+            act_layer: Type[nn.Module] = nn.GELU,
+            bias: bool = True,
+            drop: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.num_experts = num_experts
+        self.fc1_weight = nn.Parameter(torch.empty(num_experts, hidden_dim, dim, **dd))
+        self.fc1_bias = nn.Parameter(torch.empty(num_experts, hidden_dim, **dd)) if bias else None
+        self.act = act_layer()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2_weight = nn.Parameter(torch.empty(num_experts, dim, hidden_dim, **dd))
+        self.fc2_bias = nn.Parameter(torch.empty(num_experts, dim, **dd)) if bias else None
+        self.drop2 = nn.Dropout(drop)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """timm's ViT init for every expert: truncated normal std 0.02, zero bias."""
+        for w in (self.fc1_weight, self.fc2_weight):
+            nn.init.trunc_normal_(w, std=.02)
+        for b in (self.fc1_bias, self.fc2_bias):
+            if b is not None:
+                nn.init.zeros_(b)
+
+    @staticmethod
+    def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        if bias is None:
+            return torch.bmm(x, weight.transpose(1, 2))
+        return torch.baddbmm(bias.unsqueeze(1).to(x.dtype), x, weight.transpose(1, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._linear(x, self.fc1_weight, self.fc1_bias)
+        x = self.drop1(self.act(x))
+        x = self._linear(x, self.fc2_weight, self.fc2_bias)
+        return self.drop2(x)
+
+
+@dataclass
+class RoutingInfo:
+    """Routing of one MoE layer in its last forward (tensors keep their autograd graph).
+
+    ``probs``/``logits``: ``[B, N, E]`` fp32; ``expert_index``/``gates``/``kept``: ``[B, N, K]``;
+    ``expert_counts``: ``[E]`` kept choices per expert; ``dropped_fraction``: share of the
+    B*N*K choices dropped by capacity; ``load_loss``/``z_loss``: unweighted L_load and z-loss;
+    ``aux_loss``: their weighted sum as configured on the layer.
+    """
+    probs: torch.Tensor
+    logits: torch.Tensor
+    expert_index: torch.Tensor
+    gates: torch.Tensor
+    kept: torch.Tensor
+    expert_counts: torch.Tensor
+    dropped_fraction: torch.Tensor
+    load_loss: torch.Tensor
+    z_loss: torch.Tensor
+    aux_loss: torch.Tensor
+
+
+class SparseMoE(nn.Module):
+    """Top-K sparse MoE replacement for a transformer MLP, on any ``[B, N, C]`` tensor.
+
+    The constructor takes timm ``Mlp``'s arguments (``in_features``, ``hidden_features``,
+    ``act_layer``, ``bias``, ``drop``), so it can be passed as a ViT block's ``mlp_layer``.
+
+    Args:
+        num_experts: E.
+        top_k: K.
+        capacity_factor: training capacity factor (> 0).
+        eval_capacity_factor: capacity factor in eval mode; None uses ``capacity_factor``.
+        router_noise_std: Gaussian noise std on router logits in training; ``'1/E'`` allowed.
+        batch_prioritized_routing: BPR (higher top-1 gate wins a full expert).
+        capacity_group: ``'sample'`` (each sample's tokens are one routing group) or ``'batch'``.
+        load_loss_weight: lambda_load of the importance (CV^2) loss in ``aux_loss``.
+        z_loss_weight: lambda of the ST-MoE router z-loss in ``aux_loss`` (0 disables).
+
+    After every forward, ``self.routing`` holds a :class:`RoutingInfo`. Setting
+    ``self.routing_override`` to a ``[B, N, E]`` probability tensor makes the next forwards choose
+    experts (and gates) from it instead of the router (the paper's teacher-route experiment).
+    """
+
+    def __init__(
+            self,
+            in_features: int,
+            hidden_features: Optional[int] = None,
+            out_features: Optional[int] = None,
+            act_layer: Type[nn.Module] = nn.GELU,
+            norm_layer: Optional[Type[nn.Module]] = None,
+            bias: bool = True,
+            drop: float = 0.,
+            num_experts: int = 8,
+            top_k: int = 1,
+            capacity_factor: float = 1.05,
+            eval_capacity_factor: Optional[float] = None,
+            router_noise_std: Union[float, str, None] = 1.0,
+            batch_prioritized_routing: bool = False,
+            capacity_group: str = 'sample',
+            load_loss_weight: float = 0.005,
+            z_loss_weight: float = 0.,
+            device=None,
+            dtype=None,
+            **kwargs,
+    ):
+        super().__init__()
+        if kwargs:
+            raise TypeError(f'SparseMoE got unexpected arguments {sorted(kwargs)}.')
+        if out_features not in (None, in_features):
+            raise ValueError('SparseMoE keeps the feature size: out_features must equal in_features.')
+        if norm_layer is not None:
+            raise ValueError('SparseMoE has no inner MLP norm; build the model with scale_mlp_norm=False.')
+        for name, cf in (('capacity_factor', capacity_factor), ('eval_capacity_factor', eval_capacity_factor)):
+            if cf is not None and not cf > 0:
+                raise ValueError(
+                    f'{name} must be > 0 (1.0 gives each expert an equal share of the tokens; larger drops '
+                    f'fewer tokens), got {cf}.')
+        if capacity_group not in _CAPACITY_GROUPS:
+            raise ValueError(f'capacity_group must be one of {_CAPACITY_GROUPS}, got {capacity_group!r}.')
+        hidden_features = hidden_features or in_features
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.capacity_factor = float(capacity_factor)
+        self.eval_capacity_factor = float(eval_capacity_factor) if eval_capacity_factor is not None else None
+        self.batch_prioritized_routing = batch_prioritized_routing
+        self.capacity_group = capacity_group
+        self.load_loss_weight = load_loss_weight
+        self.z_loss_weight = z_loss_weight
+        self.router = TopKRouter(
+            in_features, num_experts, top_k=top_k, noise_std=router_noise_std, device=device, dtype=dtype)
+        self.experts = GroupedExperts(
+            num_experts, in_features, hidden_features, act_layer=act_layer, bias=bias, drop=drop,
+            device=device, dtype=dtype)
+        self.routing: Optional[RoutingInfo] = None
+        self.routing_override: Optional[torch.Tensor] = None
+
+    def current_capacity_factor(self) -> float:
+        if not self.training and self.eval_capacity_factor is not None:
+            return self.eval_capacity_factor
+        return self.capacity_factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3:
+            raise ValueError(f'SparseMoE expects tokens as [B, N, C], got shape {tuple(x.shape)}.')
+        B, N, D = x.shape
+        route = self.router.route(self.router.compute_logits(x), probs=self.routing_override)
+        out, kept, counts = self._dispatch_combine(x, route)
+        self.routing = self._routing_info(route, kept, counts)
+        return out
+
+    def _dispatch_combine(self, x: torch.Tensor, route: RouterOutput):
+        B, N, D = x.shape
+        E, K = self.num_experts, self.top_k
+        G, S = (B, N) if self.capacity_group == 'sample' else (1, B * N)
+        capacity = expert_capacity(S, E, K, self.current_capacity_factor())
+        expert_index = route.expert_index.reshape(G, S, K)
+        gates = route.gates.reshape(G, S, K)
+        position = assign_slots(expert_index, gates, E, self.batch_prioritized_routing)
+        kept = position < capacity
+
+        # expert-major slots: expert e, group g, position c -> e * (G * C) + g * C + c;
+        # every dropped choice goes to one extra slot at the end, which is discarded
+        num_slots = E * G * capacity
+        group_base = (torch.arange(G, device=x.device) * capacity).view(G, 1, 1)
+        slot = expert_index * (G * capacity) + group_base + position
+        slot = torch.where(kept, slot, torch.full_like(slot, num_slots)).reshape(-1)
+
+        tokens = x.reshape(G, S, 1, D).expand(G, S, K, D).reshape(G * S * K, D)
+        buffer = x.new_zeros(num_slots + 1, D).index_copy(0, slot, tokens)
+        expert_out = self.experts(buffer[:num_slots].view(E, G * capacity, D)).reshape(num_slots, D)
+        expert_out = torch.cat([expert_out, expert_out.new_zeros(1, D)], dim=0)
+
+        weights = (gates * kept).to(expert_out.dtype).reshape(G * S * K, 1)
+        out = (expert_out.index_select(0, slot) * weights).view(B, N, K, D).sum(dim=2)
+        counts = torch.zeros(E, dtype=torch.long, device=x.device).scatter_add_(
+            0, expert_index.reshape(-1), kept.reshape(-1).long())
+        return out, kept.view(B, N, K), counts
+
+    def _routing_info(self, route: RouterOutput, kept: torch.Tensor, counts: torch.Tensor) -> RoutingInfo:
+        load = load_balance_loss(route.probs)
+        z = router_z_loss(route.logits) if self.z_loss_weight > 0 else load.new_zeros(())
+        aux = self.load_loss_weight * load + self.z_loss_weight * z
+        return RoutingInfo(
+            probs=route.probs,
+            logits=route.logits,
+            expert_index=route.expert_index,
+            gates=route.gates,
+            kept=kept,
+            expert_counts=counts,
+            dropped_fraction=1. - kept.float().mean(),
+            load_loss=load,
+            z_loss=z,
+            aux_loss=aux,
+        )
+
+    def extra_repr(self) -> str:
+        s = (f'num_experts={self.num_experts}, top_k={self.top_k}, capacity_factor={self.capacity_factor:g}, '
+             f'capacity_group={self.capacity_group!r}, bpr={self.batch_prioritized_routing}')
+        if self.eval_capacity_factor is not None:
+            s += f', eval_capacity_factor={self.eval_capacity_factor:g}'
+        return s

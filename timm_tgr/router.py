@@ -1,0 +1,106 @@
+"""Token-choice top-K router of V-MoE (Riquelme et al., 2021) in fp32.
+
+The router is a bias-free linear map from token features to E expert logits.
+During training Gaussian noise is added to the logits, the softmax is taken over
+*all* experts, and each token picks its top-K experts. The combine weight (gate)
+of a chosen expert is its probability under that softmax, not renormalized over
+the K choices: with K=1 a renormalized gate would be the constant 1 and the task
+loss would no longer reach the router. This is V-MoE's convention.
+"""
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ['RouterOutput', 'TopKRouter', 'resolve_noise_std']
+
+
+@dataclass
+class RouterOutput:
+    """What one routing decision holds; every tensor has the token axes of the input first.
+
+    Attributes:
+        logits: fp32 router logits before noise, ``[..., E]``.
+        probs: fp32 softmax over experts of the (noisy, in training) logits, ``[..., E]``:
+            the routing distribution p that the losses use.
+        expert_index: chosen experts, ``[..., K]`` (int64), best first.
+        gates: fp32 combine weights of the chosen experts, ``[..., K]`` (``probs`` at ``expert_index``).
+    """
+    logits: torch.Tensor
+    probs: torch.Tensor
+    expert_index: torch.Tensor
+    gates: torch.Tensor
+
+
+def resolve_noise_std(noise_std: Union[float, str, None], num_experts: int) -> float:
+    """Noise std on router logits: a number, or ``'1/E'`` for V-MoE's code convention."""
+    if noise_std is None:
+        return 0.
+    if isinstance(noise_std, str):
+        if noise_std.replace(' ', '').lower() in ('1/e', 'inv_experts'):
+            return 1. / num_experts
+        try:
+            noise_std = float(noise_std)
+        except ValueError:
+            raise ValueError(
+                f"router_noise_std={noise_std!r} is not understood: pass a number >= 0 "
+                f"(the paper uses 1.0) or '1/E' (V-MoE's code convention).") from None
+    if noise_std < 0:
+        raise ValueError(f'router_noise_std must be >= 0 (0 disables the noise), got {noise_std}.')
+    return float(noise_std)
+
+
+class TopKRouter(nn.Module):
+    """Linear fp32 router with training noise and top-K selection.
+
+    Args:
+        dim: token feature size.
+        num_experts: E.
+        top_k: K experts per token, 1 <= K <= E.
+        noise_std: std of the Gaussian noise added to the logits in training
+            (paper Table S1: 1.0; ``'1/E'`` selects V-MoE's code convention).
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_experts: int,
+            top_k: int = 1,
+            noise_std: Union[float, str, None] = 1.0,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        if num_experts < 1:
+            raise ValueError(f'num_experts must be >= 1, got {num_experts}.')
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(
+                f'top_k={top_k} is not in [1, num_experts={num_experts}]: each token picks top_k distinct '
+                f'experts, so lower top_k or raise num_experts.')
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.noise_std = resolve_noise_std(noise_std, num_experts)
+        self.proj = nn.Linear(dim, num_experts, bias=False, device=device, dtype=dtype)
+
+    def compute_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """fp32 logits ``[..., E]``, with autocast disabled so bf16/fp16 never reaches the router."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return F.linear(x.float(), self.proj.weight.float())
+
+    def route(self, logits: torch.Tensor, probs: Optional[torch.Tensor] = None) -> RouterOutput:
+        """Noise, softmax and top-K on given logits; ``probs`` overrides the choice (teacher-route)."""
+        routing_logits = logits
+        if self.training and self.noise_std > 0:
+            routing_logits = logits + torch.randn_like(logits) * self.noise_std
+        if probs is None:
+            probs = torch.softmax(routing_logits, dim=-1)
+        gates, expert_index = torch.topk(probs, self.top_k, dim=-1)
+        return RouterOutput(logits=logits, probs=probs, expert_index=expert_index, gates=gates)
+
+    def forward(self, x: torch.Tensor) -> RouterOutput:
+        return self.route(self.compute_logits(x))
+
+    def extra_repr(self) -> str:
+        return f'num_experts={self.num_experts}, top_k={self.top_k}, noise_std={self.noise_std:g}'

@@ -1,0 +1,293 @@
+"""V-MoE DeiT and TGR-MoE DeiT models for timm.
+
+A DeiT Vision Transformer whose MLP in some blocks is a sparse top-K Mixture-of-Experts
+(V-MoE, Riquelme et al. 2021), as used by TGR-MoE (Teacher-Guided Routing for Sparse Vision
+MoE, CVPR 2026, arXiv 2604.21330). Paper setup (supplement Table S1): DeiT Tiny/Small/Base,
+MoE in blocks 8, 10, 12 (1-based; ``moe_layers=(7, 9, 11)`` here, 0-based like timm's indices),
+K=1, E=16 for Tiny and 8 for Small/Base, bias-free routers.
+
+``tgr_moe_deit_*`` is the same student architecture as ``vmoe_deit_*``: teacher guidance is a
+training-time loss (``timm_tgr.guidance``), so a TGR-MoE model needs no teacher at inference.
+
+Two layouts are registered: ``*_deit_{tiny,small,base}`` on timm's plain DeiT
+(``VisionTransformer``), and ``*_distilled`` on DeiT's distilled layout (class + distillation
+token, two heads; ``VisionTransformerDistilled``), which reproduces Table S2's parameter counts.
+"""
+from functools import partial
+from typing import Dict, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import Mlp
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.deit import VisionTransformerDistilled
+from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
+
+from .moe import RoutingInfo, SparseMoE
+
+__all__ = ['MoEBlock', 'VMoEVisionTransformer', 'VMoEVisionTransformerDistilled', 'PAPER_MOE_LAYERS']
+
+PAPER_MOE_LAYERS = (7, 9, 11)  # blocks 8, 10, 12 of the paper, 0-based
+
+
+class MoEBlock(Block):
+    """timm ViT ``Block`` whose MLP is a :class:`SparseMoE` when its index is in ``moe_layers``."""
+
+    def __init__(self, *args, depth: int = 0, moe_layers: Sequence[int] = (), moe_cfg: Optional[dict] = None,
+                 mlp_layer=Mlp, **kwargs):
+        if depth in moe_layers:
+            mlp_layer = partial(SparseMoE, **(moe_cfg or {}))
+        super().__init__(*args, depth=depth, mlp_layer=mlp_layer, **kwargs)
+
+
+def _check_moe_layers(moe_layers: Sequence[int], depth: int) -> tuple:
+    layers = tuple(int(i) for i in moe_layers)
+    bad = [i for i in layers if not 0 <= i < depth]
+    if not layers or bad or len(set(layers)) != len(layers):
+        raise ValueError(
+            f'moe_layers={tuple(moe_layers)} is invalid for a model of depth {depth}: give distinct 0-based '
+            f'block indices in [0, {depth - 1}] (the paper\'s blocks 8, 10, 12 are moe_layers=(7, 9, 11)).')
+    return tuple(sorted(layers))
+
+
+class MoEVisionTransformerMixin:
+    """Turns a timm ViT class into a V-MoE ViT and gives it the routing API.
+
+    Keyword arguments (all reachable through ``timm.create_model``):
+        num_experts: E (paper: 16 Tiny, 8 Small/Base).
+        top_k: K (paper: 1).
+        moe_layers: 0-based indices of the blocks whose MLP becomes MoE (paper: (7, 9, 11)).
+        capacity_factor / eval_capacity_factor: expert capacity in train / eval mode.
+        router_noise_std: noise std on router logits in training, a number (paper: 1.0) or '1/E'.
+        batch_prioritized_routing: V-MoE's BPR.
+        capacity_group: 'sample' or 'batch' (see ``timm_tgr.moe``).
+        load_loss_weight: lambda_load per MoE layer (paper: 0.005).
+        z_loss_weight: ST-MoE router z-loss weight (0 = off; the paper's comparison uses 1e-3).
+    """
+
+    def __init__(
+            self,
+            *args,
+            num_experts: int = 8,
+            top_k: int = 1,
+            moe_layers: Sequence[int] = PAPER_MOE_LAYERS,
+            capacity_factor: float = 1.05,
+            eval_capacity_factor: Optional[float] = None,
+            router_noise_std: Union[float, str, None] = 1.0,
+            batch_prioritized_routing: bool = False,
+            capacity_group: str = 'sample',
+            load_loss_weight: float = 0.005,
+            z_loss_weight: float = 0.,
+            **kwargs,
+    ):
+        depth = kwargs.get('depth', 12)
+        moe_layers = _check_moe_layers(moe_layers, depth)
+        if kwargs.get('block_fn', Block) is not Block:
+            raise ValueError('V-MoE models build their own blocks; block_fn cannot be overridden.')
+        moe_cfg = dict(
+            num_experts=num_experts,
+            top_k=top_k,
+            capacity_factor=capacity_factor,
+            eval_capacity_factor=eval_capacity_factor,
+            router_noise_std=router_noise_std,
+            batch_prioritized_routing=batch_prioritized_routing,
+            capacity_group=capacity_group,
+            load_loss_weight=load_loss_weight,
+            z_loss_weight=z_loss_weight,
+        )
+        kwargs['block_fn'] = partial(MoEBlock, moe_layers=moe_layers, moe_cfg=moe_cfg)
+        super().__init__(*args, **kwargs)
+        self.moe_layers = moe_layers
+        self.num_experts = num_experts
+        self.top_k = top_k
+
+    # --- routing API -------------------------------------------------------------------------
+    def get_moe_layers(self) -> Dict[int, SparseMoE]:
+        """``{block index: SparseMoE}`` of the MoE blocks, in block order."""
+        return {i: self.blocks[i].mlp for i in self.moe_layers if i < len(self.blocks)}
+
+    def routing_infos(self) -> Dict[int, RoutingInfo]:
+        """``{block index: RoutingInfo}`` from the last forward (probs, chosen experts, drops, losses)."""
+        infos = {}
+        for i, moe in self.get_moe_layers().items():
+            if moe.routing is None:
+                raise RuntimeError('routing_infos() needs a forward pass first.')
+            infos[i] = moe.routing
+        return infos
+
+    def moe_aux_loss(self) -> torch.Tensor:
+        """Sum over MoE layers of lambda_load * L_load (+ lambda_z * z-loss) of the last forward."""
+        return torch.stack([info.aux_loss for info in self.routing_infos().values()]).sum()
+
+    def set_routing_override(self, probs: Optional[Dict[int, torch.Tensor]]) -> None:
+        """Route MoE block i from ``probs[i]`` ([B, N, E]) instead of its router; None restores the routers."""
+        probs = probs or {}
+        unknown = set(probs) - set(self.moe_layers)
+        if unknown:
+            raise ValueError(f'routing override for blocks {sorted(unknown)}, but the MoE blocks are {self.moe_layers}.')
+        for i, moe in self.get_moe_layers().items():
+            moe.routing_override = probs.get(i)
+
+    # --- input checks ------------------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4:
+            raise ValueError(f'{type(self).__name__} expects images as [B, C, H, W], got shape {tuple(x.shape)}.')
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f'input has {x.shape[1]} channels but the model was built with in_chans={self.in_chans}: '
+                f'create it with in_chans={x.shape[1]} or convert the images to {self.in_chans} channels.')
+        pe = self.patch_embed
+        if not self.dynamic_img_size and getattr(pe, 'strict_img_size', False) and pe.img_size is not None:
+            if tuple(x.shape[-2:]) != tuple(pe.img_size):
+                raise ValueError(
+                    f'input is {x.shape[-2]}x{x.shape[-1]} but the model was built for '
+                    f'{pe.img_size[0]}x{pe.img_size[1]}: resize the images, or create the model with '
+                    f'img_size=({x.shape[-2]}, {x.shape[-1]}) (or dynamic_img_size=True).')
+
+    def forward_features(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        self._check_input(x)
+        return super().forward_features(x, *args, **kwargs)
+
+    def forward_intermediates(self, x: torch.Tensor, *args, **kwargs):
+        self._check_input(x)
+        return super().forward_intermediates(x, *args, **kwargs)
+
+
+class VMoEVisionTransformer(MoEVisionTransformerMixin, VisionTransformer):
+    """V-MoE on timm's plain DeiT / ViT layout (one class token, one head)."""
+
+
+class VMoEVisionTransformerDistilled(MoEVisionTransformerMixin, VisionTransformerDistilled):
+    """V-MoE on DeiT's distilled layout (class and distillation tokens, two heads).
+
+    Behaves like timm's ``VisionTransformerDistilled``: ``set_distilled_training(True)`` makes
+    the training forward return ``(logits, dist_logits)`` for timm's TokenDistillationTask.
+    """
+
+
+def _create_vmoe_deit(variant: str, pretrained: bool = False, distilled: bool = False, **kwargs):
+    out_indices = kwargs.pop('out_indices', 3)
+    model_cls = VMoEVisionTransformerDistilled if distilled else VMoEVisionTransformer
+    return build_model_with_cfg(
+        model_cls,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+def _cfg(distilled: bool = False, tgr: bool = False, **kwargs) -> dict:
+    method = 'TGR-MoE' if tgr else 'V-MoE'
+    return {
+        'url': '',
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'fixed_input_size': True,
+        'crop_pct': .875, 'interpolation': 'bicubic',
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.proj', 'classifier': ('head', 'head_dist') if distilled else 'head',
+        'license': 'apache-2.0',
+        'paper_name': 'Teacher-Guided Routing for Sparse Vision Mixture-of-Experts' if tgr
+        else 'Scaling Vision with Sparse Mixture of Experts',
+        'paper_ids': 'arXiv:2604.21330' if tgr else 'arXiv:2106.05974',
+        'notes': (f'{method} DeiT architecture only: no pretrained weights are published for it yet.',),
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'vmoe_deit_tiny': _cfg(),
+    'vmoe_deit_small': _cfg(),
+    'vmoe_deit_base': _cfg(),
+    'vmoe_deit_tiny_distilled': _cfg(distilled=True),
+    'vmoe_deit_small_distilled': _cfg(distilled=True),
+    'vmoe_deit_base_distilled': _cfg(distilled=True),
+    'tgr_moe_deit_tiny': _cfg(tgr=True),
+    'tgr_moe_deit_small': _cfg(tgr=True),
+    'tgr_moe_deit_base': _cfg(tgr=True),
+    'tgr_moe_deit_tiny_distilled': _cfg(distilled=True, tgr=True),
+    'tgr_moe_deit_small_distilled': _cfg(distilled=True, tgr=True),
+    'tgr_moe_deit_base_distilled': _cfg(distilled=True, tgr=True),
+})
+
+_TINY = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, num_experts=16)
+_SMALL = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, num_experts=8)
+_BASE = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, num_experts=8)
+
+
+def _build(variant: str, size: dict, pretrained: bool, distilled: bool, kwargs: dict):
+    return _create_vmoe_deit(variant, pretrained=pretrained, distilled=distilled, **dict(size, **kwargs))
+
+
+@register_model
+def vmoe_deit_tiny(pretrained: bool = False, **kwargs) -> VMoEVisionTransformer:
+    """V-MoE DeiT-Tiny: E=16, K=1, MoE in blocks 8/10/12."""
+    return _build('vmoe_deit_tiny', _TINY, pretrained, False, kwargs)
+
+
+@register_model
+def vmoe_deit_small(pretrained: bool = False, **kwargs) -> VMoEVisionTransformer:
+    """V-MoE DeiT-Small: E=8, K=1, MoE in blocks 8/10/12."""
+    return _build('vmoe_deit_small', _SMALL, pretrained, False, kwargs)
+
+
+@register_model
+def vmoe_deit_base(pretrained: bool = False, **kwargs) -> VMoEVisionTransformer:
+    """V-MoE DeiT-Base: E=8, K=1, MoE in blocks 8/10/12."""
+    return _build('vmoe_deit_base', _BASE, pretrained, False, kwargs)
+
+
+@register_model
+def vmoe_deit_tiny_distilled(pretrained: bool = False, **kwargs) -> VMoEVisionTransformerDistilled:
+    """V-MoE DeiT-Tiny, distilled layout (Table S2: 19.23M parameters)."""
+    return _build('vmoe_deit_tiny_distilled', _TINY, pretrained, True, kwargs)
+
+
+@register_model
+def vmoe_deit_small_distilled(pretrained: bool = False, **kwargs) -> VMoEVisionTransformerDistilled:
+    """V-MoE DeiT-Small, distilled layout (Table S2: 47.26M parameters)."""
+    return _build('vmoe_deit_small_distilled', _SMALL, pretrained, True, kwargs)
+
+
+@register_model
+def vmoe_deit_base_distilled(pretrained: bool = False, **kwargs) -> VMoEVisionTransformerDistilled:
+    """V-MoE DeiT-Base, distilled layout (Table S2: 186.53M parameters)."""
+    return _build('vmoe_deit_base_distilled', _BASE, pretrained, True, kwargs)
+
+
+@register_model
+def tgr_moe_deit_tiny(pretrained: bool = False, **kwargs) -> VMoEVisionTransformer:
+    """TGR-MoE DeiT-Tiny student (train with a DeiT-III-Small teacher)."""
+    return _build('tgr_moe_deit_tiny', _TINY, pretrained, False, kwargs)
+
+
+@register_model
+def tgr_moe_deit_small(pretrained: bool = False, **kwargs) -> VMoEVisionTransformer:
+    """TGR-MoE DeiT-Small student (train with a DeiT-III-Base teacher)."""
+    return _build('tgr_moe_deit_small', _SMALL, pretrained, False, kwargs)
+
+
+@register_model
+def tgr_moe_deit_base(pretrained: bool = False, **kwargs) -> VMoEVisionTransformer:
+    """TGR-MoE DeiT-Base student (train with a DeiT-III-Base teacher)."""
+    return _build('tgr_moe_deit_base', _BASE, pretrained, False, kwargs)
+
+
+@register_model
+def tgr_moe_deit_tiny_distilled(pretrained: bool = False, **kwargs) -> VMoEVisionTransformerDistilled:
+    """TGR-MoE DeiT-Tiny student, distilled layout (Table S2 student: 19.23M)."""
+    return _build('tgr_moe_deit_tiny_distilled', _TINY, pretrained, True, kwargs)
+
+
+@register_model
+def tgr_moe_deit_small_distilled(pretrained: bool = False, **kwargs) -> VMoEVisionTransformerDistilled:
+    """TGR-MoE DeiT-Small student, distilled layout (Table S2 student: 47.26M)."""
+    return _build('tgr_moe_deit_small_distilled', _SMALL, pretrained, True, kwargs)
+
+
+@register_model
+def tgr_moe_deit_base_distilled(pretrained: bool = False, **kwargs) -> VMoEVisionTransformerDistilled:
+    """TGR-MoE DeiT-Base student, distilled layout (Table S2 student: 186.53M)."""
+    return _build('tgr_moe_deit_base_distilled', _BASE, pretrained, True, kwargs)
