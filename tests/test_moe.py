@@ -166,6 +166,12 @@ def test_routing_override_chooses_experts():
     with torch.no_grad():
         moe(x)
     assert moe.routing.expert_index[0, :, 0].tolist() == [3, 2, 1, 0, 3, 2]
+    torch.testing.assert_close(moe.routing.gates[0, :, 0], torch.full((6,), 0.775))
+    own = torch.softmax(x @ moe.router.proj.weight.t(), -1)  # recorded probs stay the router's own
+    torch.testing.assert_close(moe.routing.probs, own)
+    moe.routing_override = forced[:, :3]
+    with pytest.raises(ValueError, match='routing override has shape'):
+        moe(x)
 
 
 @pytest.mark.parametrize('kwargs, match', [

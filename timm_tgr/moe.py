@@ -170,7 +170,9 @@ class SparseMoE(nn.Module):
 
     After every forward, ``self.routing`` holds a :class:`RoutingInfo`. Setting
     ``self.routing_override`` to a ``[B, N, E]`` probability tensor makes the next forwards choose
-    experts (and gates) from it instead of the router (the paper's teacher-route experiment).
+    experts (and gates) from it instead of the router (the paper's teacher-route experiment); the
+    recorded ``probs`` stay the router's own. ``self.detach_gates = True`` stops the task loss from
+    reaching the router through the combine weights (the paper's distillation-only ablation).
     """
 
     def __init__(
@@ -225,6 +227,7 @@ class SparseMoE(nn.Module):
             device=device, dtype=dtype)
         self.routing: Optional[RoutingInfo] = None
         self.routing_override: Optional[torch.Tensor] = None
+        self.detach_gates = False
 
     def current_capacity_factor(self) -> float:
         if not self.training and self.eval_capacity_factor is not None:
@@ -235,7 +238,9 @@ class SparseMoE(nn.Module):
         if x.ndim != 3:
             raise ValueError(f'SparseMoE expects tokens as [B, N, C], got shape {tuple(x.shape)}.')
         B, N, D = x.shape
-        route = self.router.route(self.router.compute_logits(x), probs=self.routing_override)
+        route = self.router.route(self.router.compute_logits(x), choice_probs=self.routing_override)
+        if self.detach_gates:
+            route.gates = route.gates.detach()
         out, kept, counts = self._dispatch_combine(x, route)
         self.routing = self._routing_info(route, kept, counts)
         return out

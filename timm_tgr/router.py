@@ -89,14 +89,21 @@ class TopKRouter(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             return F.linear(x.float(), self.proj.weight.float())
 
-    def route(self, logits: torch.Tensor, probs: Optional[torch.Tensor] = None) -> RouterOutput:
-        """Noise, softmax and top-K on given logits; ``probs`` overrides the choice (teacher-route)."""
+    def route(self, logits: torch.Tensor, choice_probs: Optional[torch.Tensor] = None) -> RouterOutput:
+        """Noise, softmax and top-K on given logits.
+
+        ``choice_probs`` (same shape as ``probs``) makes the top-K choice and gates come from another
+        distribution (the paper's teacher-route experiment) while ``probs`` stays this router's own.
+        """
         routing_logits = logits
         if self.training and self.noise_std > 0:
             routing_logits = logits + torch.randn_like(logits) * self.noise_std
-        if probs is None:
-            probs = torch.softmax(routing_logits, dim=-1)
-        gates, expert_index = torch.topk(probs, self.top_k, dim=-1)
+        probs = torch.softmax(routing_logits, dim=-1)
+        if choice_probs is not None and choice_probs.shape != probs.shape:
+            raise ValueError(
+                f'routing override has shape {tuple(choice_probs.shape)} but the router produces '
+                f'{tuple(probs.shape)}: it must give every token a distribution over the {self.num_experts} experts.')
+        gates, expert_index = torch.topk(probs if choice_probs is None else choice_probs, self.top_k, dim=-1)
         return RouterOutput(logits=logits, probs=probs, expert_index=expert_index, gates=gates)
 
     def forward(self, x: torch.Tensor) -> RouterOutput:

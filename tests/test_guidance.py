@@ -1,0 +1,281 @@
+"""Teacher-guided routing: teacher isolation, gradients, KL, schedule, task state, bad inputs."""
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+
+from timm_tgr.guidance import DistillSchedule, RoutingTeacher, default_teacher, resolve_layer_map
+from timm_tgr.tasks import TGRTask, VMoETask
+
+
+def tiny_teacher(img_size=32, depth=12, dim=48, **kw):
+    return VisionTransformer(img_size=img_size, patch_size=16, embed_dim=dim, depth=depth, num_heads=2,
+                             num_classes=5, no_embed_class=True, **kw)
+
+
+def tiny_student(name='tgr_moe_deit_tiny', img_size=32, **kw):
+    return timm.create_model(name, img_size=img_size, num_classes=5, **kw)
+
+
+def _batch(n=3, size=32):
+    return torch.randn(n, 3, size, size), torch.randint(0, 5, (n,))
+
+
+def _hand_teacher_probs(task, x):
+    """p_t by hand: the teacher's block outputs (its own forward_intermediates) through each router."""
+    base = task.teacher.model
+    feats = base.forward_intermediates(x, indices=sorted(set(task.layer_map.values())), output_fmt='NLC',
+                                       return_prefix_tokens=True, intermediates_only=True, norm=False)
+    by_block = {b: torch.cat([pre, sp], 1) for b, (sp, pre) in zip(sorted(set(task.layer_map.values())), feats)}
+    routers = task.trainable_module.teacher_routers
+    return {s: torch.softmax(by_block[t] @ routers[str(s)].proj.weight.t(), -1) for s, t in task.layer_map.items()}
+
+
+def test_student_state_dict_has_no_teacher():
+    student = tiny_student()
+    keys_before = set(student.state_dict())
+    task = TGRTask(student, tiny_teacher())
+    task.train()
+    task(*_batch())['loss'].backward()
+    eval_keys = set(task.get_eval_model().state_dict())
+    assert eval_keys == keys_before
+    assert not any('teacher' in k for k in eval_keys)
+    ckpt = task.get_checkpoint_state()
+    assert set(ckpt['state_dict']) == keys_before
+    assert set(ckpt['task_state']) == {'teacher_routers', 'distill_schedule'}
+
+
+def test_teacher_is_frozen_and_truncated():
+    teacher = tiny_teacher()
+    task = TGRTask(tiny_student(), teacher, layer_map={7: 3, 9: 5, 11: 5})
+    task.train()
+    assert not task.teacher.training
+    assert len(task.teacher.model.blocks) == 6  # truncated after the deepest needed block
+    task(*_batch())['loss'].backward()
+    assert all(p.grad is None and not p.requires_grad for p in task.teacher.parameters())
+    trainable = {id(p) for p in task.trainable_module.parameters()}
+    assert not any(id(p) in trainable for p in task.teacher.parameters())
+
+
+def test_teacher_routers_learn_only_from_their_own_losses():
+    task = TGRTask(tiny_student(router_noise_std=0.), tiny_teacher())
+    task.train()
+    x, y = _batch()
+    task(x, y)['loss'].backward()
+    routers = task.trainable_module.teacher_routers
+    got = {k: r.proj.weight.grad.clone() for k, r in routers.items()}
+    # reference: L_teacher = sum_i 0.005 * CV^2(Imp(p_t)) + 0.005 * mean token entropy(p_t), by hand
+    p_t = _hand_teacher_probs(task, x)
+    ref_loss = 0.
+    for p in p_t.values():
+        p = p.reshape(-1, p.shape[-1])
+        imp = p.mean(0)
+        ref_loss = ref_loss + 0.005 * (imp.std(unbiased=False) / imp.mean()) ** 2 \
+            + 0.005 * (-(p * p.log()).sum(-1).mean())
+    weights = [routers[k].proj.weight for k in got]
+    ref_grads = torch.autograd.grad(ref_loss, weights)
+    for (k, g), ref in zip(got.items(), ref_grads):
+        torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-8)
+
+
+def test_kl_matches_hand_computation_and_reaches_student_router():
+    torch.manual_seed(1)
+    student = tiny_student(router_noise_std=0.)
+    task = TGRTask(student, tiny_teacher())
+    task.eval()
+    x, y = _batch()
+    out = task(x, y)
+    p_t = _hand_teacher_probs(task, x)
+    kls = []
+    for s, pt in p_t.items():
+        p = student.routing_infos()[s].probs
+        pt64, p64 = pt.detach().double().reshape(-1, pt.shape[-1]), p.detach().double().reshape(-1, p.shape[-1])
+        per_token = [sum(pt64[n, e] * math.log(pt64[n, e] / p64[n, e]) for e in range(pt64.shape[1]))
+                     for n in range(pt64.shape[0])]
+        kls.append(float(sum(per_token)) / len(per_token))
+    assert out['distill_loss'].item() == pytest.approx(sum(kls) / len(kls), rel=1e-5)
+
+    # the distillation term (lambda 5) is the only difference between these two losses' router gradients
+    def router_grad(distill_weight):
+        torch.manual_seed(2)
+        st = tiny_student(router_noise_std=0.)
+        t = TGRTask(st, tiny_teacher(), distill_weight=distill_weight)
+        t.train()
+        t(x, y)['loss'].backward()
+        return st.blocks[7].mlp.router.proj.weight.grad.clone(), st, t
+    g5, st5, t5 = router_grad(5.0)
+    g0, _, _ = router_grad(0.0)
+    st5.zero_grad()
+    t5.eval()
+    t5(x, y)
+    p_t = _hand_teacher_probs(t5, x)
+    kl = torch.stack([F.kl_div(st5.routing_infos()[s].probs.log().reshape(-1, 16),
+                               pt.detach().reshape(-1, 16), reduction='batchmean') for s, pt in p_t.items()]).mean()
+    g_kl, = torch.autograd.grad(kl, st5.blocks[7].mlp.router.proj.weight)
+    assert g_kl.abs().sum() > 0
+    torch.testing.assert_close(g5 - g0, 5.0 * g_kl, rtol=1e-3, atol=1e-7)
+
+
+def test_schedule_first_half_turns_off_at_the_right_step():
+    task = TGRTask(tiny_student(), tiny_teacher(), schedule='first', total_steps=10, distill_fraction=0.5)
+    task.train()
+    x, y = _batch()
+    flags = []
+    for _ in range(10):
+        out = task(x, y)
+        flags.append(bool(out['distill_active']))
+        expected = out['task_loss'] + out['moe_aux_loss'] + out['teacher_router_loss']
+        if flags[-1]:
+            expected = expected + 5.0 * out['distill_loss']
+        assert out['loss'].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert flags == [True] * 5 + [False] * 5
+    task.eval()
+    task(x, y)
+    assert task.schedule.step == 10  # eval forwards do not advance the schedule
+
+
+def test_adaptive_schedule_rule():
+    s = DistillSchedule('adaptive', total_steps=100, delta=0.01, patience=2, min_fraction=0.1)
+    s.step = 20
+    for c in (0.3, 0.5, 0.6, 0.605):
+        s.observe_consistency(c)
+        assert s.active()
+    s.observe_consistency(0.608)  # two gains below 0.01 in a row
+    assert not s.active() and s.stopped_at == 20
+    s2 = DistillSchedule('adaptive', total_steps=100)
+    s2.step = 5  # before min_fraction nothing switches off
+    for c in (0.5, 0.5, 0.5, 0.5):
+        s2.observe_consistency(c)
+    assert s2.active()
+    assert not DistillSchedule('off').active() and DistillSchedule('full').active()
+
+
+def test_task_state_round_trip():
+    task = TGRTask(tiny_student(), tiny_teacher(), schedule='first', total_steps=8)
+    task.train()
+    for _ in range(3):
+        x, y = _batch()
+        task(x, y)['loss'].backward()
+        with torch.no_grad():
+            for p in task.trainable_module.teacher_routers.parameters():
+                p -= 0.1 * p.grad
+    state = task.get_task_state()
+    other = TGRTask(tiny_student(), tiny_teacher(), schedule='first', total_steps=8)
+    other.load_task_state(state)
+    for k, r in task.trainable_module.teacher_routers.items():
+        assert torch.equal(r.proj.weight, other.trainable_module.teacher_routers[k].proj.weight)
+    assert other.schedule.step == 3
+    with pytest.raises(RuntimeError, match='no TGR task state'):
+        other.load_task_state({})
+
+
+def test_ema_covers_the_student_only():
+    student = tiny_student()
+    task = TGRTask(student, tiny_teacher())
+    ema = task.setup_ema(decay=0.5)
+    assert set(ema.module.state_dict()) == set(student.state_dict())
+    task.update_ema(step=1)
+    assert task.get_task_state(ema=True) == {}
+
+
+def test_teacher_input_renormalized():
+    student = tiny_student()
+    teacher = tiny_teacher()
+    teacher.pretrained_cfg = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    task = TGRTask(student, teacher)
+    x, _ = _batch()
+    feats = task.teacher_features(x)
+    mean = torch.tensor(student.pretrained_cfg['mean']).view(1, 3, 1, 1)
+    std = torch.tensor(student.pretrained_cfg['std']).view(1, 3, 1, 1)
+    x_teacher = (x * std + mean - 0.5) / 0.5
+    ref = task.teacher.model.forward_intermediates(x_teacher, indices=[11], output_fmt='NLC',
+                                                   return_prefix_tokens=True, intermediates_only=True)[0]
+    torch.testing.assert_close(feats['11'], torch.cat([ref[1], ref[0]], 1))
+
+
+def test_distilled_student_gets_teacher_class_token_on_both_prefix_tokens():
+    student = tiny_student('tgr_moe_deit_tiny_distilled')
+    task = TGRTask(student, tiny_teacher())
+    x, y = _batch()
+    feats = task.teacher_features(x)
+    assert feats['7'].shape[1] == 2 + 4
+    torch.testing.assert_close(feats['7'][:, 0], feats['7'][:, 1])
+    assert torch.isfinite(task(x, y)['loss'])
+
+
+def test_layer_map_last():
+    task = TGRTask(tiny_student(), tiny_teacher(), layer_map='last')
+    assert task.layer_map == {7: 11, 9: 11, 11: 11}
+    assert resolve_layer_map([7, 9, 11], 12) == {7: 7, 9: 9, 11: 11}
+
+
+def test_default_teachers_follow_table_s2():
+    assert default_teacher('tgr_moe_deit_tiny') == 'deit3_small_patch16_224.fb_in22k_ft_in1k'
+    assert default_teacher('tgr_moe_deit_small_distilled') == 'deit3_base_patch16_224.fb_in22k_ft_in1k'
+    assert default_teacher('vmoe_deit_base') == 'deit3_base_patch16_224.fb_in22k_ft_in1k'
+    # Table S2: teacher routers add 3 * 384 * 16 (Tiny) and 3 * 768 * 8 (Small/Base) parameters
+    for name, extra in (('tgr_moe_deit_tiny', 3 * 384 * 16), ('tgr_moe_deit_small', 3 * 768 * 8)):
+        teacher = timm.create_model(default_teacher(name).split('.')[0], img_size=32, num_classes=0)
+        task = TGRTask(tiny_student(name), teacher)
+        assert sum(p.numel() for p in task.trainable_module.teacher_routers.parameters()) == extra
+
+
+def test_teacher_route_mode_uses_teacher_choices_and_student_learns_by_distillation():
+    student = tiny_student(router_noise_std=0.)
+    task = TGRTask(student, tiny_teacher(), mode='teacher_route')
+    task.train()
+    x, y = _batch()
+    out = task(x, y)
+    p_t = _hand_teacher_probs(task, x)
+    for s, pt in p_t.items():
+        assert torch.equal(student.routing_infos()[s].expert_index[..., 0], pt.argmax(-1))
+    out['loss'].backward()
+    # teacher routers get the task gradient (through the gates); the student router only the KL
+    assert task.trainable_module.teacher_routers['7'].proj.weight.grad.abs().sum() > 0
+    logits = task.forward_teacher_route(x)
+    assert logits.shape == (3, 5)
+    assert all(m.routing_override is None for m in student.get_moe_layers().values())
+
+
+def test_distill_only_mode_detaches_gates():
+    student = tiny_student(router_noise_std=0.)
+    task = TGRTask(student, tiny_teacher(), mode='distill_only', distill_weight=0.)
+    task.train()
+    out = task(*_batch())
+    out['loss'].backward()
+    for moe in student.get_moe_layers().values():  # no task or load-loss gradient reaches the router
+        g = moe.router.proj.weight.grad
+        assert g is None or g.abs().sum() == 0
+
+
+def test_vmoe_task_adds_aux_loss():
+    model = tiny_student('vmoe_deit_tiny')
+    task = VMoETask(model)
+    task.train()
+    out = task(*_batch())
+    aux = sum(model.routing_infos()[i].load_loss for i in (7, 9, 11)) * 0.005
+    assert out['loss'].item() == pytest.approx((out['task_loss'] + aux).item(), rel=1e-5)
+    with pytest.raises(TypeError, match='not a timm_tgr MoE model'):
+        VMoETask(timm.create_model('deit_tiny_patch16_224', img_size=32))
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match='unknown teacher'):
+        TGRTask(tiny_student(), 'no_such_teacher_model')
+    with pytest.raises(ValueError, match='token-grid mismatch'):
+        TGRTask(tiny_student(), tiny_teacher(img_size=48))
+    with pytest.raises(ValueError, match='outside the teacher'):
+        TGRTask(tiny_student(), tiny_teacher(), layer_map={7: 3, 9: 5, 11: 20})
+    with pytest.raises(ValueError, match='exactly the student MoE blocks'):
+        TGRTask(tiny_student(), tiny_teacher(), layer_map={7: 3})
+    with pytest.raises(ValueError, match='outside the teacher'):
+        TGRTask(tiny_student(), tiny_teacher(depth=6))
+    with pytest.raises(ValueError, match='needs total_steps'):
+        TGRTask(tiny_student(), tiny_teacher(), schedule='first')
+    with pytest.raises(ValueError, match='mode'):
+        TGRTask(tiny_student(), tiny_teacher(), mode='teacher')
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        RoutingTeacher('deit3_small_patch16_224', blocks=[7], pretrained_path='/nonexistent.pth')
