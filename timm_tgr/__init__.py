@@ -12,3 +12,9 @@ from .vmoe_deit import (
     MoEBlock, VMoEVisionTransformer, VMoEVisionTransformerDistilled, PAPER_MOE_LAYERS,
 )
 from . import losses
+from .soft_moe import SoftMoE, SoftMoERouter, soft_moe_slots
+from .expert_choice import ExpertChoiceMoE, expert_choice_capacity
+from .moe_baselines import (
+    SoftMoEVisionTransformer, ExpertChoiceVisionTransformer,
+)
+from . import moe_baselines, stablemoe

@@ -33,12 +33,12 @@ PAPER_MOE_LAYERS = (7, 9, 11)  # blocks 8, 10, 12 of the paper, 0-based
 
 
 class MoEBlock(Block):
-    """timm ViT ``Block`` whose MLP is a :class:`SparseMoE` when its index is in ``moe_layers``."""
+    """timm ViT ``Block`` whose MLP is ``moe_layer`` (default :class:`SparseMoE`) when its index is in ``moe_layers``."""
 
     def __init__(self, *args, depth: int = 0, moe_layers: Sequence[int] = (), moe_cfg: Optional[dict] = None,
-                 mlp_layer=Mlp, **kwargs):
+                 mlp_layer=Mlp, moe_layer=SparseMoE, **kwargs):
         if depth in moe_layers:
-            mlp_layer = partial(SparseMoE, **(moe_cfg or {}))
+            mlp_layer = partial(moe_layer, **(moe_cfg or {}))
         super().__init__(*args, depth=depth, mlp_layer=mlp_layer, **kwargs)
 
 
@@ -65,7 +65,12 @@ class MoEVisionTransformerMixin:
         capacity_group: 'sample' or 'batch' (see ``timm_tgr.moe``).
         load_loss_weight: lambda_load per MoE layer (paper: 0.005).
         z_loss_weight: ST-MoE router z-loss weight (0 = off; the paper's comparison uses 1e-3).
+
+    Other MoE layers (``timm_tgr.moe_baselines``) subclass this mixin, set ``moe_layer`` and build
+    their blocks through :meth:`_init_moe`.
     """
+
+    moe_layer = SparseMoE  # the MLP class of the MoE blocks
 
     def __init__(
             self,
@@ -82,10 +87,6 @@ class MoEVisionTransformerMixin:
             z_loss_weight: float = 0.,
             **kwargs,
     ):
-        depth = kwargs.get('depth', 12)
-        moe_layers = _check_moe_layers(moe_layers, depth)
-        if kwargs.get('block_fn', Block) is not Block:
-            raise ValueError('V-MoE models build their own blocks; block_fn cannot be overridden.')
         moe_cfg = dict(
             num_experts=num_experts,
             top_k=top_k,
@@ -97,11 +98,19 @@ class MoEVisionTransformerMixin:
             load_loss_weight=load_loss_weight,
             z_loss_weight=z_loss_weight,
         )
-        kwargs['block_fn'] = partial(MoEBlock, moe_layers=moe_layers, moe_cfg=moe_cfg)
-        super().__init__(*args, **kwargs)
-        self.moe_layers = moe_layers
+        self._init_moe(args, kwargs, moe_layers, moe_cfg)
         self.num_experts = num_experts
         self.top_k = top_k
+
+    def _init_moe(self, args: tuple, kwargs: dict, moe_layers: Sequence[int], moe_cfg: dict) -> None:
+        """Build the ViT (the next class in the MRO) with ``self.moe_layer(**moe_cfg)`` in ``moe_layers``."""
+        depth = kwargs.get('depth', 12)
+        moe_layers = _check_moe_layers(moe_layers, depth)
+        if kwargs.get('block_fn', Block) is not Block:
+            raise ValueError('V-MoE models build their own blocks; block_fn cannot be overridden.')
+        kwargs['block_fn'] = partial(MoEBlock, moe_layers=moe_layers, moe_cfg=moe_cfg, moe_layer=self.moe_layer)
+        super().__init__(*args, **kwargs)
+        self.moe_layers = moe_layers
 
     # --- routing API -------------------------------------------------------------------------
     def get_moe_layers(self) -> Dict[int, SparseMoE]:
