@@ -18,3 +18,8 @@ from .moe_baselines import (
     SoftMoEVisionTransformer, ExpertChoiceVisionTransformer,
 )
 from . import moe_baselines, stablemoe
+from . import timm_train as _timm_train
+
+# Inside pytorch-image-models' train.py (``--device-modules timm_tgr``) make its tasks MoE-aware;
+# anywhere else this does nothing (see timm_tgr.timm_train).
+_timm_train.install_into_timm_train()

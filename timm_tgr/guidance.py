@@ -27,7 +27,7 @@ _logger = logging.getLogger(__name__)
 
 __all__ = [
     'DEFAULT_TEACHERS', 'default_teacher', 'RoutingTeacher', 'TeacherRouter', 'resolve_layer_map',
-    'align_teacher_tokens', 'teacher_router_loss', 'routing_distillation_loss', 'DistillSchedule',
+    'align_teacher_tokens', 'teacher_router_loss', 'routing_distillation_loss', 'DistillSchedule', 'build_teacher',
 ]
 
 # Table S2: TGR-Ti adds 3*384*16 router weights (DeiT-III-Small teacher), TGR-S/B add 3*768*8 (DeiT-III-Base).
@@ -65,6 +65,30 @@ def _create_teacher(name: str, pretrained_path: Optional[str], pretrained: bool,
             f'could not load teacher {name!r} weights ({type(e).__name__}: {e}). Without network access, '
             f'download the weights elsewhere and pass teacher_pretrained_path=FILE, or build the teacher '
             f'yourself and pass the nn.Module.') from e
+
+
+def build_teacher(name: str, checkpoint: Optional[str] = None, pretrained: bool = True, **kwargs) -> nn.Module:
+    """A dense teacher by timm name with ``kwargs``; weights from ``checkpoint`` (strict) or the hub.
+
+    ``checkpoint`` may be a ``train_tgr.py`` / timm checkpoint (``state_dict`` key, ``module.`` prefixes)
+    or a plain state dict; every tensor must fit (a teacher trained with other kwargs is an error, not
+    a silent partial load). Without ``checkpoint`` the pretrained hub weights load when ``pretrained``.
+    """
+    if not checkpoint:
+        return _create_teacher(name, None, pretrained, **kwargs)
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f'teacher checkpoint {checkpoint!r} does not exist: check the path.')
+    model_name = name.split('.')[0] if not name.startswith(('hf-hub:', 'local-dir:')) else name
+    if not (name.startswith(('hf-hub:', 'local-dir:')) or timm.is_model(model_name)):
+        raise ValueError(f'unknown teacher {name!r}: pass a timm model name (see timm.list_models()).')
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    try:
+        timm.models.load_checkpoint(model, checkpoint, strict=True)
+    except RuntimeError as e:
+        raise RuntimeError(
+            f'teacher checkpoint {checkpoint!r} does not fit {name!r} built with {kwargs}: pass the architecture '
+            f'and kwargs (embed_dim, patch_size, img_size, in_chans, num_classes, ...) it was trained with. ({e})') from e
+    return model
 
 
 class RoutingTeacher(DistillationTeacher):

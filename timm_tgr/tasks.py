@@ -66,7 +66,27 @@ def _student_mean_std(student: nn.Module, device, dtype):
     return torch.tensor(mean, **to).view(1, -1, 1, 1), torch.tensor(std, **to).view(1, -1, 1, 1)
 
 
-class VMoETask(TrainingTask):
+class TrainerStateMixin:
+    """Lets a trainer keep its own resumable state (e.g. the routing-consistency tracker) in the task's
+    checkpoint entry: objects given to :meth:`register_trainer_state` (with ``state_dict`` /
+    ``load_state_dict``) are saved under ``task_state['trainer'][name]`` by timm's CheckpointSaver and
+    restored by ``resume_task_checkpoint``."""
+
+    def register_trainer_state(self, name: str, obj) -> None:
+        if not hasattr(self, '_trainer_state'):
+            self._trainer_state = {}
+        self._trainer_state[name] = obj
+
+    def _trainer_state_dict(self) -> Dict[str, object]:
+        return {k: v.state_dict() for k, v in getattr(self, '_trainer_state', {}).items()}
+
+    def _load_trainer_state(self, state: Optional[Mapping[str, object]]) -> None:
+        for k, v in (state or {}).items():
+            if k in getattr(self, '_trainer_state', {}):
+                self._trainer_state[k].load_state_dict(v)
+
+
+class VMoETask(TrainerStateMixin, TrainingTask):
     """Classification + the MoE layers' auxiliary losses: L_task + sum_i lambda_load L_load^i."""
 
     def __init__(self, model: nn.Module, criterion: Optional[nn.Module] = None, device=None, dtype=None,
@@ -75,6 +95,15 @@ class VMoETask(TrainingTask):
         _moe_student(model)
         self.trainable_module = model
         self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
+
+    def get_task_state(self, module: Optional[nn.Module] = None, ema: bool = False) -> Dict[str, object]:
+        trainer = {} if ema else self._trainer_state_dict()
+        return {'trainer': trainer} if trainer else {}
+
+    def load_task_state(self, state: Optional[Dict[str, object]], strict: bool = True,
+                        module: Optional[nn.Module] = None, ema: bool = False) -> None:
+        if not ema and state:
+            self._load_trainer_state(state.get('trainer'))
 
     def prepare_distributed(self, device_ids: Optional[list] = None, **ddp_kwargs) -> 'VMoETask':
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -126,7 +155,7 @@ class TGRTrainableModule(nn.Module):
         return logits, teacher_probs
 
 
-class TGRTask(TrainingTask):
+class TGRTask(TrainerStateMixin, TrainingTask):
     """Teacher-Guided Routing for a timm_tgr MoE student (paper Sec. 3).
 
     Args:
@@ -323,10 +352,14 @@ class TGRTask(TrainingTask):
         if ema:
             return {}
         trainable = unwrap_model(module) if module is not None else self._trainable()
-        return {
+        state = {
             'teacher_routers': {k: v.detach().clone() for k, v in trainable.teacher_routers.state_dict().items()},
             'distill_schedule': self.schedule.state_dict(),
         }
+        trainer = self._trainer_state_dict()
+        if trainer:
+            state['trainer'] = trainer
+        return state
 
     def load_task_state(self, state: Optional[Dict[str, object]], strict: bool = True,
                         module: Optional[nn.Module] = None, ema: bool = False) -> None:
@@ -342,6 +375,7 @@ class TGRTask(TrainingTask):
         trainable.teacher_routers.load_state_dict(state['teacher_routers'], strict=strict)
         if 'distill_schedule' in state:
             self.schedule.load_state_dict(state['distill_schedule'])
+        self._load_trainer_state(state.get('trainer'))
 
 
 def _img_size(student: nn.Module):

@@ -66,6 +66,10 @@ class MoEVisionTransformerMixin:
         load_loss_weight: lambda_load per MoE layer (paper: 0.005).
         z_loss_weight: ST-MoE router z-loss weight (0 = off; the paper's comparison uses 1e-3).
 
+    Teacher-guided-routing options for timm's own ``train.py`` (``--model-kwargs tgr_teacher=...``) are
+    accepted as ``tgr_*`` kwargs, validated and kept in ``self.guidance_cfg``; the model itself never
+    uses them (see :mod:`timm_tgr.timm_train`).
+
     Other MoE layers (``timm_tgr.moe_baselines``) subclass this mixin, set ``moe_layer`` and build
     their blocks through :meth:`_init_moe`.
     """
@@ -104,6 +108,8 @@ class MoEVisionTransformerMixin:
 
     def _init_moe(self, args: tuple, kwargs: dict, moe_layers: Sequence[int], moe_cfg: dict) -> None:
         """Build the ViT (the next class in the MRO) with ``self.moe_layer(**moe_cfg)`` in ``moe_layers``."""
+        from .timm_train import pop_guidance_kwargs
+        guidance_cfg = pop_guidance_kwargs(kwargs)
         depth = kwargs.get('depth', 12)
         moe_layers = _check_moe_layers(moe_layers, depth)
         if kwargs.get('block_fn', Block) is not Block:
@@ -111,6 +117,7 @@ class MoEVisionTransformerMixin:
         kwargs['block_fn'] = partial(MoEBlock, moe_layers=moe_layers, moe_cfg=moe_cfg, moe_layer=self.moe_layer)
         super().__init__(*args, **kwargs)
         self.moe_layers = moe_layers
+        self.guidance_cfg = guidance_cfg
 
     # --- routing API -------------------------------------------------------------------------
     def get_moe_layers(self) -> Dict[int, SparseMoE]:

@@ -1,0 +1,80 @@
+"""Fashion-MNIST for the quickstart: Debian's ``dataset-fashion-mnist`` files, else torchvision's download.
+
+timm reads Fashion-MNIST as ``--dataset torch/fashion_mnist`` through torchvision's ``FashionMNIST``,
+which expects the decompressed idx files in ``<root>/FashionMNIST/raw/``.
+:func:`prepare_fashion_mnist` puts them there from the first source that has them:
+
+1. files already in ``<root>/FashionMNIST/raw/`` (a previous run);
+2. Debian's package (``apt-get install dataset-fashion-mnist``: ``/usr/share/datasets/fashion-mnist``)
+   or any directory given by ``TIMM_TGR_FASHION_MNIST`` holding the four ``*-ubyte.gz`` files;
+3. torchvision's download, only when ``download=True``.
+
+When none applies it raises an error that lists the three ways to get the data.
+"""
+import gzip
+import os
+import shutil
+from typing import Optional
+
+__all__ = ['FASHION_MNIST_FILES', 'DEBIAN_FASHION_MNIST_DIR', 'prepare_fashion_mnist', 'FASHION_MNIST_MEAN',
+           'FASHION_MNIST_STD']
+
+FASHION_MNIST_FILES = (
+    'train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
+DEBIAN_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
+# per-channel statistics of the 60k training images (pixel / 255)
+FASHION_MNIST_MEAN = (0.2860,)
+FASHION_MNIST_STD = (0.3530,)
+
+
+def _raw_dir(root: str) -> str:
+    return os.path.join(root, 'FashionMNIST', 'raw')
+
+
+def _has_all(raw: str) -> bool:
+    return all(os.path.isfile(os.path.join(raw, f)) for f in FASHION_MNIST_FILES)
+
+
+def _source_dirs(source_dir: Optional[str]):
+    if source_dir:
+        yield source_dir
+    env = os.environ.get('TIMM_TGR_FASHION_MNIST')
+    if env:
+        yield env
+    yield DEBIAN_FASHION_MNIST_DIR
+
+
+def prepare_fashion_mnist(root: str, download: bool = False, source_dir: Optional[str] = None) -> str:
+    """Make ``root`` loadable by ``timm.data.create_dataset('torch/fashion_mnist', root=root)``.
+
+    Returns the source used: ``'existing'``, the directory the ``.gz`` files came from, or ``'download'``.
+    """
+    raw = _raw_dir(root)
+    if _has_all(raw):
+        return 'existing'
+    for src in _source_dirs(source_dir):
+        gz = [os.path.join(src, f + '.gz') for f in FASHION_MNIST_FILES]
+        plain = [os.path.join(src, f) for f in FASHION_MNIST_FILES]
+        if not (all(os.path.isfile(p) for p in gz) or all(os.path.isfile(p) for p in plain)):
+            continue
+        os.makedirs(raw, exist_ok=True)
+        for name, g, p in zip(FASHION_MNIST_FILES, gz, plain):
+            dst = os.path.join(raw, name)
+            tmp = dst + '.part'
+            if os.path.isfile(p):
+                shutil.copyfile(p, tmp)
+            else:
+                with gzip.open(g, 'rb') as fi, open(tmp, 'wb') as fo:
+                    shutil.copyfileobj(fi, fo)
+            os.replace(tmp, dst)  # atomic: a killed run never leaves a truncated file behind
+        return src
+    if download:
+        from torchvision.datasets import FashionMNIST
+        FashionMNIST(root, train=True, download=True)
+        FashionMNIST(root, train=False, download=True)
+        return 'download'
+    raise FileNotFoundError(
+        f'Fashion-MNIST not found in {raw}. Get it one of three ways: '
+        f'(1) apt-get install dataset-fashion-mnist (Debian/Ubuntu; files in {DEBIAN_FASHION_MNIST_DIR}); '
+        f'(2) set TIMM_TGR_FASHION_MNIST to a directory holding {", ".join(f + ".gz" for f in FASHION_MNIST_FILES)}; '
+        f'(3) pass --dataset-download to let torchvision download it (needs internet).')

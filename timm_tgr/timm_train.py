@@ -1,0 +1,211 @@
+"""timm's own ``train.py`` with the plugin: ``python train.py --device-modules timm_tgr --model ...``.
+
+timm's train.py picks its task itself: ``ClassificationTask(model=..., criterion=...)``, or a
+distillation task with ``--kd-model-name``. Those tasks know nothing of MoE auxiliary losses or
+teacher guidance, so a timm_tgr model trained by them would silently lose both. ``--device-modules``
+imports ``timm_tgr`` inside train.py's ``main()`` before the task is created; at that import
+:func:`install` replaces the task names in train.py's namespace (``__main__``) with MoE-aware ones:
+
+- ``ClassificationTask(model, ...)`` -> :func:`create_task`: timm's ``ClassificationTask`` for dense
+  models (unchanged behaviour), :class:`~timm_tgr.tasks.VMoETask` for timm_tgr MoE models (adds
+  lambda_load L_load and the z-loss), :class:`~timm_tgr.tasks.TGRTask` for ``tgr_moe_*`` models or any
+  MoE model given ``tgr_*`` options (adds the teacher guidance).
+- ``LogitDistillationTask`` / ``FeatureDistillationTask`` / ``TokenDistillationTask`` -> subclasses
+  that add the MoE auxiliary losses of a timm_tgr student (TGR with timm's KD is refused).
+
+Nothing else changes and nothing happens outside timm's train.py (the check is that ``__main__``
+holds timm's own ``ClassificationTask`` and ``train_one_epoch``). A custom script calls
+``install(globals())`` itself, or simply uses :func:`create_task`.
+
+TGR options travel as model kwargs with a ``tgr_`` prefix (``--model-kwargs tgr_distill_weight=5.0``);
+the model stores them in ``guidance_cfg`` and :func:`create_task` reads them:
+
+==============================  ==================================================================
+``tgr_teacher``                 timm name of the dense teacher (default: the paper's for the size)
+``tgr_teacher_checkpoint``      teacher weights file (strict load); else hub weights
+``tgr_teacher_kwargs``          dict of teacher create_model kwargs (e.g. ``"{'img_size': 32}"``)
+``tgr_teacher_pretrained``      False = random teacher (debugging only)
+``tgr_mode``                    tgr / distill_only / teacher_route
+``tgr_distill_weight``          lambda_distill (5.0)
+``tgr_teacher_load_weight``     lambda_load of the teacher routers (0.005)
+``tgr_teacher_entropy_weight``  lambda_ent of the teacher routers (0.005)
+``tgr_schedule``                full / first / off (adaptive needs train_tgr.py's epoch hook)
+``tgr_distill_fraction``        fraction for ``first`` (0.5)
+``tgr_total_steps``             training forwards (micro-batches) of the whole run, for ``first``
+``tgr_layer_map``               ``'last'`` or omitted (aligned)
+``tgr_enable``                  False trains a ``tgr_moe_*`` model without teacher (V-MoE)
+==============================  ==================================================================
+
+What timm's loop then does is right by construction: every loss term is inside the one ``loss``
+tensor (so ``/ grad_accum_steps`` and the fp16 GradScaler scale them all alike); the teacher routers
+are part of the task's trainable module (optimizer, DDP, clipping); checkpoints hold the student as
+``state_dict`` and the teacher routers as ``task_state`` (never the teacher); EMA is of the student.
+The MoE load loss is computed on each process's own batch (as V-MoE does per device group).
+"""
+import logging
+import sys
+from typing import Any, Dict, Optional
+
+import torch.nn as nn
+from timm.utils import unwrap_model
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ['GUIDANCE_KEYS', 'pop_guidance_kwargs', 'create_task', 'moe_aware_kd_task', 'install', 'is_timm_train']
+
+GUIDANCE_KEYS = {
+    'teacher': (str,),
+    'teacher_checkpoint': (str,),
+    'teacher_kwargs': (dict,),
+    'teacher_pretrained': (bool,),
+    'mode': (str,),
+    'distill_weight': (int, float),
+    'teacher_load_weight': (int, float),
+    'teacher_entropy_weight': (int, float),
+    'schedule': (str,),
+    'distill_fraction': (int, float),
+    'total_steps': (int,),
+    'layer_map': (str, dict),
+    'enable': (bool,),
+}
+
+
+def pop_guidance_kwargs(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Remove ``tgr_*`` keys from model kwargs and return them validated, without the prefix."""
+    cfg = {}
+    for key in [k for k in kwargs if k.startswith('tgr_')]:
+        name, value = key[4:], kwargs.pop(key)
+        if name not in GUIDANCE_KEYS:
+            raise TypeError(
+                f'unknown TGR option {key!r}: the tgr_* model kwargs are '
+                f'{", ".join("tgr_" + k for k in sorted(GUIDANCE_KEYS))} (see timm_tgr.timm_train).')
+        if not isinstance(value, GUIDANCE_KEYS[name]):
+            raise TypeError(f'{key}={value!r} must be {" or ".join(t.__name__ for t in GUIDANCE_KEYS[name])}.')
+        cfg[name] = value
+    return cfg
+
+
+def _is_moe(model: nn.Module) -> bool:
+    return hasattr(unwrap_model(model), 'routing_infos')
+
+
+def _wants_guidance(base: nn.Module, cfg: Dict[str, Any]) -> bool:
+    if 'enable' in cfg:
+        return bool(cfg['enable'])
+    name = (getattr(base, 'pretrained_cfg', None) or {}).get('architecture', '')
+    return name.startswith('tgr_') or bool(cfg)
+
+
+def create_task(model: nn.Module, criterion: Optional[nn.Module] = None, device=None, dtype=None,
+                verbose: bool = True, **kwargs):
+    """The task timm's train.py should use for ``model`` (its ``ClassificationTask`` signature)."""
+    from timm.task import ClassificationTask
+    if not _is_moe(model):
+        return ClassificationTask(model=model, criterion=criterion, device=device, dtype=dtype, verbose=verbose,
+                                  **kwargs)
+    base = unwrap_model(model)
+    cfg = dict(getattr(base, 'guidance_cfg', {}) or {})
+    if not _wants_guidance(base, cfg):
+        from .tasks import VMoETask
+        task = VMoETask(model, criterion=criterion, device=device, dtype=dtype, verbose=verbose)
+        if verbose:
+            _logger.info('timm_tgr: V-MoE task (task loss + MoE load/z losses)')
+        return task
+
+    from .guidance import build_teacher, default_teacher
+    from .tasks import TGRTask
+    arch = (getattr(base, 'pretrained_cfg', None) or {}).get('architecture', '')
+    teacher_name = cfg.get('teacher') or default_teacher(arch)
+    teacher_kwargs = _student_geometry(base)  # same image size and channels as the student unless given
+    teacher_kwargs.update(cfg.get('teacher_kwargs') or {})
+    teacher = build_teacher(
+        teacher_name, checkpoint=cfg.get('teacher_checkpoint'), pretrained=cfg.get('teacher_pretrained', True),
+        **teacher_kwargs)
+    schedule = cfg.get('schedule', 'full')
+    if schedule == 'adaptive':
+        raise ValueError(
+            "tgr_schedule='adaptive' needs the probe-set consistency measured at each epoch end, which timm's "
+            "train.py does not do: use train_tgr.py --distill-schedule adaptive, or tgr_schedule='first'.")
+    if schedule == 'first' and 'total_steps' not in cfg:
+        raise ValueError(
+            "tgr_schedule='first' needs tgr_total_steps (training forwards of the whole run: epochs x batches "
+            "per epoch, counting every micro-batch with --grad-accum-steps).")
+    task = TGRTask(
+        model, teacher_model=teacher.to(device) if device is not None else teacher, criterion=criterion,
+        layer_map=cfg.get('layer_map'), distill_weight=cfg.get('distill_weight', 5.0),
+        teacher_load_weight=cfg.get('teacher_load_weight', 0.005),
+        teacher_entropy_weight=cfg.get('teacher_entropy_weight'), schedule=schedule,
+        total_steps=cfg.get('total_steps'), distill_fraction=cfg.get('distill_fraction', 0.5),
+        mode=cfg.get('mode', 'tgr'), device=device, dtype=dtype, verbose=verbose)
+    if verbose:
+        _logger.info(f'timm_tgr: TGR task, teacher {teacher_name}')
+    return task
+
+
+def _student_geometry(base: nn.Module) -> Dict[str, Any]:
+    size = tuple(base.patch_embed.img_size)
+    return {'img_size': size[0] if size[0] == size[1] else size, 'in_chans': base.in_chans}
+
+
+class _MoEAuxMixin:
+    """Adds the MoE auxiliary losses of a timm_tgr student to a timm distillation task's loss."""
+
+    def forward(self, input, target):
+        result = super().forward(input, target)
+        student = self.__dict__.get('_moe_student')
+        if student is not None:
+            from .tasks import moe_loss_components
+            moe = moe_loss_components(student.routing_infos())
+            result['loss'] = result['loss'] + moe['moe_aux_loss']
+            result.update({k: v.detach() for k, v in moe.items()})
+        return result
+
+
+def moe_aware_kd_task(task_cls):
+    """A subclass of timm distillation task ``task_cls`` that also adds a timm_tgr student's MoE losses."""
+
+    class MoEAwareTask(_MoEAuxMixin, task_cls):
+        def __init__(self, student_model, *args, **kwargs):
+            super().__init__(student_model, *args, **kwargs)
+            if _is_moe(student_model):
+                base = unwrap_model(student_model)
+                if _wants_guidance(base, dict(getattr(base, 'guidance_cfg', {}) or {})):
+                    raise ValueError(
+                        f'{task_cls.__name__} (--kd-model-name) with teacher-guided routing is not supported: '
+                        f'train a vmoe_deit_* model with timm KD, or a tgr_moe_* model without --kd-model-name '
+                        f'(or pass --model-kwargs tgr_enable=False).')
+                self.__dict__['_moe_student'] = unwrap_model(student_model)  # not a registered submodule
+
+    MoEAwareTask.__name__ = MoEAwareTask.__qualname__ = f'MoEAware{task_cls.__name__}'
+    return MoEAwareTask
+
+
+def is_timm_train(namespace: Dict[str, Any]) -> bool:
+    """True for the globals of pytorch-image-models' train.py."""
+    try:
+        from timm.task import ClassificationTask
+    except ImportError:
+        return False
+    return namespace.get('ClassificationTask') is ClassificationTask and 'train_one_epoch' in namespace
+
+
+def install(namespace: Dict[str, Any]) -> bool:
+    """Swap timm's task classes in ``namespace`` (train.py's globals) for the MoE-aware ones."""
+    if namespace.get('ClassificationTask') is create_task:
+        return True
+    namespace['ClassificationTask'] = create_task
+    for name in ('LogitDistillationTask', 'FeatureDistillationTask', 'TokenDistillationTask'):
+        if isinstance(namespace.get(name), type):
+            namespace[name] = moe_aware_kd_task(namespace[name])
+    _logger.info('timm_tgr: tasks of this training script made MoE-aware (MoE losses and teacher-guided routing '
+                 'for timm_tgr models; dense models unchanged)')
+    return True
+
+
+def install_into_timm_train() -> bool:
+    """Called on ``import timm_tgr``: installs only when ``__main__`` is timm's train.py."""
+    main = sys.modules.get('__main__')
+    namespace = getattr(main, '__dict__', None)
+    if namespace is None or not is_timm_train(namespace):
+        return False
+    return install(namespace)
