@@ -39,12 +39,11 @@ import torch
 import torch.nn as nn
 
 from .losses import router_z_loss
-from .moe import GroupedExperts, RoutingInfo
+from .moe import GroupedExperts, RoutingInfo, check_capacity, check_mlp_replacement
 from .router import TopKRouter
 
 __all__ = ['ExpertChoiceMoE', 'expert_choice_capacity', 'expert_choice_select']
 
-_CAPACITY_GROUPS = ('sample', 'batch')
 
 
 def expert_choice_capacity(group_tokens: int, num_experts: int, capacity_factor: float) -> int:
@@ -101,19 +100,10 @@ class ExpertChoiceMoE(nn.Module):
             **kwargs,
     ):
         super().__init__()
-        if kwargs:
-            raise TypeError(f'ExpertChoiceMoE got unexpected arguments {sorted(kwargs)}.')
-        if out_features not in (None, in_features):
-            raise ValueError('ExpertChoiceMoE keeps the feature size: out_features must equal in_features.')
-        if norm_layer is not None:
-            raise ValueError('ExpertChoiceMoE has no inner MLP norm; build the model with scale_mlp_norm=False.')
-        for name, cf in (('capacity_factor', capacity_factor), ('eval_capacity_factor', eval_capacity_factor)):
-            if cf is not None and not cf > 0:
-                raise ValueError(
-                    f'{name} must be > 0 (the average number of experts per token: 1.0 matches a top-1 '
-                    f'V-MoE\'s compute, 2.0 is the Expert-Choice paper\'s default), got {cf}.')
-        if capacity_group not in _CAPACITY_GROUPS:
-            raise ValueError(f'capacity_group must be one of {_CAPACITY_GROUPS}, got {capacity_group!r}.')
+        check_mlp_replacement('ExpertChoiceMoE', kwargs, in_features, out_features, norm_layer)
+        check_capacity(capacity_factor, eval_capacity_factor, capacity_group,
+                       "the average number of experts per token: 1.0 matches a top-1 V-MoE's compute, 2.0 is the "
+                       "Expert-Choice paper's default")
         if z_loss_weight < 0:
             raise ValueError(f'z_loss_weight must be >= 0 (0 disables the router z-loss), got {z_loss_weight}.')
         hidden_features = hidden_features or in_features

@@ -34,6 +34,25 @@ __all__ = ['GroupedExperts', 'SparseMoE', 'RoutingInfo', 'assign_slots', 'expert
 _CAPACITY_GROUPS = ('sample', 'batch')
 
 
+def check_mlp_replacement(layer: str, extra: dict, in_features: int, out_features, norm_layer) -> None:
+    """Shared argument checks of the MoE layers that stand in for a timm ``Mlp``."""
+    if extra:
+        raise TypeError(f'{layer} got unexpected arguments {sorted(extra)}.')
+    if out_features not in (None, in_features):
+        raise ValueError(f'{layer} keeps the feature size: out_features must equal in_features.')
+    if norm_layer is not None:
+        raise ValueError(f'{layer} has no inner MLP norm; build the model with scale_mlp_norm=False.')
+
+
+def check_capacity(capacity_factor, eval_capacity_factor, capacity_group: str, meaning: str) -> None:
+    """Capacity factors must be > 0 (``meaning`` says what they are for this layer); groups 'sample'/'batch'."""
+    for name, cf in (('capacity_factor', capacity_factor), ('eval_capacity_factor', eval_capacity_factor)):
+        if cf is not None and not cf > 0:
+            raise ValueError(f'{name} must be > 0 ({meaning}), got {cf}.')
+    if capacity_group not in _CAPACITY_GROUPS:
+        raise ValueError(f'capacity_group must be one of {_CAPACITY_GROUPS}, got {capacity_group!r}.')
+
+
 def expert_capacity(group_tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
     """C = ceil(tokens * K * capacity_factor / E), at least 1."""
     return max(1, math.ceil(group_tokens * top_k * capacity_factor / num_experts))
@@ -280,19 +299,9 @@ class SparseMoE(nn.Module):
             **kwargs,
     ):
         super().__init__()
-        if kwargs:
-            raise TypeError(f'SparseMoE got unexpected arguments {sorted(kwargs)}.')
-        if out_features not in (None, in_features):
-            raise ValueError('SparseMoE keeps the feature size: out_features must equal in_features.')
-        if norm_layer is not None:
-            raise ValueError('SparseMoE has no inner MLP norm; build the model with scale_mlp_norm=False.')
-        for name, cf in (('capacity_factor', capacity_factor), ('eval_capacity_factor', eval_capacity_factor)):
-            if cf is not None and not cf > 0:
-                raise ValueError(
-                    f'{name} must be > 0 (1.0 gives each expert an equal share of the tokens; larger drops '
-                    f'fewer tokens), got {cf}.')
-        if capacity_group not in _CAPACITY_GROUPS:
-            raise ValueError(f'capacity_group must be one of {_CAPACITY_GROUPS}, got {capacity_group!r}.')
+        check_mlp_replacement('SparseMoE', kwargs, in_features, out_features, norm_layer)
+        check_capacity(capacity_factor, eval_capacity_factor, capacity_group,
+                       '1.0 gives each expert an equal share of the tokens; larger drops fewer tokens')
         hidden_features = hidden_features or in_features
         self.num_experts = num_experts
         self.top_k = top_k

@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .moe import GroupedExperts, RoutingInfo
+from .moe import GroupedExperts, RoutingInfo, check_mlp_replacement
 
 __all__ = ['SoftMoE', 'SoftMoERouter', 'soft_moe_slots']
 
@@ -128,12 +128,7 @@ class SoftMoE(nn.Module):
             **kwargs,
     ):
         super().__init__()
-        if kwargs:
-            raise TypeError(f'SoftMoE got unexpected arguments {sorted(kwargs)}.')
-        if out_features not in (None, in_features):
-            raise ValueError('SoftMoE keeps the feature size: out_features must equal in_features.')
-        if norm_layer is not None:
-            raise ValueError('SoftMoE has no inner MLP norm; build the model with scale_mlp_norm=False.')
+        check_mlp_replacement('SoftMoE', kwargs, in_features, out_features, norm_layer)
         if num_experts < 1:
             raise ValueError(f'num_experts must be >= 1, got {num_experts}.')
         if slots_per_expert is None:
