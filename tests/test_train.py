@@ -248,3 +248,11 @@ def test_quickstart_pipeline_on_tiny_fashion_mnist(fake_fashion_mnist, tmp_path,
                           '1', '--epochs', '1', '--no-progress', '--extra', '--workers', '0', '--threads', '1', '-b', '16'])
     assert summary['export']['matches_training_eval'], summary
     assert os.path.isfile(os.path.join(str(tmp_path / 'qs'), 'export', 'model.safetensors'))
+
+
+@pytest.mark.parametrize('model', ['ec_moe_deit_tiny', 'soft_moe_deit_tiny'])
+def test_baseline_models_train_with_guidance_and_metrics(image_folder, tmp_path, model):
+    result = _run(image_folder, tmp_path, model, '--epochs', '2', '--model', model, '--warmup-epochs', '0')
+    last = result['rows'][-1]
+    assert np.isfinite(last['train_distill_loss']) and last['train_distill_loss'] > 0
+    assert set(last['routing']) == {'7', '9', '11'} and 0. <= last['consistency_prev'] <= 1.

@@ -18,12 +18,12 @@ from typing import Optional, Sequence, Union
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import to_2tuple
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from .expert_choice import ExpertChoiceMoE
 from .soft_moe import SoftMoE, soft_moe_slots
-from .vmoe_deit import PAPER_MOE_LAYERS, MoEVisionTransformerMixin
+from .vmoe_deit import PAPER_MOE_LAYERS, MoEVisionTransformerMixin, build_model_with_hub_cfg
 
 __all__ = [
     'SoftMoEVisionTransformerMixin', 'SoftMoEVisionTransformer',
@@ -143,7 +143,7 @@ class ExpertChoiceVisionTransformer(ExpertChoiceVisionTransformerMixin, VisionTr
 
 def _create(model_cls, variant: str, pretrained: bool = False, **kwargs):
     out_indices = kwargs.pop('out_indices', 3)
-    return build_model_with_cfg(
+    return build_model_with_hub_cfg(
         model_cls,
         variant,
         pretrained,

@@ -69,7 +69,7 @@ def evaluate_exported(export_dir: str, data_dir: str, device: str, batch_size: i
     """Top-1 of ``local-dir:<export_dir>`` on the Fashion-MNIST test split: the student alone, no teacher."""
     import timm
     from timm.data import create_dataset, create_loader, resolve_data_config
-    model = timm.create_model(f'local-dir:{export_dir}').to(device).eval()
+    model = timm.create_model(f'local-dir:{export_dir}', pretrained=True).to(device).eval()
     cfg = resolve_data_config({}, model=model)
     ds = create_dataset('torch/fashion_mnist', root=data_dir, split='validation', is_training=False,
                         input_img_mode='L')

@@ -517,7 +517,8 @@ def plot_routing_consistency(rows: List[dict], path: str, title: str = '') -> bo
     ax.set_ylabel('adjacent-epoch routing consistency')
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

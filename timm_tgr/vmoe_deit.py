@@ -21,7 +21,12 @@ import torch.nn as nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Mlp
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+try:
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
+except ImportError:  # huggingface_hub < 0.23 keeps them in utils
+    from huggingface_hub.utils import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
+from safetensors import SafetensorError
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 
@@ -183,10 +188,76 @@ class VMoEVisionTransformerDistilled(MoEVisionTransformerMixin, VisionTransforme
     """
 
 
+# Hugging Face Hub organization of published weights: pretrained=True looks for HF_HUB_ORG/<model name>.
+# Nothing is published there yet, so the default cfgs carry no hf_hub_id (timm would list them as pretrained).
+HF_HUB_ORG = 'timm-tgr'
+_EXPORT_HOWTO = (
+    "train one with train_tgr.py, export the student with `python -m timm_tgr.export CHECKPOINT --out DIR` "
+    "(add `--push ORG/NAME` to publish it on the Hub), then load it with "
+    "timm.create_model('local-dir:DIR', pretrained=True), timm.create_model('hf-hub:ORG/NAME', pretrained=True) "
+    "or timm.create_model('{name}', pretrained=True, pretrained_cfg_overlay=dict(file='DIR/model.safetensors'))")
+
+
+def _weights_location(cfg) -> str:
+    if cfg.source == 'local-dir':
+        return f'local folder {cfg.file}'
+    if cfg.file:
+        return f'file {cfg.file}'
+    if cfg.state_dict:
+        return 'given state_dict'
+    return f'Hugging Face Hub repo {cfg.hf_hub_id}' if cfg.hf_hub_id else f'url {cfg.url}'
+
+
+def build_model_with_hub_cfg(model_cls, variant: str, pretrained: bool = False, **kwargs):
+    """timm's ``build_model_with_cfg`` whose pretrained loading fails with messages that name the fix.
+
+    ``pretrained=True`` with no weight source in the cfg or ``pretrained_cfg_overlay`` (``file``,
+    ``url``, ``hf_hub_id``, ``state_dict``) loads ``model.safetensors`` from the Hub repo
+    ``HF_HUB_ORG/<variant>`` through timm's own download path, so a populated HF cache works offline.
+    """
+    if not pretrained:
+        return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+
+    def resolve():
+        return resolve_pretrained_cfg(
+            variant, kwargs.get('pretrained_cfg'), dict(kwargs.get('pretrained_cfg_overlay') or {}))
+
+    cfg = resolve()
+    if not (cfg.has_weights or cfg.state_dict):
+        kwargs['pretrained_cfg_overlay'] = dict(
+            kwargs.get('pretrained_cfg_overlay') or {},
+            hf_hub_id=f'{HF_HUB_ORG}/{variant}', hf_hub_filename='model.safetensors')
+        cfg = resolve()
+    loc = _weights_location(cfg)
+    try:
+        return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+    except (EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled) as e:
+        if cfg.source == 'hf-hub' or not (cfg.hf_hub_id or '').startswith(HF_HUB_ORG + '/'):
+            raise
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+        raise RuntimeError(
+            f'Could not load pretrained weights for {variant}: model.safetensors of the {loc} is neither in the '
+            f'local Hugging Face cache nor downloadable ({type(e).__name__}: {reason}). No weights are published '
+            f'for timm_tgr models yet; to get weights, {_EXPORT_HOWTO.format(name=variant)}.') from e
+    except SafetensorError as e:
+        raise RuntimeError(
+            f'The weights in the {loc} are not a readable safetensors file ({e}): the file is corrupt or truncated '
+            f'(an interrupted download or copy). Delete it and download or export it again.') from e
+    except RuntimeError as e:
+        if 'Error(s) in loading state_dict' not in str(e):
+            raise
+        detail = str(e) if len(str(e)) < 1500 else str(e)[:1500] + ' ...'
+        raise RuntimeError(
+            f'The weights in the {loc} do not fit {variant} built with these kwargs: they were saved for another '
+            f"architecture or other model args. Load an exported folder with timm.create_model('local-dir:DIR', "
+            f"pretrained=True) or timm.create_model('hf-hub:ORG/NAME', pretrained=True), which rebuild the model "
+            f'from its config.json, or pass the model args the weights were trained with.\n{detail}') from e
+
+
 def _create_vmoe_deit(variant: str, pretrained: bool = False, distilled: bool = False, **kwargs):
     out_indices = kwargs.pop('out_indices', 3)
     model_cls = VMoEVisionTransformerDistilled if distilled else VMoEVisionTransformer
-    return build_model_with_cfg(
+    return build_model_with_hub_cfg(
         model_cls,
         variant,
         pretrained,
