@@ -160,6 +160,9 @@ def test_resume_into_the_same_folder_keeps_earlier_rows(image_folder, tmp_path):
     rows = read_metrics(os.path.join(first['output_dir'], 'metrics.jsonl'))
     assert [r['epoch'] for r in rows] == [0, 1]
     assert rows[1]['train_loss'] == first['rows'][1]['train_loss']
+    # model_best.pth.tar is still the best over all epochs, not only the resumed ones
+    best = max(rows, key=lambda r: r['eval_top1'])
+    assert (again['best_metric'], again['best_epoch']) == (best['eval_top1'], best['epoch'])
 
 
 def test_stablemoe_freezes_routers_mid_run(image_folder, tmp_path):

@@ -121,7 +121,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     # 3. export the student alone and evaluate it without the teacher
     from .export import main as export_main
     export_dir = os.path.join(args.output, 'export')
-    export_main([student_ckpt, '--out', export_dir])
+    ema = bool(student['rows']) and 'eval_ema_top1' in student['rows'][-1]  # best was picked by the EMA
+    export_main([student_ckpt, '--out', export_dir] + (['--ema'] if ema else []))
     top1 = evaluate_exported(export_dir, args.data_dir, device)
     summary['export'] = {'dir': export_dir, 'top1_local_dir': top1,
                          'matches_training_eval': abs(top1 - (student['best_metric'] or -1)) < 0.02}

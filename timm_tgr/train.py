@@ -533,8 +533,16 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if not logging.root.handlers:
         setup_default_logging()
     args = parse_args(argv)
+    threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        return _main(args)
+    finally:
+        torch.set_num_threads(threads)  # in-process callers (quickstart, reproduce) get theirs back
+
+
+def _main(args) -> dict:
     device = init_distributed_device(args)
     args.prefetcher = device.type == 'cuda' and not args.no_prefetcher
     random_seed(args.seed, 0)  # same initial weights on every rank
@@ -680,6 +688,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         if os.path.isfile(metrics_path):
             rows = [r for r in read_metrics(metrics_path) if r['epoch'] < start_epoch]
             _write_rows(metrics_path, rows)
+        if rows:  # resuming in the run's folder: model_best.pth.tar stays the best of all epochs
+            best = max(rows, key=lambda r: _row_metric(r, args))
+            saver.best_metric, saver.best_epoch = _row_metric(best, args), best['epoch']
         _logger.info(f'Output: {output_dir}; task {kind}; epochs {start_epoch}..{num_epochs - 1}; '
                      f'{updates_per_epoch} updates/epoch')
 
@@ -726,8 +737,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                 task.schedule.observe_consistency(row['consistency_prev'])
         row['time_s'] = round(time.time() - t0, 2)
 
-        metric = row.get('eval_ema_' + args.eval_metric, row[f'eval_{args.eval_metric}']) \
-            if args.model_ema else row[f'eval_{args.eval_metric}']
+        metric = _row_metric(row, args)
         if saver is not None:
             rows.append(row)
             _write_rows(metrics_path, rows)
@@ -746,6 +756,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.distributed:
         torch.distributed.barrier()
     return result
+
+
+def _row_metric(row: dict, args) -> float:
+    """The metric that picks model_best: the EMA's when --model-ema, else the model's."""
+    if args.model_ema and f'eval_ema_{args.eval_metric}' in row:
+        return row[f'eval_ema_{args.eval_metric}']
+    return row[f'eval_{args.eval_metric}']
 
 
 def _output_dir(args) -> str:

@@ -1,0 +1,149 @@
+"""benchmarks/reproduce.py (issue 7) end to end in --quick mode: tiny models on synthetic Fashion-MNIST-format data.
+
+One module-scoped run (teacher, V-MoE, TGR, teacher-route at E=4, 1 seed, 2 epochs) feeds every test:
+outputs and their fields, --report-only rebuilding the same table, skipping completed runs, resuming
+a partial one, refusing to mix budgets, and the exported student matching the training-time evaluation.
+"""
+import importlib.util
+import json
+import math
+import os
+import shutil
+import time
+
+import pytest
+
+_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks', 'reproduce.py')
+
+
+@pytest.fixture(scope='module')
+def repro():
+    spec = importlib.util.spec_from_file_location('timm_tgr_bench_reproduce', _SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _argv(out):
+    return ['--quick', '--output', str(out), '--seeds', '0', '--variants', 'vmoe', 'tgr', 'teacher_route',
+            '--main-experts', '4', '--experts', '4', '--device', 'cpu']
+
+
+@pytest.fixture(scope='module')
+def quick_run(repro, tmp_path_factory):
+    out = tmp_path_factory.mktemp('reproduce')
+    t0 = time.time()
+    report = repro.main(_argv(out))
+    return out, report, time.time() - t0
+
+
+def _mtime(path):
+    return os.stat(path).st_mtime_ns
+
+
+def _finite(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def test_quick_run_writes_every_output(quick_run):
+    out, report, seconds = quick_run
+    for name in ('results.md', 'results.csv', 'results.json', 'consistency.png', 'accuracy_vs_experts.png',
+                 'environment.json', 'settings.json', 'export_check.json'):
+        assert os.path.getsize(out / name) > 0, name
+    assert report['run_status'] == {'teacher-s0': 'trained', 'vmoe-E4-s0': 'trained', 'tgr-E4-s0': 'trained',
+                                    'teacher_route-E4-s0': 'trained'}
+    assert seconds < 60, seconds
+
+
+def test_results_json_fields_are_finite(quick_run):
+    out, _, _ = quick_run
+    data = json.loads((out / 'results.json').read_text())
+    assert data['schema'] == 'timm_tgr.reproduce/1'
+    inv = data['environment']['invocations'][-1]
+    for key in ('date', 'command', 'device', 'device_name', 'torch', 'timm', 'timm_tgr', 'python'):
+        assert inv[key], key
+    assert inv['command'].startswith('python benchmarks/reproduce.py --quick')
+    assert data['settings']['quick'] and data['settings']['synthetic_data'] and data['settings']['epochs'] == 2
+    groups = {(g['variant'], g['experts']): g for g in data['aggregates']}
+    assert set(groups) == {('teacher', None), ('vmoe', 4), ('tgr', 4), ('teacher_route', 4)}
+    for key in ('vmoe', 'tgr', 'teacher_route'):
+        g = groups[(key, 4)]
+        for stat in ('top1_final', 'top1_best', 'adjacent_last', 'adjacent_mean', 'to_final_25pct', 'to_final_sixth',
+                     'entropy'):
+            assert _finite(g[stat]['mean']) and g[stat]['n'] == 1, (key, stat)
+        assert 0. <= g['adjacent_last']['mean'] <= 1.
+        assert set(g['entropy_per_layer']) == {'L8', 'L10', 'L12'}
+        assert all(0. <= v['mean'] <= 1. for v in g['entropy_per_layer'].values())
+        assert g['to_final_25pct_epoch'] == 0 and len(g['curves']['consistency_prev']) == 2
+    assert _finite(groups[('teacher_route', 4)]['teacher_route_top1_final']['mean'])
+    assert _finite(groups[('tgr', 4)]['distill_epochs']['mean'])
+    assert 'teacher_route_top1_final' not in groups[('tgr', 4)]
+    runs = {r['name']: r for r in data['runs']}
+    assert len(runs['tgr-E4-s0']['rows']) == 2 and runs['tgr-E4-s0']['routing_consistency']['to_final_mean'][-1] == 1.
+    claims = {c['claim'].split(',')[0]: c for c in data['claims']}
+    assert _finite(claims['TGR (full) - V-MoE']['ours']['diff'])
+    assert claims['StableMoE - V-MoE']['ours'] is None  # not run
+    ex = data['export']
+    assert ex['run'] == 'tgr-E4-s0' and ex['matches'], ex  # local-dir: student, no teacher == training-time eval
+    assert os.path.isfile(os.path.join(ex['export_dir'], 'model.safetensors'))
+
+
+def test_results_csv_has_every_epoch_of_every_run(quick_run):
+    out, _, _ = quick_run
+    import csv
+    with open(out / 'results.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r['run'], r['epoch']) for r in rows) == sorted(
+        [('teacher-s0', '0')] + [(f'{v}-E4-s0', e) for v in ('vmoe', 'tgr', 'teacher_route') for e in ('0', '1')])
+    tgr = [r for r in rows if r['run'] == 'tgr-E4-s0']
+    assert all(float(r['routing_L8_entropy']) >= 0 for r in tgr) and tgr[-1]['to_final_mean'] == '1.0'
+    assert len(tgr[0]['routing_L8_load'].split()) == 4  # per-expert load, E = 4
+    assert all(r['eval_top1_teacher_route'] for r in rows if r['variant'] == 'teacher_route')
+
+
+def test_markdown_table_lists_paper_numbers_and_environment(quick_run):
+    out, _, _ = quick_run
+    md = (out / 'results.md').read_text()
+    for text in ('CI smoke run', '## Main comparison (E = 4)', '| V-MoE | 77.39 |', '| TGR (full) | 77.81 |',
+                 'teacher route (upper bound) | 80.19', 'student route (same run) | 74.84', '## Expert sweep',
+                 '## Environment', 'torch ', 'timm 1.', 'command: python benchmarks/reproduce.py --quick'):
+        assert text in md, text
+    assert 'nan' not in md.lower().replace('fashion', '')
+
+
+def test_report_only_rebuilds_the_same_table(repro, quick_run):
+    out, report, _ = quick_run
+    before = (out / 'results.md').read_text()
+    rebuilt = repro.main(['--report-only', '--output', str(out)])
+    assert (out / 'results.md').read_text() == before
+    assert rebuilt['aggregates'] == json.loads(json.dumps(report['aggregates']))
+    assert rebuilt['report']['command'].endswith('--report-only --output ' + str(out))
+
+
+def test_rerun_skips_completed_and_resumes_a_partial_run(repro, quick_run, tmp_path):
+    out, _, _ = quick_run
+    # a copy, so the other tests keep the original; simulate a run killed during its second epoch
+    work = tmp_path / 'copy'
+    shutil.copytree(out, work)
+    for name in os.listdir(work / 'runs'):  # the copy's records hold the original paths: neutral flags
+        assert os.path.isfile(work / 'runs' / name / 'reproduce_run.json')
+    run = work / 'runs' / 'vmoe-E4-s0'
+    full_rows = [json.loads(x) for x in (run / 'metrics.jsonl').read_text().splitlines()]
+    (run / 'metrics.jsonl').write_text(json.dumps(full_rows[0]) + '\n')
+    shutil.copyfile(run / 'checkpoint-0.pth.tar', run / 'last.pth.tar')
+    os.remove(run / 'routing_consistency.json')
+    untouched = _mtime(work / 'runs' / 'tgr-E4-s0' / 'metrics.jsonl')
+    argv = _argv(work) + ['--data-dir', str(out / 'synthetic-fashion-mnist'), '--no-export']
+    report = repro.main(argv)
+    assert report['run_status'] == {'teacher-s0': 'skipped', 'vmoe-E4-s0': 'resumed', 'tgr-E4-s0': 'skipped',
+                                    'teacher_route-E4-s0': 'skipped'}
+    assert _mtime(work / 'runs' / 'tgr-E4-s0' / 'metrics.jsonl') == untouched
+    resumed = [json.loads(x) for x in (run / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['epoch'] for r in resumed] == [0, 1]
+    for key in ('train_loss', 'eval_loss', 'eval_top1', 'consistency_prev'):  # resume == uninterrupted run (CPU)
+        assert resumed[1][key] == full_rows[1][key], key
+    assert len(report['environment']['invocations']) == 2
+
+    # the same run names with another budget: refused rather than mixed
+    with pytest.raises(SystemExit, match='trained with other flags'):
+        repro.main(argv + ['--epochs', '3'])
