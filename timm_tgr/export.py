@@ -357,9 +357,10 @@ def _update_pretrained_cfg(model: nn.Module, run_args: Dict[str, Any], source: s
     for k in ('mean', 'std', 'crop_pct', 'interpolation', 'crop_mode'):
         if run_args.get(k) not in (None, ''):
             cfg[k] = tuple(run_args[k]) if isinstance(run_args[k], list) else run_args[k]
-    if cfg['input_size'][0] not in (1, 3):
-        # timm adapts `first_conv` of any pretrained weights to in_chans != 3 assuming RGB weights; these are
-        # already in_chans wide, so skip that (load them at the exported in_chans)
+    if cfg['input_size'][0] != 3:
+        # timm "converts" `first_conv` of pretrained weights whenever in_chans != 3, assuming RGB weights;
+        # these are already in_chans wide (for 1 channel the sum over one channel is a no-op that still logs
+        # a misleading conversion), so skip that: they load at the exported in_chans only
         cfg['first_conv'] = None
     cfg['notes'] = (f'Student weights exported by timm_tgr.export from {source}.',)
     for k in ('url', 'file', 'hf_hub_id', 'hf_hub_filename', 'source', 'state_dict'):
