@@ -167,3 +167,21 @@ def test_train_py_loop_contract(tmp_path, accum, fp16):
     for k, v in trainable.teacher_routers.state_dict().items():
         assert torch.equal(task2.get_trainable_module().teacher_routers.state_dict()[k], v)
     assert task2.schedule.step == task.schedule.step == 4
+
+
+def test_prepare_distributed_on_cpu_accepts_train_py_device_ids():
+    """timm's train.py calls prepare_distributed(device_ids=[device]) even for a CPU device."""
+    import socket
+    import torch.distributed as dist
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=0, world_size=1)
+    try:
+        task = create_task(model=_tgr_model(), criterion=nn.CrossEntropyLoss(), verbose=False)
+        task.prepare_distributed(device_ids=[torch.device('cpu')], broadcast_buffers=True)
+        out = task(torch.randn(2, 1, 16, 16), torch.tensor([0, 1]))
+        out['loss'].backward()
+        assert type(task.get_trainable_module()).__name__ == 'DistributedDataParallel'
+    finally:
+        dist.destroy_process_group()

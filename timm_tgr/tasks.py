@@ -66,6 +66,15 @@ def _student_mean_std(student: nn.Module, device, dtype):
     return torch.tensor(mean, **to).view(1, -1, 1, 1), torch.tensor(std, **to).view(1, -1, 1, 1)
 
 
+def wrap_ddp(module: nn.Module, device_ids: Optional[list] = None, **ddp_kwargs) -> nn.Module:
+    """DistributedDataParallel; ``device_ids`` are dropped for a CPU module (timm's train.py passes
+    ``[device]`` even on CPU, which DDP rejects), so gloo training on CPU works from timm's train.py too."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    if all(p.device.type == 'cpu' for p in module.parameters()):
+        device_ids = None
+    return DDP(module, device_ids=device_ids, **ddp_kwargs)
+
+
 class TrainerStateMixin:
     """Lets a trainer keep its own resumable state (e.g. the routing-consistency tracker) in the task's
     checkpoint entry: objects given to :meth:`register_trainer_state` (with ``state_dict`` /
@@ -106,8 +115,7 @@ class VMoETask(TrainerStateMixin, TrainingTask):
             self._load_trainer_state(state.get('trainer'))
 
     def prepare_distributed(self, device_ids: Optional[list] = None, **ddp_kwargs) -> 'VMoETask':
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        self.trainable_module = DDP(self.trainable_module, device_ids=device_ids, **ddp_kwargs)
+        self.trainable_module = wrap_ddp(self.trainable_module, device_ids, **ddp_kwargs)
         return self
 
     def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs) -> nn.Module:
@@ -314,9 +322,8 @@ class TGRTask(TrainerStateMixin, TrainingTask):
 
     # --- timm task plumbing ------------------------------------------------------------------
     def prepare_distributed(self, device_ids: Optional[list] = None, **ddp_kwargs) -> 'TGRTask':
-        from torch.nn.parallel import DistributedDataParallel as DDP
         self.teacher.requires_grad_(False)
-        self.trainable_module = DDP(self.trainable_module, device_ids=device_ids, **ddp_kwargs)
+        self.trainable_module = wrap_ddp(self.trainable_module, device_ids, **ddp_kwargs)
         return self
 
     def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **compile_kwargs) -> nn.Module:
