@@ -48,6 +48,9 @@ import numpy as np
 import torch
 import yaml
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _env import cpu_model_name  # noqa: E402
+
 _logger = logging.getLogger('reproduce')
 
 SCHEMA = 'timm_tgr.reproduce/1'
@@ -231,16 +234,7 @@ def _git_revision() -> Optional[str]:
 def _device_name(device: str) -> str:
     if device.startswith('cuda') and torch.cuda.is_available():
         return f'{torch.cuda.get_device_name(torch.device(device))} (CUDA {torch.version.cuda})'
-    name = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    name = line.split(':', 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f'CPU: {name}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}'
+    return f'CPU: {cpu_model_name()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}'
 
 
 def _environment(argv: Sequence[str], device: str) -> dict:

@@ -49,6 +49,8 @@ import torch.nn as nn
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, _ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _env import cpu_model_name  # noqa: E402
 
 import timm  # noqa: E402
 import timm_tgr  # noqa: E402,F401  (registers the models)
@@ -165,16 +167,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def _device_name(device: torch.device) -> str:
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    name = line.split(':', 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return name
+    return cpu_model_name()
 
 
 def _device_slug(device: torch.device) -> str:

@@ -1,0 +1,16 @@
+"""What the benchmark scripts record about the machine they ran on."""
+import os
+import platform
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return name or f'unknown CPU ({os.cpu_count()} logical cores)'
