@@ -7,9 +7,9 @@ ratios compare like with like (same device, batch, image size, autocast dtype, c
 Rows (``--variants``):
 
 - ``dense``: timm ``deit_{size}_patch16_224``; train step = forward + cross-entropy + backward + AdamW step.
-- ``vmoe``: ``vmoe_deit_{size}`` with E experts (``--experts``), through :class:`timm_tgr.tasks.VMoETask`
+- ``vmoe``: ``vmoe_deit_{size}`` with E experts (``--experts``), through :class:`timm_tgr.task.tasks.VMoETask`
   (task loss + MoE auxiliary loss), same step.
-- ``tgr``: ``tgr_moe_deit_{size}`` student in :class:`timm_tgr.tasks.TGRTask` with a randomly initialised
+- ``tgr``: ``tgr_moe_deit_{size}`` student in :class:`timm_tgr.task.tasks.TGRTask` with a randomly initialised
   frozen teacher (``--teacher``, ``teacher_pretrained=False``; truncated at the deepest routed block as
   TGRTask does); step = ``task(x, y)['loss'].backward()`` + AdamW over student + teacher routers.
   Training only: at inference a TGR-MoE model is a plain V-MoE (the ``vmoe`` infer row).
@@ -54,10 +54,10 @@ from _env import cpu_model_name  # noqa: E402
 
 import timm  # noqa: E402
 import timm_tgr  # noqa: E402,F401  (registers the models)
-from timm_tgr.guidance import RoutingTeacher, default_teacher  # noqa: E402
-from timm_tgr.moe import EXPERT_IMPLS, GroupedExperts  # noqa: E402
-from timm_tgr.tasks import TGRTask, VMoETask  # noqa: E402
-from timm_tgr.vmoe_deit import PAPER_MOE_LAYERS  # noqa: E402
+from timm_tgr.task.guidance import RoutingTeacher, default_teacher  # noqa: E402
+from timm_tgr.layers.moe import EXPERT_IMPLS, GroupedExperts  # noqa: E402
+from timm_tgr.task.tasks import TGRTask, VMoETask  # noqa: E402
+from timm_tgr.models.vmoe_deit import PAPER_MOE_LAYERS  # noqa: E402
 
 SCHEMA = 'timm_tgr.benchmarks.throughput/1'
 SIZES = ('tiny', 'small', 'base')

@@ -1,7 +1,13 @@
+import os
+import sys
+
 import pytest
 import torch
 
 import timm_tgr  # noqa: F401  (registers the models)
+
+# tests/reference.py (independent brute-force references) importable from every test folder
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -61,7 +61,7 @@ def run(tmp_path):
     for p in student.parameters():
         p.grad = torch.full_like(p, 1e-3)
     opt.step()  # an optimizer state to leave out
-    # as timm_tgr/train.py records them: model_kwargs resolved (with the dropout rates), plain values
+    # as timm_tgr/train/ records them: model_kwargs resolved (with the dropout rates), plain values
     model_kwargs = dict(ARCH_KW, moe_layers=[1, 3], num_classes=10, in_chans=1, img_size=32, drop_path_rate=0.1,
                         tgr_mode='tgr', tgr_teacher_checkpoint='/data/private/teacher.pth')
     args = argparse.Namespace(

@@ -4,22 +4,25 @@ Importing the package registers its models with timm::
 
     import timm, timm_tgr
     model = timm.create_model('tgr_moe_deit_small', num_classes=100)
+
+Layout (as timm's): ``layers/`` MoE blocks that know no models, ``models/`` the registered model
+families, ``task/`` the training-time teacher, losses, schedules, metrics and timm ``TrainingTask``s,
+``train/`` the trainer (``train_tgr.py``), ``data/`` dataset helpers, ``export`` the Hub export.
 """
 from .version import __version__
-from .router import RouterOutput, TopKRouter
-from .moe import GroupedExperts, RoutingInfo, SparseMoE, assign_slots, expert_capacity
-from .vmoe_deit import (
-    MoEBlock, VMoEVisionTransformer, VMoEVisionTransformerDistilled, PAPER_MOE_LAYERS,
+from .layers import (
+    ExpertChoiceMoE, GroupedExperts, RouterOutput, RoutingInfo, SoftMoE, SoftMoERouter, SparseMoE, TopKRouter,
+    assign_slots, expert_capacity, expert_choice_capacity, soft_moe_slots,
 )
-from . import losses
-from .soft_moe import SoftMoE, SoftMoERouter, soft_moe_slots
-from .expert_choice import ExpertChoiceMoE, expert_choice_capacity
-from .moe_baselines import (
-    SoftMoEVisionTransformer, ExpertChoiceVisionTransformer,
+from .layers import losses
+from .models import (
+    ExpertChoiceVisionTransformer, MoEBlock, PAPER_MOE_LAYERS, SoftMoEVisionTransformer, VMoEVisionTransformer,
+    VMoEVisionTransformerDistilled,
 )
-from . import moe_baselines, stablemoe
-from . import timm_train as _timm_train
+from .models import moe_baselines
+from .task import stablemoe
+from .task import timm_train as _timm_train
 
 # Inside pytorch-image-models' train.py (``--device-modules timm_tgr``) make its tasks MoE-aware;
-# anywhere else this does nothing (see timm_tgr.timm_train).
+# anywhere else this does nothing (see timm_tgr.task.timm_train).
 _timm_train.install_into_timm_train()

@@ -56,7 +56,7 @@ _NOT_MODEL_ARGS = {
     'drop_block_rate', 'pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay', 'checkpoint_path', 'cache_dir',
     'scriptable', 'exportable', 'no_jit', 'features_only', 'out_indices', 'device', 'dtype',
 }
-# run args shown as the training recipe in the model card (when present; names of timm_tgr/train.py and timm)
+# run args shown as the training recipe in the model card (when present; names of timm_tgr/train/ and timm)
 _RECIPE_KEYS = (
     'dataset', 'train_split', 'val_split', 'pretrained', 'num_classes', 'img_size', 'in_chans', 'input_size',
     'mean', 'std', 'crop_pct', 'epochs', 'batch_size', 'grad_accum_steps', 'opt', 'opt_eps', 'opt_betas',
@@ -178,7 +178,7 @@ def resolve_model_args(
             f"unknown architecture '{arch}': it is not a registered timm model. timm_tgr registers "
             f"{', '.join(timm.list_models('*moe_deit*')[:4])}, ...; pass --model with one of "
             f"timm.list_models('*moe_deit*').")
-    # timm_tgr/train.py records the resolved create_model kwargs ('model_kwargs_resolved' in its args.yaml)
+    # timm_tgr/train/ records the resolved create_model kwargs ('model_kwargs_resolved' in its args.yaml)
     args = dict(run_args.get('model_kwargs_resolved') or run_args.get('model_kwargs') or {})
     for k in ('num_classes', 'in_chans', 'img_size'):
         if run_args.get(k) is not None:
@@ -190,7 +190,7 @@ def resolve_model_args(
     if run_args.get('gp'):
         args.setdefault('global_pool', run_args['gp'])
     args.update(model_kwargs or {})
-    # tgr_* kwargs are teacher-guidance options for timm's train.py (timm_tgr.timm_train), not architecture
+    # tgr_* kwargs are teacher-guidance options for timm's train.py (timm_tgr.task.timm_train), not architecture
     args = {k: _jsonable(v) for k, v in args.items()
             if k not in _NOT_MODEL_ARGS and not k.startswith('tgr_') and v is not None}
     try:

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from timm.utils import unwrap_model
 
-from .losses import normalized_utilization_entropy
+from ..layers.losses import normalized_utilization_entropy
 
 __all__ = ['RoutingStats', 'record_assignments', 'routing_consistency', 'ConsistencyTracker']
 

@@ -7,8 +7,8 @@ imports ``timm_tgr`` inside train.py's ``main()`` before the task is created; at
 :func:`install` replaces the task names in train.py's namespace (``__main__``) with MoE-aware ones:
 
 - ``ClassificationTask(model, ...)`` -> :func:`create_task`: timm's ``ClassificationTask`` for dense
-  models (unchanged behaviour), :class:`~timm_tgr.tasks.VMoETask` for timm_tgr MoE models (adds
-  lambda_load L_load and the z-loss), :class:`~timm_tgr.tasks.TGRTask` for ``tgr_moe_*`` models or any
+  models (unchanged behaviour), :class:`~timm_tgr.task.tasks.VMoETask` for timm_tgr MoE models (adds
+  lambda_load L_load and the z-loss), :class:`~timm_tgr.task.tasks.TGRTask` for ``tgr_moe_*`` models or any
   MoE model given ``tgr_*`` options (adds the teacher guidance).
 - ``LogitDistillationTask`` / ``FeatureDistillationTask`` / ``TokenDistillationTask`` -> subclasses
   that add the MoE auxiliary losses of a timm_tgr student (TGR with timm's KD is refused).
@@ -78,7 +78,7 @@ def pop_guidance_kwargs(kwargs: Dict[str, Any]) -> Dict[str, Any]:
         if name not in GUIDANCE_KEYS:
             raise TypeError(
                 f'unknown TGR option {key!r}: the tgr_* model kwargs are '
-                f'{", ".join("tgr_" + k for k in sorted(GUIDANCE_KEYS))} (see timm_tgr.timm_train).')
+                f'{", ".join("tgr_" + k for k in sorted(GUIDANCE_KEYS))} (see timm_tgr.task.timm_train).')
         if not isinstance(value, GUIDANCE_KEYS[name]):
             raise TypeError(f'{key}={value!r} must be {" or ".join(t.__name__ for t in GUIDANCE_KEYS[name])}.')
         cfg[name] = value

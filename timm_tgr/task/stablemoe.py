@@ -6,7 +6,7 @@ trains everything else with that fixed routing, so token-to-expert assignments s
 
 A training loop calls one function at the switch step::
 
-    from timm_tgr.stablemoe import RouterFreezeSchedule, freeze_routers
+    from timm_tgr.task.stablemoe import RouterFreezeSchedule, freeze_routers
 
     schedule = RouterFreezeSchedule(fraction=0.5, total_steps=total_steps)   # or switch_step=...
     for step, (x, y) in enumerate(loader, start=start_step):

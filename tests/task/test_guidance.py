@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from timm_tgr.guidance import DistillSchedule, RoutingTeacher, default_teacher, resolve_layer_map
-from timm_tgr.tasks import TGRTask, VMoETask
+from timm_tgr.task.guidance import DistillSchedule, RoutingTeacher, default_teacher, resolve_layer_map
+from timm_tgr.task.tasks import TGRTask, VMoETask
 
 
 def tiny_teacher(img_size=32, depth=12, dim=48, **kw):

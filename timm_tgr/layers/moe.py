@@ -2,7 +2,7 @@
 
 Three small pieces, kept apart so each can be replaced (e.g. by a grouped-GEMM fast path):
 
-- :class:`~timm_tgr.router.TopKRouter` picks experts,
+- :class:`~timm_tgr.layers.router.TopKRouter` picks experts,
 - :func:`assign_slots` turns the choices into buffer slots under the capacity limit,
 - :class:`GroupedExperts` runs all experts at once with batched matmuls.
 

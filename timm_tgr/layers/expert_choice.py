@@ -10,13 +10,13 @@ expert takes the ``C`` tokens of a group with its highest scores::
 A token may be taken by 0..E experts; one that no expert takes passes through the block's residual
 connection only. Every expert processes exactly C tokens per group: perfect load balance without an
 auxiliary loss. With ``capacity_factor=1`` (the default) each expert processes ceil(S/E) tokens, the
-compute of a top-1 V-MoE at capacity factor 1. Groups are as in :mod:`timm_tgr.moe`: one sample's
+compute of a top-1 V-MoE at capacity factor 1. Groups are as in :mod:`timm_tgr.layers.moe`: one sample's
 tokens (``capacity_group='sample'``, outputs independent of the rest of the batch) or the batch.
 
-Routing record (:class:`~timm_tgr.moe.RoutingInfo`):
+Routing record (:class:`~timm_tgr.layers.moe.RoutingInfo`):
 
 - ``probs``: the router softmax over experts ``[B, N, E]`` (noisy logits in training, as for
-  :class:`~timm_tgr.moe.SparseMoE`), with its autograd graph, so TGR's ``KL(p_t || p)`` applies
+  :class:`~timm_tgr.layers.moe.SparseMoE`), with its autograd graph, so TGR's ``KL(p_t || p)`` applies
   directly (routing is orthogonal to teacher guidance); ``logits`` before noise;
 - ``expert_index`` ``[B, N, 1]``: among the experts that took the token, the one with the highest
   score; a token no expert took gets its highest-score expert with ``kept`` False;
@@ -27,7 +27,7 @@ Routing record (:class:`~timm_tgr.moe.RoutingInfo`):
 - ``load_loss``: zero (no load loss); ``z_loss``: ST-MoE router z-loss when ``z_loss_weight > 0``;
   ``aux_loss = z_loss_weight * z_loss``.
 
-Like :class:`~timm_tgr.moe.SparseMoE`: ``routing_override`` (a ``[B, N, E]`` distribution) makes the
+Like :class:`~timm_tgr.layers.moe.SparseMoE`: ``routing_override`` (a ``[B, N, E]`` distribution) makes the
 experts choose tokens (and weight them) by it instead of the router's scores, ``detach_gates``
 stops the task loss reaching the router through the combine weights. No Python loop over experts
 and no host sync: ``torch.compile(fullgraph=True)`` captures the layer.

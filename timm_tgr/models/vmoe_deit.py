@@ -7,7 +7,7 @@ MoE in blocks 8, 10, 12 (1-based; ``moe_layers=(7, 9, 11)`` here, 0-based like t
 K=1, E=16 for Tiny and 8 for Small/Base, bias-free routers.
 
 ``tgr_moe_deit_*`` is the same student architecture as ``vmoe_deit_*``: teacher guidance is a
-training-time loss (``timm_tgr.guidance``), so a TGR-MoE model needs no teacher at inference.
+training-time loss (``timm_tgr.task.guidance``), so a TGR-MoE model needs no teacher at inference.
 
 Two layouts are registered: ``*_deit_{tiny,small,base}`` on timm's plain DeiT
 (``VisionTransformer``), and ``*_distilled`` on DeiT's distilled layout (class + distillation
@@ -30,7 +30,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
 
-from .moe import RoutingInfo, SparseMoE
+from ..layers import RoutingInfo, SparseMoE
 
 __all__ = ['MoEBlock', 'VMoEVisionTransformer', 'VMoEVisionTransformerDistilled', 'PAPER_MOE_LAYERS']
 
@@ -67,15 +67,15 @@ class MoEVisionTransformerMixin:
         capacity_factor / eval_capacity_factor: expert capacity in train / eval mode.
         router_noise_std: noise std on router logits in training, a number (paper: 1.0) or '1/E'.
         batch_prioritized_routing: V-MoE's BPR.
-        capacity_group: 'sample' or 'batch' (see ``timm_tgr.moe``).
+        capacity_group: 'sample' or 'batch' (see ``timm_tgr.layers.moe``).
         load_loss_weight: lambda_load per MoE layer (paper: 0.005).
         z_loss_weight: ST-MoE router z-loss weight (0 = off; the paper's comparison uses 1e-3).
 
     Teacher-guided-routing options for timm's own ``train.py`` (``--model-kwargs tgr_teacher=...``) are
     accepted as ``tgr_*`` kwargs, validated and kept in ``self.guidance_cfg``; the model itself never
-    uses them (see :mod:`timm_tgr.timm_train`).
+    uses them (see :mod:`timm_tgr.task.timm_train`).
 
-    Other MoE layers (``timm_tgr.moe_baselines``) subclass this mixin, set ``moe_layer`` and build
+    Other MoE layers (``timm_tgr.models.moe_baselines``) subclass this mixin, set ``moe_layer`` and build
     their blocks through :meth:`_init_moe`.
     """
 
@@ -113,7 +113,7 @@ class MoEVisionTransformerMixin:
 
     def _init_moe(self, args: tuple, kwargs: dict, moe_layers: Sequence[int], moe_cfg: dict) -> None:
         """Build the ViT (the next class in the MRO) with ``self.moe_layer(**moe_cfg)`` in ``moe_layers``."""
-        from .timm_train import pop_guidance_kwargs
+        from ..task.timm_train import pop_guidance_kwargs
         guidance_cfg = pop_guidance_kwargs(kwargs)
         depth = kwargs.get('depth', 12)
         moe_layers = _check_moe_layers(moe_layers, depth)

@@ -4,13 +4,13 @@ Same placement and expert counts as ``vmoe_deit_*`` (MoE MLP in blocks 8, 10, 12
 ``moe_layers=(7, 9, 11)``; E=16 Tiny, 8 Small/Base), and, as in the paper's supplement, expert
 compute matched to a top-1 V-MoE: each expert processes about 1/E of the tokens.
 
-- ``soft_moe_deit_*``: :class:`~timm_tgr.soft_moe.SoftMoE` with ``slots_per_expert = ceil(N/E)``
+- ``soft_moe_deit_*``: :class:`~timm_tgr.layers.soft_moe.SoftMoE` with ``slots_per_expert = ceil(N/E)``
   (N = tokens per image, class token included: 13 slots for Tiny, 25 for Small/Base at 224x224).
-- ``ec_moe_deit_*``: :class:`~timm_tgr.expert_choice.ExpertChoiceMoE` with capacity factor 1:
+- ``ec_moe_deit_*``: :class:`~timm_tgr.layers.expert_choice.ExpertChoiceMoE` with capacity factor 1:
   each expert takes ``ceil(N/E)`` tokens per image.
 
 The StableMoE baseline (C.3) is a training schedule on a V-MoE model, not an architecture: see
-:mod:`timm_tgr.stablemoe`. Every model has the routing API of :mod:`timm_tgr.vmoe_deit`
+:mod:`timm_tgr.task.stablemoe`. Every model has the routing API of :mod:`timm_tgr.models.vmoe_deit`
 (``get_moe_layers``, ``routing_infos``, ``moe_aux_loss``, ``set_routing_override``).
 """
 import math
@@ -21,8 +21,8 @@ from timm.layers import to_2tuple
 from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from .expert_choice import ExpertChoiceMoE
-from .soft_moe import SoftMoE, soft_moe_slots
+from ..layers import ExpertChoiceMoE
+from ..layers import SoftMoE, soft_moe_slots
 from .vmoe_deit import PAPER_MOE_LAYERS, MoEVisionTransformerMixin, build_model_with_hub_cfg
 
 __all__ = [

@@ -16,7 +16,7 @@ import timm_tgr  # noqa: F401
 from timm_tgr.data import FASHION_MNIST_FILES, prepare_fashion_mnist
 from timm_tgr.train import main as train_main, parse_args, read_metrics
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TINY = [
     '--dataset', '', '--model', 'tgr_moe_deit_tiny',
@@ -236,7 +236,7 @@ def test_prepare_fashion_mnist_from_debian_style_files(fake_fashion_mnist, tmp_p
 
 
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setattr('timm_tgr.data.DEBIAN_FASHION_MNIST_DIR', str(tmp_path / 'none'))
+    monkeypatch.setattr('timm_tgr.data.fashion_mnist.DEBIAN_FASHION_MNIST_DIR', str(tmp_path / 'none'))
     monkeypatch.delenv('TIMM_TGR_FASHION_MNIST', raising=False)
     with pytest.raises(FileNotFoundError, match='apt-get install dataset-fashion-mnist'):
         prepare_fashion_mnist(str(tmp_path / 'data'))

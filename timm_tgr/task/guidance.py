@@ -1,6 +1,6 @@
 """Teacher-Guided Routing (TGR-MoE, arXiv 2604.21330): frozen teacher, teacher routers, schedule.
 
-Pieces, each used by :class:`timm_tgr.tasks.TGRTask`:
+Pieces, each used by :class:`timm_tgr.task.tasks.TGRTask`:
 
 - :class:`RoutingTeacher` - a frozen dense ViT teacher (timm name, ``nn.Module`` or checkpoint
   file), truncated after the deepest block a teacher router reads, returning the token features
@@ -21,7 +21,7 @@ import timm
 from timm.task import DistillationTeacher
 from timm.utils import unwrap_model
 
-from .losses import load_balance_loss, routing_entropy_loss, routing_kl_divergence
+from ..layers.losses import load_balance_loss, routing_entropy_loss, routing_kl_divergence
 
 _logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 
 from timm_tgr import SparseMoE, TopKRouter, expert_capacity
-from timm_tgr.losses import load_balance_loss, router_z_loss
+from timm_tgr.layers.losses import load_balance_loss, router_z_loss
 
 from reference import brute_force_moe
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from timm_tgr import ExpertChoiceMoE, SoftMoE, expert_choice_capacity, soft_moe_slots
-from timm_tgr.losses import routing_kl_divergence
-from timm_tgr.moe_baselines import ExpertChoiceVisionTransformer, SoftMoEVisionTransformer
-from timm_tgr.stablemoe import RouterFreezeSchedule, freeze_routers, router_parameters, routers_frozen
+from timm_tgr.layers.losses import routing_kl_divergence
+from timm_tgr.models.moe_baselines import ExpertChoiceVisionTransformer, SoftMoEVisionTransformer
+from timm_tgr.task.stablemoe import RouterFreezeSchedule, freeze_routers, router_parameters, routers_frozen
 
 from reference import expert_mlp
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks', 'reproduce.py')
+_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'benchmarks', 'reproduce.py')
 
 
 @pytest.fixture(scope='module')

@@ -1,8 +1,8 @@
 """timm-tgr's trainer (``train_tgr.py``): timm's training pieces driving the V-MoE / TGR-MoE tasks.
 
 Dense models train with timm's ``ClassificationTask``, timm_tgr MoE models with
-:class:`~timm_tgr.tasks.VMoETask`, and with a teacher (the default for ``tgr_moe_*`` models, or
-``--teacher`` for any MoE model) with :class:`~timm_tgr.tasks.TGRTask`. Flags are named as in timm's
+:class:`~timm_tgr.task.tasks.VMoETask`, and with a teacher (the default for ``tgr_moe_*`` models, or
+``--teacher`` for any MoE model) with :class:`~timm_tgr.task.tasks.TGRTask`. Flags are named as in timm's
 ``train.py`` where they mean the same; ``-c config.yaml`` sets any of them (``configs/``).
 
 Per epoch, ``<output>/metrics.jsonl`` gets one JSON row (every loss component, top-1, and per MoE
@@ -43,11 +43,11 @@ from timm.utils import (
     unwrap_model, update_summary,
 )
 
-from .data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, prepare_fashion_mnist
-from .guidance import DistillSchedule, build_teacher, default_teacher
-from .metrics import ConsistencyTracker, RoutingStats, mean_over_layers
-from .stablemoe import RouterFreezeSchedule
-from .tasks import TGR_MODES, TGRTask, VMoETask
+from ..data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, prepare_fashion_mnist
+from ..task.guidance import DistillSchedule, build_teacher, default_teacher
+from ..task.metrics import ConsistencyTracker, RoutingStats, mean_over_layers
+from ..task.stablemoe import RouterFreezeSchedule
+from ..task.tasks import TGR_MODES, TGRTask, VMoETask
 
 _logger = logging.getLogger('train_tgr')
 

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks', 'throughput.py')
+_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'benchmarks', 'throughput.py')
 
 
 @pytest.fixture(scope='module')

@@ -17,7 +17,7 @@ tokens works (``dynamic_img_size``, patch dropout).
 Compute: ``E*p`` slot evaluations per sample, whatever N. ``p = ceil(N*K/E)`` (:func:`soft_moe_slots`)
 is the capacity of a top-K V-MoE / Expert-Choice layer at capacity factor 1: the same expert compute.
 
-Routing record (:class:`~timm_tgr.moe.RoutingInfo`), defined so the routing metrics and losses of
+Routing record (:class:`~timm_tgr.layers.moe.RoutingInfo`), defined so the routing metrics and losses of
 the token-choice layers read it the same way:
 
 - ``probs[b, n, e]``: token n's *combine mass* on expert e, the combine weights of e's p slots
@@ -60,7 +60,7 @@ def soft_moe_slots(num_tokens: int, num_experts: int, top_k: int = 1) -> int:
 class SoftMoERouter(nn.Module):
     """Slot parameters Phi (``[E*p, d]``) and the learned scale of Soft-MoE's normalized logits.
 
-    ``compute_logits`` runs in fp32 with autocast disabled, like :class:`~timm_tgr.router.TopKRouter`.
+    ``compute_logits`` runs in fp32 with autocast disabled, like :class:`~timm_tgr.layers.router.TopKRouter`.
     """
 
     def __init__(self, dim: int, num_slots: int, normalize: bool = True, device=None, dtype=None):
@@ -105,7 +105,7 @@ class SoftMoE(nn.Module):
         normalize: L2-normalize tokens and slot parameters with a learned scale (paper's default
             for large models; False uses raw dot products).
 
-    After every forward ``self.routing`` holds a :class:`~timm_tgr.moe.RoutingInfo` (see the module
+    After every forward ``self.routing`` holds a :class:`~timm_tgr.layers.moe.RoutingInfo` (see the module
     docstring for what its fields mean here).
     """
 
