@@ -1,2 +1,15 @@
-"""timm-tgr's trainer (``train_tgr.py``, ``python -m timm_tgr.train``, ``timm-tgr-train``)."""
-from .trainer import build_parser, main, parse_args, read_metrics
+"""timm-tgr's trainer (``train_tgr.py``, ``python -m timm_tgr.train``, ``timm-tgr-train``).
+
+Dense models train with timm's ``ClassificationTask``, timm_tgr MoE models with
+:class:`~timm_tgr.task.tasks.VMoETask`, and with a teacher (the default for ``tgr_moe_*`` models, or
+``--teacher`` for any MoE model) with :class:`~timm_tgr.task.tasks.TGRTask`.
+
+Modules: ``args`` (flags, ``-c`` YAML configs, checks), ``setup`` (data, model, teacher, task,
+optimizer, scheduler, resume, run folder), ``loop`` (train_one_epoch, validate), ``report`` (metrics
+rows, metrics.jsonl, summary.csv, routing_consistency.json), ``run`` (main: setup, epochs, end).
+"""
+from ..utils.metrics_log import read_metrics
+from .args import build_parser, parse_args
+from .run import main, train
+
+__all__ = ['main', 'train', 'build_parser', 'parse_args', 'read_metrics']

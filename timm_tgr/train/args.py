@@ -1,0 +1,277 @@
+"""Flags of timm-tgr's trainer: the parser (one function per flag group), ``-c`` YAML configs, checks.
+
+Flags are named as in timm's ``train.py`` where they mean the same; any of them can be set in a YAML
+file given with ``-c/--config`` (keys use underscores, see ``timm_tgr/configs/``).
+"""
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+import torch
+import yaml
+
+import timm
+from timm.utils import ParseKwargs
+
+from ..task import TGR_MODES, DistillSchedule
+
+__all__ = ['build_parser', 'parse_args', 'checkpoint_args', 'yaml_safe']
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The trainer's argparse parser (``train_tgr.py --help``)."""
+    parser = argparse.ArgumentParser(
+        prog='train_tgr.py',
+        description='Train V-MoE / TGR-MoE (and dense teacher) models with timm. '
+                    'Any flag can also be set in a YAML file given with -c/--config (keys use underscores).')
+    parser.add_argument('-c', '--config', default='', type=str, metavar='FILE', help='YAML config with flag values')
+    for add_group in (
+            _add_dataset_args, _add_model_args, _add_guidance_args, _add_optimizer_args, _add_schedule_args,
+            _add_augmentation_args, _add_ema_args, _add_misc_args):
+        add_group(parser)
+    return parser
+
+
+def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
+    """Where the images come from."""
+    group = parser.add_argument_group('Dataset')
+    group.add_argument('--data-dir', metavar='DIR', default='data', help='dataset root (default: data)')
+    group.add_argument('--dataset', metavar='NAME', default='torch/fashion_mnist',
+                       help='timm dataset name: "" or "folder" for an ImageFolder tree, torch/<name> for torchvision '
+                            '(default: torch/fashion_mnist, prepared from Debian\'s dataset-fashion-mnist if present)')
+    group.add_argument('--train-split', default='train', help='training split (default: train)')
+    group.add_argument('--val-split', default='validation', help='validation split (default: validation)')
+    group.add_argument('--dataset-download', action='store_true', help='allow torchvision to download the dataset')
+    group.add_argument('--class-map', default='', type=str, metavar='FILE', help='class map file for folder datasets')
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    """The student: timm model name, its create_model kwargs, batch sizes, weights to start from."""
+    group = parser.add_argument_group('Model')
+    group.add_argument('--model', default='tgr_moe_deit_tiny', metavar='NAME', help='timm model name')
+    group.add_argument('--pretrained', action='store_true', help='start from pretrained weights')
+    group.add_argument('--initial-checkpoint', default='', metavar='PATH', help='load these weights first')
+    group.add_argument('--resume', default='', metavar='PATH', help='resume training from this checkpoint')
+    group.add_argument('--no-resume-opt', action='store_true', help='do not restore optimizer/scaler state')
+    group.add_argument('--num-classes', type=int, default=None, metavar='N', help='number of classes')
+    group.add_argument('--img-size', type=int, default=None, metavar='N', help='image size (model and data)')
+    group.add_argument('--in-chans', type=int, default=None, metavar='N', help='image channels')
+    group.add_argument('--crop-pct', default=None, type=float, help='eval crop fraction')
+    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN', help='dataset mean')
+    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD', help='dataset std')
+    group.add_argument('--interpolation', default='', type=str, help='resize interpolation')
+    group.add_argument('-b', '--batch-size', type=int, default=128, metavar='N', help='batch size per process')
+    group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N',
+                       help='validation batch size (default: batch size)')
+    group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
+                       help='extra timm.create_model kwargs, e.g. num_experts=8 top_k=1 embed_dim=96')
+    group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N', help='micro-batches per update')
+    group.add_argument('--grad-checkpointing', action='store_true', help='activation checkpointing')
+    group.add_argument('--drop', type=float, default=0.0, help='dropout rate')
+    group.add_argument('--drop-path', type=float, default=None, help='drop path rate')
+    group.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor',
+                       help='torch.compile the task with this backend (default: inductor)')
+
+
+def _add_guidance_args(parser: argparse.ArgumentParser) -> None:
+    """TGR (paper Sec. 3): the teacher, the distillation weight and schedule, the probe set."""
+    group = parser.add_argument_group('Teacher-guided routing')
+    group.add_argument('--teacher', default=None, metavar='NAME',
+                       help="dense teacher (timm name, local-dir:/hf-hub:). Default: the paper's DeiT-III for "
+                            "tgr_moe_* models, none for others; 'none' trains without guidance")
+    group.add_argument('--teacher-checkpoint', default='', metavar='PATH',
+                       help='teacher weights (e.g. a train_tgr.py checkpoint of the dense teacher)')
+    group.add_argument('--teacher-kwargs', nargs='*', default={}, action=ParseKwargs,
+                       help='timm.create_model kwargs of the teacher (e.g. embed_dim=96 patch_size=7)')
+    group.add_argument('--no-teacher-pretrained', action='store_true',
+                       help='random teacher weights when no --teacher-checkpoint (debugging only)')
+    group.add_argument('--tgr-mode', default='tgr', choices=TGR_MODES,
+                       help='tgr (the method), distill_only (router learns only from the teacher), '
+                            'teacher_route (upper bound: teacher router routes)')
+    group.add_argument('--distill-weight', type=float, default=5.0, help='lambda_distill (paper: 5.0)')
+    group.add_argument('--teacher-load-weight', type=float, default=0.005, help='lambda_load of the teacher router')
+    group.add_argument('--teacher-entropy-weight', type=float, default=None,
+                       help='lambda_ent of the teacher router (default 0.005; 0 in teacher_route mode)')
+    group.add_argument('--distill-schedule', default='full', choices=DistillSchedule.MODES,
+                       help='when distillation is on: full, first (--distill-fraction of training), off, adaptive')
+    group.add_argument('--distill-fraction', type=float, default=0.5, help="fraction for --distill-schedule first")
+    group.add_argument('--layer-map', default='aligned', choices=('aligned', 'last'),
+                       help='teacher block per student MoE block: same depth (aligned) or the last block')
+    group.add_argument('--freeze-router-at', type=float, default=None, metavar='FRACTION',
+                       help='StableMoE baseline: freeze all routers after this fraction of the updates')
+    group.add_argument('--probe-samples', type=int, default=1000,
+                       help='validation images in the fixed routing-consistency probe set (0 disables)')
+
+
+def _add_optimizer_args(parser: argparse.ArgumentParser) -> None:
+    """timm's optimizer flags (Table S1 defaults)."""
+    group = parser.add_argument_group('Optimizer')
+    group.add_argument('--opt', default='adamw', metavar='OPTIMIZER', help='optimizer (default: adamw)')
+    group.add_argument('--opt-eps', default=None, type=float, help='optimizer epsilon')
+    group.add_argument('--opt-betas', default=None, type=float, nargs='+', help='optimizer betas')
+    group.add_argument('--momentum', type=float, default=0.9, help='SGD momentum')
+    group.add_argument('--weight-decay', type=float, default=0.05, help='weight decay (Table S1: 0.05)')
+    group.add_argument('--clip-grad', type=float, default=None, help='gradient clipping value')
+    group.add_argument('--clip-mode', type=str, default='norm', help='norm, value or agc')
+    group.add_argument('--layer-decay', type=float, default=None, help='layer-wise lr decay')
+    group.add_argument('--opt-kwargs', nargs='*', default={}, action=ParseKwargs)
+
+
+def _add_schedule_args(parser: argparse.ArgumentParser) -> None:
+    """timm's scheduler flags (Table S1 defaults)."""
+    group = parser.add_argument_group('Learning rate schedule')
+    group.add_argument('--sched', type=str, default='cosine', metavar='SCHEDULER', help='lr schedule (cosine)')
+    group.add_argument('--sched-on-updates', action='store_true', help='step the schedule per update')
+    group.add_argument('--lr', type=float, default=5e-4, metavar='LR', help='learning rate (Table S1: 5e-4)')
+    group.add_argument('--warmup-lr', type=float, default=1e-6, help='warmup start lr')
+    group.add_argument('--min-lr', type=float, default=1e-5, help='lower lr bound of the schedule')
+    group.add_argument('--epochs', type=int, default=300, metavar='N', help='epochs (Table S1: 300 ImageNet)')
+    group.add_argument('--warmup-epochs', type=int, default=5, help='warmup epochs (Table S1: 5)')
+    group.add_argument('--warmup-prefix', action='store_true', help='exclude warmup from the decay')
+    group.add_argument('--cooldown-epochs', type=int, default=0, help='epochs at min lr after the schedule')
+    group.add_argument('--decay-epochs', type=float, default=90, help='step schedules: epochs between decays')
+    group.add_argument('--decay-rate', type=float, default=0.1, help='step schedules: decay rate')
+    group.add_argument('--patience-epochs', type=int, default=10, help='plateau schedule patience')
+    group.add_argument('--lr-cycle-mul', type=float, default=1.0)
+    group.add_argument('--lr-cycle-decay', type=float, default=0.5)
+    group.add_argument('--lr-cycle-limit', type=int, default=1)
+    group.add_argument('--lr-k-decay', type=float, default=1.0)
+    group.add_argument('--lr-noise', type=float, nargs='+', default=None)
+    group.add_argument('--lr-noise-pct', type=float, default=0.67)
+    group.add_argument('--lr-noise-std', type=float, default=1.0)
+
+
+def _add_augmentation_args(parser: argparse.ArgumentParser) -> None:
+    """timm's augmentation, mixup/cutmix and label-smoothing flags."""
+    group = parser.add_argument_group('Augmentation and regularization')
+    group.add_argument('--no-aug', action='store_true', help='no training augmentation')
+    group.add_argument('--scale', type=float, nargs='+', default=[0.08, 1.0], help='random-resized-crop scale')
+    group.add_argument('--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], help='crop aspect ratio')
+    group.add_argument('--hflip', type=float, default=0.5, help='horizontal flip probability')
+    group.add_argument('--vflip', type=float, default=0., help='vertical flip probability')
+    group.add_argument('--color-jitter', type=float, default=None, help='color jitter (off by default)')
+    group.add_argument('--aa', type=str, default=None, metavar='NAME',
+                       help='auto augment, e.g. rand-m9-mstd0.5-inc1 (Table S1: RandAugment)')
+    group.add_argument('--reprob', type=float, default=0., help='random erase probability')
+    group.add_argument('--remode', type=str, default='pixel', help='random erase mode')
+    group.add_argument('--recount', type=int, default=1, help='random erase count')
+    group.add_argument('--mixup', type=float, default=0.0, help='mixup alpha (Table S1: 0.8)')
+    group.add_argument('--cutmix', type=float, default=0.0, help='cutmix alpha (Table S1: 1.0)')
+    group.add_argument('--cutmix-minmax', type=float, nargs='+', default=None)
+    group.add_argument('--mixup-prob', type=float, default=1.0)
+    group.add_argument('--mixup-switch-prob', type=float, default=0.5)
+    group.add_argument('--mixup-mode', type=str, default='batch')
+    group.add_argument('--mixup-off-epoch', default=0, type=int, help='turn mixup off at this epoch (0: never)')
+    group.add_argument('--smoothing', type=float, default=0.1, help='label smoothing')
+    group.add_argument('--train-interpolation', type=str, default='random')
+
+
+def _add_ema_args(parser: argparse.ArgumentParser) -> None:
+    """An EMA of the student weights, evaluated every epoch beside the model."""
+    group = parser.add_argument_group('EMA')
+    group.add_argument('--model-ema', action='store_true', help='keep an EMA of the (student) weights')
+    group.add_argument('--model-ema-decay', type=float, default=0.9998)
+    group.add_argument('--model-ema-warmup', action='store_true')
+
+
+def _add_misc_args(parser: argparse.ArgumentParser) -> None:
+    """Seed, logging, checkpoints, outputs, device, distributed, threads."""
+    group = parser.add_argument_group('Misc')
+    group.add_argument('--seed', type=int, default=42, help='random seed')
+    group.add_argument('--log-interval', type=int, default=50, help='batches between log lines')
+    group.add_argument('--checkpoint-hist', type=int, default=2, help='checkpoints to keep')
+    group.add_argument('-j', '--workers', type=int, default=2, help='data loading workers per process')
+    group.add_argument('--amp', action='store_true', help='mixed precision (autocast)')
+    group.add_argument('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'))
+    group.add_argument('--no-prefetcher', action='store_true', help='disable timm\'s CUDA prefetcher')
+    group.add_argument('--pin-mem', action='store_true')
+    group.add_argument('--output', default='output', metavar='DIR', help='output root (default: output)')
+    group.add_argument('--experiment', default='', metavar='NAME', help='run sub-folder name')
+    group.add_argument('--eval-metric', default='top1', help='metric that picks the best checkpoint')
+    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    group.add_argument('--dist-backend', default=None, help='torch.distributed backend (gloo on CPU, nccl on CUDA)')
+    group.add_argument('--dist-url', default=None)
+    group.add_argument('--no-progress', action='store_true', help='no progress bar')
+    group.add_argument('--no-plot', action='store_true', help='skip the routing-consistency plot')
+    group.add_argument('--threads', type=int, default=None, help='torch CPU threads per process')
+
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse flags, with ``-c FILE`` YAML values as defaults (unknown YAML keys are an error)."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument('-c', '--config', default='')
+    cfg_args, _ = pre.parse_known_args(argv)
+    if cfg_args.config:
+        parser.set_defaults(**_read_config(parser, cfg_args.config))
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    return args
+
+
+def _read_config(parser: argparse.ArgumentParser, path: str) -> dict:
+    """Flag values of the YAML file ``path``, keyed by argparse dest; parser errors for a bad file."""
+    if not os.path.isfile(path):
+        parser.error(f'config file {path!r} does not exist (see configs/ for the shipped recipes)')
+    with open(path) as f:
+        try:
+            cfg = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            parser.error(f'config file {path!r} is not valid YAML: {e}')
+    if not isinstance(cfg, dict):
+        parser.error(f'config file {path!r} must hold a mapping of flag names to values')
+    known = {a.dest for a in parser._actions}
+    unknown = sorted(k for k in cfg if k.replace('-', '_') not in known)
+    if unknown:
+        parser.error(f'config file {path!r} has unknown keys {unknown}: use flag names with '
+                     f'underscores, e.g. batch_size, model_kwargs (see train_tgr.py --help)')
+    return {k.replace('-', '_'): v for k, v in cfg.items()}
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.epochs < 1:
+        parser.error(f'--epochs must be >= 1, got {args.epochs}')
+    if args.batch_size < 1:
+        parser.error(f'--batch-size must be >= 1, got {args.batch_size}')
+    if args.grad_accum_steps < 1:
+        parser.error(f'--grad-accum-steps must be >= 1, got {args.grad_accum_steps}')
+    if args.freeze_router_at is not None and not 0. <= args.freeze_router_at <= 1.:
+        parser.error(f'--freeze-router-at is a fraction of training in [0, 1], got {args.freeze_router_at}')
+    if not 0. <= args.distill_fraction <= 1.:
+        parser.error(f'--distill-fraction must be in [0, 1], got {args.distill_fraction}')
+    if args.resume and not os.path.isfile(args.resume):
+        parser.error(f'--resume {args.resume!r}: no such checkpoint file (train_tgr.py writes last.pth.tar '
+                     f'in the run folder)')
+    if args.teacher_checkpoint and not os.path.isfile(args.teacher_checkpoint):
+        parser.error(f'--teacher-checkpoint {args.teacher_checkpoint!r}: no such file')
+    if args.initial_checkpoint and not os.path.isfile(args.initial_checkpoint):
+        parser.error(f'--initial-checkpoint {args.initial_checkpoint!r}: no such file')
+    if not timm.is_model(args.model) and not args.model.startswith(('hf-hub:', 'local-dir:')):
+        parser.error(f'--model {args.model!r} is not a timm model; see timm.list_models("*moe*") '
+                     f'(timm_tgr registers vmoe_deit_*, tgr_moe_deit_*, soft_moe_deit_*, ec_moe_deit_*)')
+
+
+def yaml_safe(d: dict) -> dict:
+    """``d`` with every value a plain YAML type (str, number, bool, None, list, dict); others as str."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, (str, int, float, bool, type(None))):
+            out[k] = v
+        elif isinstance(v, (list, tuple)):
+            out[k] = list(v)
+        elif isinstance(v, dict):
+            out[k] = yaml_safe(v)
+        else:
+            out[k] = str(v)
+    return out
+
+
+def checkpoint_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The args saved in checkpoints: plain values (loadable with weights_only), ``model`` and the exact
+    ``model_kwargs`` that rebuild the model."""
+    d = yaml_safe(vars(args))
+    d['model_kwargs'] = dict(args.model_kwargs_resolved)
+    return argparse.Namespace(**d)

@@ -1,0 +1,195 @@
+"""The epoch loops: :func:`train_one_epoch` (as timm's train.py: task forward, gradient accumulation,
+loss scaler, clipping, EMA, lr per update) and :func:`validate` (loss, top-1/5, routing statistics and
+the probe set's expert assignments from the same pass)."""
+import argparse
+import logging
+import sys
+from contextlib import nullcontext, suppress
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from timm.utils import AverageMeter, accuracy, dispatch_clip_grad, is_primary, reduce_tensor, unwrap_model
+
+from ..task import RoutingStats
+
+__all__ = ['train_one_epoch', 'validate', 'reduce_routing_stats', 'set_epoch']
+
+_logger = logging.getLogger('train_tgr')
+
+
+def set_epoch(loader, epoch: int) -> None:
+    """Tell a distributed sampler the epoch (it reshuffles per epoch)."""
+    sampler = getattr(loader, 'sampler', None)
+    if hasattr(sampler, 'set_epoch'):
+        sampler.set_epoch(epoch)
+
+
+def train_one_epoch(
+        epoch: int, task: nn.Module, loader, optimizer: torch.optim.Optimizer, args: argparse.Namespace,
+        device: torch.device, lr_scheduler=None, loss_scaler=None, amp_autocast: Callable = suppress,
+        mixup_fn: Optional[Callable] = None, num_updates_start: int = 0, freeze=None,
+) -> Dict[str, float]:
+    """One pass over ``loader``; returns the epoch's sample-weighted mean of every scalar the task
+    returns (``loss`` and its components) and ``num_updates`` after it."""
+    if args.mixup_off_epoch and epoch >= args.mixup_off_epoch and mixup_fn is not None:
+        mixup_fn.mixup_enabled = False
+    task.get_trainable_module().train()
+    accum, num_batches = args.grad_accum_steps, len(loader)
+    last_accum_batches = num_batches % accum or accum  # the last update may average fewer micro-batches
+    num_updates = num_updates_start
+    sums: Dict[str, torch.Tensor] = {}
+    count = 0
+    optimizer.zero_grad()
+    progress = _progress_bar(args, num_batches, epoch)
+    for batch_idx, (input, target) in enumerate(loader):
+        last = batch_idx == num_batches - 1
+        need_update = last or (batch_idx + 1) % accum == 0
+        accum_steps = last_accum_batches if batch_idx >= num_batches - last_accum_batches else accum
+        _maybe_freeze_routers(freeze, task, num_updates, args)
+        input, target = input.to(device), target.to(device)
+        if mixup_fn is not None:
+            input, target = mixup_fn(input, target)
+        with task.no_sync() if args.distributed and not need_update else nullcontext():
+            result = _forward_backward(
+                task, input, target, optimizer, args, amp_autocast, loss_scaler, accum_steps, need_update)
+        count += _accumulate(sums, result, input.shape[0])
+        if need_update:
+            optimizer.zero_grad()
+            num_updates += 1
+            task.update_ema(step=num_updates)
+            if lr_scheduler is not None:
+                lr_scheduler.step_update(num_updates=num_updates)
+        if progress is not None:
+            _show_progress(progress, args, batch_idx, last, sums, count, optimizer)
+    if progress is not None:
+        progress.close()
+    assert num_updates - num_updates_start == (num_batches + accum - 1) // accum
+    out = _epoch_means(sums, count, args, device)
+    out['num_updates'] = num_updates
+    return out
+
+
+def _forward_backward(task, input, target, optimizer, args, amp_autocast, loss_scaler, accum_steps: int,
+                      need_update: bool) -> dict:
+    """Task forward and backward of one micro-batch (loss / ``accum_steps``); the optimizer step on updates."""
+    with amp_autocast():
+        result = task(input, target)
+    loss = result['loss']
+    if accum_steps > 1:
+        loss = loss / accum_steps
+    if loss_scaler is not None:
+        loss_scaler(
+            loss, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+            parameters=task.get_clip_parameters(exclude_head='agc' in args.clip_mode),
+            create_graph=False, need_update=need_update)
+    else:
+        loss.backward()
+        if need_update:
+            if args.clip_grad is not None:
+                dispatch_clip_grad(
+                    task.get_clip_parameters(exclude_head='agc' in args.clip_mode),
+                    value=args.clip_grad, mode=args.clip_mode)
+            optimizer.step()
+    return result
+
+
+def _maybe_freeze_routers(freeze, task, num_updates: int, args: argparse.Namespace) -> None:
+    """StableMoE baseline: freeze the routers once ``num_updates`` reaches the schedule's step."""
+    if freeze is None:
+        return
+    frozen = freeze.maybe_freeze(task.get_trainable_module(), num_updates)
+    if frozen and is_primary(args):
+        _logger.info(f'StableMoE: routers frozen at update {num_updates} ({len(frozen)} tensors)')
+
+
+def _accumulate(sums: Dict[str, torch.Tensor], result: dict, n: int) -> int:
+    """Add ``n`` times every scalar tensor of the task's result (not the logits) to ``sums``; returns ``n``."""
+    for k, v in result.items():
+        if k != 'output' and torch.is_tensor(v) and v.ndim == 0:
+            v = v.detach().float()
+            sums[k] = sums[k] + v * n if k in sums else v * n
+    return n
+
+
+def _epoch_means(sums: Dict[str, torch.Tensor], count: int, args: argparse.Namespace,
+                 device: torch.device) -> Dict[str, float]:
+    """Per-sample means of ``sums``, averaged over processes when distributed."""
+    out = {}
+    for k, v in sums.items():
+        v = v / count
+        if args.distributed:
+            v = reduce_tensor(v.to(device), args.world_size)
+        out[k] = float(v)
+    return out
+
+
+def _progress_bar(args: argparse.Namespace, total: int, epoch: int):
+    """A tqdm bar on the primary process unless --no-progress; else None."""
+    if not is_primary(args) or args.no_progress:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=f'epoch {epoch}', leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+def _show_progress(progress, args: argparse.Namespace, batch_idx: int, last: bool, sums: Dict[str, torch.Tensor],
+                   count: int, optimizer: torch.optim.Optimizer) -> None:
+    """Advance the bar; every --log-interval batches show the running loss (a device sync) and the lr."""
+    progress.update(1)
+    if batch_idx % args.log_interval == 0 or last:
+        lr = optimizer.param_groups[0]['lr']
+        progress.set_postfix(loss=f"{float(sums['loss']) / count:.4f}", lr=f'{lr:.2e}')
+
+
+@torch.no_grad()
+def validate(
+        model: nn.Module, loader, args: argparse.Namespace, device: torch.device, amp_autocast: Callable = suppress,
+        route_fn: Optional[Callable] = None, routing_stats: Optional[RoutingStats] = None, probe_batches: int = 0,
+) -> Tuple[Dict[str, float], Dict[int, torch.Tensor]]:
+    """Top-1/top-5 and loss; optionally routing stats and the probe set's top-1 experts (from the same pass).
+
+    ``route_fn(input)`` replaces ``model(input)`` (teacher-route evaluation). The probe set is the first
+    ``probe_batches`` batches; its assignments come back per MoE block as one flat tensor of expert ids.
+    """
+    criterion = nn.CrossEntropyLoss()
+    model.eval()
+    base = unwrap_model(model)
+    loss_m, top1_m, top5_m = AverageMeter(), AverageMeter(), AverageMeter()
+    probe: Dict[int, List[torch.Tensor]] = {}
+    for batch_idx, (input, target) in enumerate(loader):
+        input, target = input.to(device), target.to(device)
+        with amp_autocast():
+            output = route_fn(input) if route_fn is not None else model(input)
+        if isinstance(output, (tuple, list)):
+            output = output[0]
+        loss = criterion(output.float(), target)
+        acc1, acc5 = accuracy(output, target, topk=(1, min(5, output.shape[-1])))
+        if args.distributed:
+            loss, acc1, acc5 = (reduce_tensor(t, args.world_size) for t in (loss, acc1, acc5))
+        n = input.shape[0]
+        loss_m.update(float(loss), n)
+        top1_m.update(float(acc1), n)
+        top5_m.update(float(acc5), n)
+        if routing_stats is not None and hasattr(base, 'routing_infos'):
+            infos = base.routing_infos()
+            routing_stats.update(infos)
+            if batch_idx < probe_batches:
+                for i, info in infos.items():
+                    probe.setdefault(i, []).append(info.expert_index[..., 0].reshape(-1).cpu())
+    out = {'loss': loss_m.avg, 'top1': top1_m.avg, 'top5': top5_m.avg}
+    return out, {i: torch.cat(v) for i, v in probe.items()}
+
+
+def reduce_routing_stats(stats: RoutingStats, args: argparse.Namespace) -> None:
+    """Sum the expert counts, drops and choices of all processes (in place; nothing when not distributed)."""
+    if not args.distributed:
+        return
+    import torch.distributed as dist
+    for i in sorted(stats.counts):
+        for table in (stats.counts, stats.dropped):
+            t = table[i].clone()
+            dist.all_reduce(t)
+            table[i] = t
+        c = torch.tensor(float(stats.choices[i]), dtype=torch.float64)
+        dist.all_reduce(c)
+        stats.choices[i] = int(c)

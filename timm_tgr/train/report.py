@@ -1,0 +1,128 @@
+"""What a run reports: the metrics row of an epoch, its log line, ``metrics.jsonl`` and ``summary.csv``,
+and at the end ``routing_consistency.json`` with its plot.
+
+A row holds ``epoch``, ``lr``, ``train_<component>`` for every scalar loss component of the task,
+``eval_loss/top1/top5`` (plus the EMA's and, in teacher_route mode, the teacher-routed top-1), and for
+MoE models per MoE block (``routing``, 0-based block index): expert-utilization entropy, load, dropped
+fraction and adjacent-epoch routing consistency on the probe set, with their means over blocks.
+"""
+import argparse
+import json
+import logging
+import os
+from typing import Dict, List, Optional
+
+from timm.utils import update_summary
+
+from ..task import ConsistencyTracker
+from ..task.metrics import mean_over_layers
+from ..utils.metrics_log import write_metrics
+
+__all__ = [
+    'epoch_row', 'routing_row', 'row_metric', 'log_row', 'record_epoch', 'write_consistency',
+    'plot_routing_consistency',
+]
+
+_logger = logging.getLogger('train_tgr')
+
+
+def epoch_row(epoch: int, lr: float, train_metrics: Dict[str, float], eval_metrics: Dict[str, float]) -> dict:
+    """The row's training and evaluation part: lr, ``train_loss`` and ``train_<component>``, ``eval_*``."""
+    return {
+        'epoch': epoch, 'lr': lr, 'train_loss': train_metrics['loss'],
+        **{f'train_{k}': v for k, v in train_metrics.items() if k != 'loss'},
+        'eval_loss': eval_metrics['loss'], 'eval_top1': eval_metrics['top1'], 'eval_top5': eval_metrics['top5'],
+    }
+
+
+def routing_row(summary: Dict[int, dict], adjacent: Optional[Dict[int, float]]) -> dict:
+    """The row's routing part from ``RoutingStats.summary()`` and the probe set's adjacent-epoch consistency.
+
+    ``adjacent`` is None on the first epoch (nothing to compare with) or without a probe set.
+    """
+    routing = {
+        str(i): {'entropy': s['entropy'], 'load': s['load'], 'dropped_fraction': s['dropped_fraction'],
+                 'consistency_prev': adjacent[i] if adjacent is not None else None}
+        for i, s in summary.items()}
+    return {
+        'routing': routing,
+        'entropy': mean_over_layers({i: s['entropy'] for i, s in summary.items()}),
+        'consistency_prev': mean_over_layers(adjacent),
+    }
+
+
+def row_metric(row: dict, args: argparse.Namespace) -> float:
+    """The metric that picks model_best: the EMA's when --model-ema, else the model's."""
+    if args.model_ema and f'eval_ema_{args.eval_metric}' in row:
+        return row[f'eval_ema_{args.eval_metric}']
+    return row[f'eval_{args.eval_metric}']
+
+
+def log_row(row: dict) -> None:
+    """One log line per epoch: losses, top-1, routing means, time."""
+    parts = [f"epoch {row['epoch']}", f"train_loss {row['train_loss']:.4f}", f"eval_top1 {row['eval_top1']:.2f}"]
+    for k in ('eval_ema_top1', 'eval_top1_teacher_route', 'train_distill_loss', 'entropy', 'consistency_prev'):
+        if row.get(k) is not None:
+            parts.append(f'{k} {row[k]:.4f}')
+    parts.append(f"{row['time_s']:.0f}s")
+    _logger.info(' | '.join(parts))
+
+
+def record_epoch(output_dir: str, rows: List[dict], row: dict) -> None:
+    """Append ``row`` to ``rows`` and rewrite ``metrics.jsonl``; add timm's flat row to ``summary.csv``."""
+    rows.append(row)
+    write_metrics(os.path.join(output_dir, 'metrics.jsonl'), rows)
+    update_summary(
+        row['epoch'], {'loss': row['train_loss']}, {k[5:]: v for k, v in row.items() if k.startswith('eval_')},
+        filename=os.path.join(output_dir, 'summary.csv'), lr=row['lr'], write_header=row['epoch'] == 0)
+
+
+def write_consistency(output_dir: str, tracker: ConsistencyTracker, rows: List[dict], args: argparse.Namespace) -> None:
+    """``routing_consistency.json``: adjacent and to-final probe consistency per epoch, per block and mean;
+    and its plot unless --no-plot."""
+    adjacent = tracker.adjacent()
+    to_final = tracker.to_final()
+    epochs = [r['epoch'] for r in rows][-len(tracker.history):] if rows else list(range(len(tracker.history)))
+    data = {
+        'epochs': epochs,
+        'adjacent': [{str(k): v for k, v in a.items()} if a else None for a in adjacent],
+        'adjacent_mean': [mean_over_layers(a) for a in adjacent],
+        'to_final': [{str(k): v for k, v in a.items()} for a in to_final],
+        'to_final_mean': [mean_over_layers(a) for a in to_final],
+    }
+    with open(os.path.join(output_dir, 'routing_consistency.json'), 'w') as f:
+        json.dump(data, f, indent=1)
+    if not args.no_plot:
+        plot_routing_consistency(rows, os.path.join(output_dir, 'routing_consistency.png'), title=args.model)
+
+
+def plot_routing_consistency(rows: List[dict], path: str, title: str = '') -> bool:
+    """Mean adjacent-epoch and per-layer consistency per epoch; False when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _logger.info('matplotlib not installed: no plot (pip install "timm-tgr[plot]")')
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [r['epoch'] for r in rows if r.get('consistency_prev') is not None]
+    if epochs:
+        ax.plot(epochs, [r['consistency_prev'] for r in rows if r.get('consistency_prev') is not None],
+                'k-o', label='mean')
+        blocks = sorted({b for r in rows for b in r.get('routing', {})}, key=int)
+        for b in blocks:
+            pts = [(r['epoch'], r['routing'][b]['consistency_prev']) for r in rows
+                   if b in r.get('routing', {}) and r['routing'][b].get('consistency_prev') is not None]
+            if pts:
+                ax.plot(*zip(*pts), '--', alpha=0.6, label=f'block {int(b) + 1}')
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('adjacent-epoch routing consistency')
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

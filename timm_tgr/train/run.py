@@ -1,0 +1,112 @@
+"""timm-tgr's trainer: :func:`main` parses the flags, :func:`train` sets up the run (:mod:`.setup`), runs
+the epochs (:mod:`.loop`), records each epoch (:mod:`.report`) and writes the run's end.
+
+Per epoch, ``<output>/metrics.jsonl`` gets one JSON row (every loss component, top-1, and per MoE
+layer: expert-utilization entropy, load, dropped fraction, and adjacent-epoch routing consistency on
+a fixed probe set: the first ``--probe-samples`` validation images); ``summary.csv`` gets timm's flat
+CSV row. At the end ``routing_consistency.json`` holds adjacent and to-final consistency per epoch and
+``routing_consistency.png`` plots them (needs matplotlib: ``pip install timm-tgr[plot]``).
+
+Checkpoints are timm's (CheckpointSaver + task state: teacher routers, schedule, consistency
+history; never the teacher). Resuming after epoch k reproduces the uninterrupted run: every epoch
+re-seeds all RNGs from ``--seed`` and the epoch (deterministic on CPU).
+"""
+import argparse
+import logging
+import time
+from functools import partial
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+from timm.utils import is_primary, random_seed, setup_default_logging
+
+from ..task import RoutingStats, TGRTask
+from .args import parse_args
+from .loop import reduce_routing_stats, set_epoch, train_one_epoch, validate
+from .report import epoch_row, log_row, record_epoch, routing_row, row_metric, write_consistency
+from .setup import Training, setup_training
+
+__all__ = ['main', 'train']
+
+_logger = logging.getLogger('train_tgr')
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    """Train; returns ``{'output_dir', 'best_metric', 'best_epoch', 'rows'}``."""
+    if not logging.root.handlers:
+        setup_default_logging()
+    args = parse_args(argv)
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return train(args)
+    finally:
+        torch.set_num_threads(threads)  # in-process callers (quickstart, reproduce) get theirs back
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Set up the run of parsed ``args``, train its epochs, write its outputs; returns as :func:`main`."""
+    t = setup_training(args)
+    best_metric, best_epoch = None, None
+    num_updates = t.start_epoch * t.optim.updates_per_epoch
+    for epoch in range(t.start_epoch, t.optim.num_epochs):
+        row, num_updates = run_epoch(epoch, t, args, num_updates)
+        metric = row_metric(row, args)
+        if t.run.saver is not None:
+            record_epoch(t.run.output_dir, t.run.rows, row)
+            best_metric, best_epoch = t.run.saver.save_checkpoint(epoch, metric=metric)
+            log_row(row)
+        t.optim.lr_scheduler.step(epoch + 1, metric)
+    return finish(t, args, best_metric, best_epoch)
+
+
+def run_epoch(epoch: int, t: Training, args: argparse.Namespace, num_updates: int) -> Tuple[dict, int]:
+    """Train and evaluate one epoch; its metrics row and the update count after it."""
+    t0 = time.time()
+    random_seed(args.seed + epoch, args.rank)  # every epoch re-seeds: resume reproduces the run
+    set_epoch(t.loaders.train, epoch)
+    train_metrics = train_one_epoch(
+        epoch, t.task, t.loaders.train, t.optim.optimizer, args, t.device, lr_scheduler=t.optim.lr_scheduler,
+        loss_scaler=t.optim.loss_scaler, amp_autocast=t.optim.amp_autocast, mixup_fn=t.loaders.mixup_fn,
+        num_updates_start=num_updates, freeze=t.optim.freeze)
+    num_updates = train_metrics.pop('num_updates')
+    row = evaluate_epoch(epoch, t, args, train_metrics)
+    row['time_s'] = round(time.time() - t0, 2)
+    return row, num_updates
+
+
+def evaluate_epoch(epoch: int, t: Training, args: argparse.Namespace, train_metrics: Dict[str, float]) -> dict:
+    """Validate the model (and the EMA, and teacher-routed in teacher_route mode); routing stats and
+    probe-set consistency for MoE models, which also feed the adaptive distillation schedule."""
+    eval_model = t.task.get_eval_model()
+    stats = RoutingStats() if t.tracker is not None else None
+    validate_ = partial(validate, loader=t.loaders.eval, args=args, device=t.device, amp_autocast=t.optim.amp_autocast)
+    eval_metrics, probe = validate_(eval_model, routing_stats=stats, probe_batches=t.loaders.probe_batches)
+    row = epoch_row(epoch, t.optim.optimizer.param_groups[0]['lr'], train_metrics, eval_metrics)
+    if isinstance(t.task, TGRTask) and t.task.mode == 'teacher_route':
+        row['eval_top1_teacher_route'] = validate_(eval_model, route_fn=t.task.forward_teacher_route)[0]['top1']
+    if t.task.has_ema():
+        ema_metrics, _ = validate_(t.task.get_eval_model(ema=True))
+        row['eval_ema_top1'] = ema_metrics['top1']
+        row['eval_ema_loss'] = ema_metrics['loss']
+    if t.tracker is not None:
+        reduce_routing_stats(stats, args)
+        row.update(routing_row(stats.summary(), t.tracker.add(probe) if probe else None))
+        if isinstance(t.task, TGRTask) and row['consistency_prev'] is not None:
+            t.task.schedule.observe_consistency(row['consistency_prev'])
+    return row
+
+
+def finish(t: Training, args: argparse.Namespace, best_metric, best_epoch) -> dict:
+    """Write routing_consistency.json (+ plot), log the best epoch, wait for all processes."""
+    result = {'output_dir': t.run.output_dir, 'best_metric': best_metric, 'best_epoch': best_epoch,
+              'rows': t.run.rows}
+    if is_primary(args) and t.tracker is not None and t.tracker.history:
+        write_consistency(t.run.output_dir, t.tracker, t.run.rows, args)
+    if is_primary(args):
+        _logger.info(f'Done: best {args.eval_metric} {best_metric} at epoch {best_epoch}; '
+                     f'outputs in {t.run.output_dir}')
+    if args.distributed:
+        torch.distributed.barrier()
+    return result
