@@ -33,6 +33,8 @@ from timm.models import clean_state_dict, push_to_hf_hub, save_for_hf
 from timm.models._hub import generate_readme  # the model card writer of push_to_hf_hub (not in timm.models)
 from timm.utils import ParseKwargs
 
+from .utils.metrics_log import metrics_row, read_metrics
+
 __all__ = [
     'load_checkpoint_file', 'student_state_dict', 'resolve_model_args', 'build_student', 'read_metrics',
     'make_model_card', 'export_checkpoint', 'TGR_CITATION',
@@ -245,55 +247,38 @@ def build_student(
     return model.eval()
 
 
-def read_metrics(path: Union[str, Path], epoch: Optional[int] = None) -> Optional[Dict[str, Any]]:
-    """The metrics.jsonl row of ``epoch`` (the last row when no row has it); None for an empty file."""
-    rows = []
-    with open(path, 'r') as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                _logger.warning(f'{path}:{i} is not a JSON row (an interrupted write?); skipped.')
-    if not rows:
-        return None
-    same = [r for r in rows if epoch is not None and r.get('epoch') == epoch]
-    return same[-1] if same else rows[-1]
-
-
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f'{v:.6g}'
     return str(v)
 
 
-def make_model_card(
-        model: nn.Module,
-        arch: str,
-        run_args: Dict[str, Any],
-        metrics: Optional[Dict[str, Any]] = None,
-        metrics_note: str = '',
-        checkpoint_info: Optional[Dict[str, Any]] = None,
-        repo_id: Optional[str] = None,
-) -> Dict[str, Any]:
-    """Model card dict for timm's ``generate_readme``: the run's recipe and measured results, nothing else."""
-    cfg = model.pretrained_cfg
-    moe = model.get_moe_layers() if hasattr(model, 'get_moe_layers') else {}
+def _model_stats(model: nn.Module) -> Dict[str, Any]:
+    """Params, input, classes and, for MoE models, experts, top-k and the MoE blocks."""
+    c, h, w = model.pretrained_cfg['input_size']
     stats = {'Params (M)': f'{sum(p.numel() for p in model.parameters()) / 1e6:.2f}'}
-    c, h, w = cfg['input_size']
     stats.update({'Image size': f'{h} x {w}', 'Input channels': c, 'Classes': model.num_classes})
+    moe = model.get_moe_layers() if hasattr(model, 'get_moe_layers') else {}
     if moe:
         stats.update({
             'Experts (E)': getattr(model, 'num_experts', '-'), 'Top-K': getattr(model, 'top_k', '-'),
             'MoE blocks (0-based)': ', '.join(str(i) for i in moe),
         })
+    return stats
+
+
+def _papers(cfg: Dict[str, Any]) -> Dict[str, str]:
+    """The TGR paper, and the architecture's own paper when its pretrained_cfg names another."""
     papers = {'Teacher-Guided Routing for Sparse Vision Mixture-of-Experts': 'https://arxiv.org/abs/2604.21330'}
     paper_id = str(cfg.get('paper_ids') or '')
     if cfg.get('paper_name') and '2604.21330' not in paper_id:
         papers[cfg['paper_name']] = 'https://arxiv.org/abs/' + paper_id.replace('arXiv:', '')
-    details = {'Model Type': 'Image classification, sparse Vision Mixture-of-Experts ViT (student weights only)',
-               'Architecture': f'`{arch}` (timm_tgr)', 'Model Stats': stats, 'Papers': papers}
+    return papers
+
+
+def _data_details(run_args: Dict[str, Any]) -> Dict[str, Any]:
+    """'Dataset' (timm name without its reader prefix) or a 'Training data' note, and the 'Training recipe'."""
+    details = {}
     dataset = run_args.get('dataset')
     if dataset and dataset.lower() != 'folder':
         for p in _READERS:
@@ -308,21 +293,28 @@ def make_model_card(
     recipe.update({f'model_kwargs.{k}': _fmt(v) for k, v in (run_args.get('model_kwargs') or {}).items()
                    if k.startswith('tgr_') and k[4:] not in _NOT_RECIPE})
     details['Training recipe'] = recipe or 'not recorded: the checkpoint has no run args and no args.yaml was found'
-    info = dict(checkpoint_info or {})
-    details['Weights'] = info
-    if metrics:
-        results = {k: _fmt(v) for k, v in metrics.items() if k != 'routing' and not isinstance(v, (dict, list))}
-        details['Results' + (f' ({metrics_note})' if metrics_note else '')] = results
-        routing = metrics.get('routing') or {}
-        if routing:
-            details['Routing per MoE block (0-based)'] = {
-                f'block {b}': ', '.join(f'{k} {"n/a" if v is None else _fmt(v)}' for k, v in r.items()
-                                        if not isinstance(v, (list, tuple, dict))) if isinstance(r, dict) else _fmt(r)
-                for b, r in routing.items()}
-        else:
-            details['Routing per MoE block'] = 'not recorded in the metrics row'
+    return details
+
+
+def _results_details(metrics: Optional[Dict[str, Any]], metrics_note: str) -> Dict[str, Any]:
+    """'Results' (the row's scalars) and 'Routing per MoE block' from a metrics.jsonl row, or why there are none."""
+    if not metrics:
+        return {'Results': f'not recorded: {metrics_note or "no metrics.jsonl found"}'}
+    results = {k: _fmt(v) for k, v in metrics.items() if k != 'routing' and not isinstance(v, (dict, list))}
+    details = {'Results' + (f' ({metrics_note})' if metrics_note else ''): results}
+    routing = metrics.get('routing') or {}
+    if routing:
+        details['Routing per MoE block (0-based)'] = {
+            f'block {b}': ', '.join(f'{k} {"n/a" if v is None else _fmt(v)}' for k, v in r.items()
+                                    if not isinstance(v, (list, tuple, dict))) if isinstance(r, dict) else _fmt(r)
+            for b, r in routing.items()}
     else:
-        details['Results'] = f'not recorded: {metrics_note or "no metrics.jsonl found"}'
+        details['Routing per MoE block'] = 'not recorded in the metrics row'
+    return details
+
+
+def _usage(arch: str, repo_id: Optional[str]) -> Tuple[str, str]:
+    """The card's description and its loading snippet."""
     name = f'hf-hub:{repo_id}' if repo_id else 'hf-hub:ORG/NAME'
     usage = (
         '```python\n'
@@ -338,6 +330,26 @@ def make_model_card(
         'and Teacher-Guided Routing (TGR-MoE, CVPR 2026, arXiv:2604.21330). These are the student weights only: '
         'no teacher, teacher routers, optimizer or training state; at inference the model is a plain '
         'V-MoE-style ViT.')
+    return description, usage
+
+
+def make_model_card(
+        model: nn.Module,
+        arch: str,
+        run_args: Dict[str, Any],
+        metrics: Optional[Dict[str, Any]] = None,
+        metrics_note: str = '',
+        checkpoint_info: Optional[Dict[str, Any]] = None,
+        repo_id: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Model card dict for timm's ``generate_readme``: the run's recipe and measured results, nothing else."""
+    cfg = model.pretrained_cfg
+    details = {'Model Type': 'Image classification, sparse Vision Mixture-of-Experts ViT (student weights only)',
+               'Architecture': f'`{arch}` (timm_tgr)', 'Model Stats': _model_stats(model), 'Papers': _papers(cfg)}
+    details.update(_data_details(run_args))
+    details['Weights'] = dict(checkpoint_info or {})
+    details.update(_results_details(metrics, metrics_note))
+    description, usage = _usage(arch, repo_id)
     return {
         'description': description, 'details': details, 'usage': usage, 'citation': TGR_CITATION,
         'license': cfg.get('license', 'apache-2.0'), 'tags': ['image-classification', 'timm', 'timm_tgr',
@@ -368,6 +380,79 @@ def _update_pretrained_cfg(model: nn.Module, run_args: Dict[str, Any], source: s
     model.pretrained_cfg = model.default_cfg = cfg
 
 
+def _select_weights(path: Path, ckpt: Any, ema: bool) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], Optional[str]]:
+    """(state_dict to export, checkpoint dict (empty for a bare state_dict), its key in the checkpoint)."""
+    if _is_state_dict(ckpt):
+        if ema:
+            raise ValueError(f'{path} is a bare state_dict with no EMA weights: export it without --ema.')
+        return ckpt, {}, None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f'{path} holds a {type(ckpt).__name__}, not a checkpoint dict or a state_dict.')
+    key = 'state_dict_ema' if ema else next((k for k in ('state_dict', 'model') if k in ckpt), None)
+    if ema and ckpt.get(key) is None:
+        raise ValueError(
+            f'{path} has no EMA weights (state_dict_ema): train with --model-ema, or export without --ema.')
+    if key is None or not isinstance(ckpt.get(key), dict):
+        raise ValueError(
+            f"{path} has no 'state_dict' (keys: {sorted(ckpt)[:10]}): give a train_tgr.py / timm checkpoint "
+            f'or a bare state_dict.')
+    return ckpt[key], ckpt, key
+
+
+def _run_args(ckpt: Dict[str, Any], path: Path) -> Dict[str, Any]:
+    """The run's args: the checkpoint's 'args', else the args.yaml next to it, else empty."""
+    run_args = _as_dict(ckpt.get('args'))
+    args_yaml = path.parent / 'args.yaml'
+    if not run_args and args_yaml.is_file():
+        run_args = _read_args_yaml(args_yaml)
+    return run_args
+
+
+def _load_student(
+        raw: Dict[str, torch.Tensor], arch: str, model_args: Dict[str, Any], run_args: Dict[str, Any], path: Path,
+        checkpoint_arch: Optional[str] = None,
+) -> nn.Module:
+    """The student of ``raw`` (teacher tensors left out) with a pretrained_cfg describing the export."""
+    state_dict, dropped = student_state_dict(raw)
+    if dropped:
+        _logger.info(f'left out {len(dropped)} non-student tensors: {", ".join(dropped[:8])}'
+                     + (' ...' if len(dropped) > 8 else ''))
+    student = build_student(arch, model_args, state_dict, source=str(path), checkpoint_arch=checkpoint_arch)
+    _update_pretrained_cfg(student, run_args, path.name)
+    return student
+
+
+def _card_metrics(
+        metrics: Optional[Union[str, Path]], path: Path, epoch: Optional[int],
+) -> Tuple[Optional[Dict[str, Any]], str]:
+    """The metrics.jsonl row for the card (the checkpoint's epoch, else the last row) and where it came from."""
+    metrics_path = Path(metrics) if metrics is not None else path.parent / 'metrics.jsonl'
+    if not metrics_path.is_file():
+        if metrics is not None:
+            raise FileNotFoundError(f'metrics file {metrics_path} not found.')
+        return None, 'no metrics.jsonl next to the checkpoint'
+    rows = read_metrics(metrics_path)
+    row = metrics_row(rows, epoch) if epoch is not None else None
+    if row is not None:
+        return row, f"{metrics_path.name}, epoch {row.get('epoch', '?')}"
+    row = metrics_row(rows)
+    if row is None:
+        return None, f'{metrics_path.name} is empty'
+    return row, f"{metrics_path.name}, epoch {row.get('epoch', '?')}, its last row" + (
+        f' (the checkpoint is from epoch {epoch})' if epoch is not None else '')
+
+
+def _checkpoint_info(path: Path, key: Optional[str], ema: bool, ckpt: Dict[str, Any],
+                     run_args: Dict[str, Any]) -> Dict[str, Any]:
+    """The card's 'Weights' section: source file, state_dict key, epoch and metric of the checkpoint."""
+    info = {'Exported from': path.name, 'State dict': (key or 'bare state_dict') + (' (EMA)' if ema else '')}
+    if ckpt.get('epoch') is not None:
+        info['Checkpoint epoch'] = ckpt['epoch']
+    if ckpt.get('metric') is not None:
+        info[f"Checkpoint metric ({run_args.get('eval_metric', 'eval metric')})"] = _fmt(float(ckpt['metric']))
+    return info
+
+
 def export_checkpoint(
         checkpoint: Union[str, Path],
         out: Optional[Union[str, Path]] = None,
@@ -390,65 +475,17 @@ def export_checkpoint(
     if out is None and push is None:
         raise ValueError('nothing to do: give an output folder (--out DIR) and/or a Hub repo (--push ORG/NAME).')
     path = Path(checkpoint)
-    ckpt = load_checkpoint_file(path, trust_checkpoint=trust_checkpoint)
-    if _is_state_dict(ckpt):
-        if ema:
-            raise ValueError(f'{path} is a bare state_dict with no EMA weights: export it without --ema.')
-        raw, ckpt, key = ckpt, {}, None
-    elif isinstance(ckpt, dict):
-        key = 'state_dict_ema' if ema else next((k for k in ('state_dict', 'model') if k in ckpt), None)
-        if ema and ckpt.get(key) is None:
-            raise ValueError(
-                f'{path} has no EMA weights (state_dict_ema): train with --model-ema, or export without --ema.')
-        if key is None or not isinstance(ckpt.get(key), dict):
-            raise ValueError(
-                f"{path} has no 'state_dict' (keys: {sorted(ckpt)[:10]}): give a train_tgr.py / timm checkpoint "
-                f'or a bare state_dict.')
-        raw = ckpt[key]
-    else:
-        raise ValueError(f'{path} holds a {type(ckpt).__name__}, not a checkpoint dict or a state_dict.')
-
-    run_args = _as_dict(ckpt.get('args'))
-    args_yaml = path.parent / 'args.yaml'
-    if not run_args and args_yaml.is_file():
-        run_args = _read_args_yaml(args_yaml)
+    raw, ckpt, key = _select_weights(path, load_checkpoint_file(path, trust_checkpoint=trust_checkpoint), ema)
+    run_args = _run_args(ckpt, path)
     arch, model_args = resolve_model_args(run_args, model, model_kwargs, checkpoint_arch=ckpt.get('arch'))
-
-    state_dict, dropped = student_state_dict(raw)
-    if dropped:
-        _logger.info(f'left out {len(dropped)} non-student tensors: {", ".join(dropped[:8])}'
-                     + (' ...' if len(dropped) > 8 else ''))
-    student = build_student(arch, model_args, state_dict, source=str(path), checkpoint_arch=ckpt.get('arch'))
-    _update_pretrained_cfg(student, run_args, path.name)
-
-    epoch = ckpt.get('epoch')
-    metrics_path = Path(metrics) if metrics is not None else path.parent / 'metrics.jsonl'
-    row, note = None, ''
-    if metrics_path.is_file():
-        row = read_metrics(metrics_path, epoch)
-        if row is None:
-            note = f'{metrics_path.name} is empty'
-        else:
-            same = epoch is not None and row.get('epoch') == epoch
-            note = f"{metrics_path.name}, epoch {row.get('epoch', '?')}" + (
-                '' if same else ', its last row' + (f' (the checkpoint is from epoch {epoch})'
-                                                    if epoch is not None else ''))
-    elif metrics is not None:
-        raise FileNotFoundError(f'metrics file {metrics_path} not found.')
-    else:
-        note = 'no metrics.jsonl next to the checkpoint'
-    info = {'Exported from': path.name, 'State dict': (key or 'bare state_dict') + (' (EMA)' if ema else '')}
-    if epoch is not None:
-        info['Checkpoint epoch'] = epoch
-    if ckpt.get('metric') is not None:
-        info[f"Checkpoint metric ({run_args.get('eval_metric', 'eval metric')})"] = _fmt(float(ckpt['metric']))
-    card = make_model_card(student, arch, run_args, row, note, info, repo_id=push)
-
+    student = _load_student(raw, arch, model_args, run_args, path, checkpoint_arch=ckpt.get('arch'))
+    row, note = _card_metrics(metrics, path, ckpt.get('epoch'))
+    card = make_model_card(student, arch, run_args, row, note, _checkpoint_info(path, key, ema, ckpt, run_args),
+                           repo_id=push)
     if out is not None:
         out = Path(out)
         save_for_hf(student, out, model_args=dict(model_args), safe_serialization=True)
-        model_name = push.split('/')[-1] if push else arch
-        (out / 'README.md').write_text(generate_readme(card, model_name))
+        (out / 'README.md').write_text(generate_readme(card, push.split('/')[-1] if push else arch))
     if push is not None:
         push_to_hf_hub(
             student, push, commit_message=f'Add {arch} student weights (timm_tgr.export)', token=token,
