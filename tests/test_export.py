@@ -208,13 +208,13 @@ def test_model_card(run):
     assert 'Routing per MoE block:** not recorded' in card
 
 
-
 def test_model_card_refuses_a_corrupt_metrics_row(run):
     """Only a torn last line is skipped (an interrupted write); a bad row before it names its line."""
     metrics = run.tmp / 'm.jsonl'
     metrics.write_text('{"epoch": 0, "eval_top1": 61.5}\nnot json\n{"epoch": 1, "eval_top1": 60.0}\n')
     with pytest.raises(ValueError, match='m.jsonl:2 is not a JSON metrics row'):
         export_checkpoint(run.best, out=run.tmp / 'export', metrics=metrics)
+
 
 def test_hf_hub_and_pretrained_from_offline_cache(run, monkeypatch):
     out = run.tmp / 'export'
