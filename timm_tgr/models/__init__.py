@@ -4,3 +4,7 @@ from .vmoe_deit import (
     VMoEVisionTransformerDistilled, build_model_with_hub_cfg,
 )
 from .moe_baselines import ExpertChoiceVisionTransformer, SoftMoEVisionTransformer
+from .upcycle import (
+    UPCYCLE_ROUTER_LOGIT_STD, init_upcycled_router, is_dense_state_dict, load_dense_state_dict,
+    upcycle_checkpoint_filter_fn, upcycle_dense_state_dict, upcycle_from, upcycled_eval_capacity_factor,
+)

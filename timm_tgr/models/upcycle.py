@@ -1,0 +1,282 @@
+"""Sparse upcycling (Komatsuzaki et al., ICLR 2023): V-MoE / TGR-MoE DeiT weights from a dense ViT checkpoint.
+
+Every expert of an MoE block starts as a copy of the dense block's MLP. A V-MoE block then computes
+``y = sum_k p_k * MLP(x)`` over the kept top-K choices, with the un-renormalized softmax gates p_k of
+:mod:`timm_tgr.layers.router`, and a choice over its expert's capacity adds nothing. Three choices make the eval-mode
+outputs those of the dense model (measurements: README, "Upcycling from dense DeiT weights"):
+
+- ``expert_scale`` (default E/K) multiplies every expert's fc2 weight and bias, so that near-uniform gates
+  p_k = 1/E give ``sum_k 1/E * E/K * MLP(x) = MLP(x)``.
+- The router is random with a tiny per-token logit std ``router_logit_std`` (1e-5): gates are 1/E to about
+  ``3 * router_logit_std`` (relative), yet the top-K choice still differs from token to token (a zero router ties
+  every token onto expert 0). Its rows are orthogonal to the dense block's norm2 bias, a constant that would
+  otherwise favour one expert for every token.
+- No choice may be dropped. Only an expert capacity C >= S, i.e. ``eval_capacity_factor >= E/K``, guarantees that
+  whatever the routing; the ``*.fb_in1k_upcycled`` cfgs of :mod:`timm_tgr.models.vmoe_deit` default to it.
+
+The checkpoint first goes through timm's ViT ``checkpoint_filter_fn`` (patch / position embedding resampling for
+another image or patch size), then the MLPs of the MoE blocks are upcycled; the rest is loaded as is.
+"""
+import logging
+import os
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import torch
+import torch.nn as nn
+from timm.models.vision_transformer import checkpoint_filter_fn
+
+from ..layers import SparseMoE
+
+__all__ = [
+    'UPCYCLE_ROUTER_LOGIT_STD', 'init_upcycled_router', 'is_dense_state_dict', 'load_dense_state_dict',
+    'upcycle_checkpoint_filter_fn', 'upcycle_dense_state_dict', 'upcycle_from', 'upcycled_eval_capacity_factor',
+]
+
+_logger = logging.getLogger(__name__)
+
+UPCYCLE_ROUTER_LOGIT_STD = 1e-5
+_DEIT_WIDTHS = {192: 'tiny', 384: 'small', 768: 'base'}
+_FILE_SUFFIXES = ('.safetensors', '.pth', '.tar', '.pt', '.bin', '.ckpt')
+
+
+def upcycled_eval_capacity_factor(num_experts: int, top_k: int = 1) -> float:
+    """E/K: the eval capacity factor at which C = ceil(S * K * cf / E) = S, so no choice is ever dropped."""
+    return num_experts / top_k
+
+
+def _unwrap(state_dict: Dict) -> Dict[str, torch.Tensor]:
+    """A state_dict nested as timm's filters read it: ``{'model': ...}`` (FB DeiT) or ``{'state_dict': ...}``."""
+    for key in ('model', 'state_dict'):
+        if isinstance(state_dict.get(key), dict):
+            state_dict = state_dict[key]
+    return state_dict
+
+
+def _model_name(model: nn.Module) -> str:
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    return cfg.get('architecture') or type(model).__name__
+
+
+def _moe_layers(model: nn.Module) -> Dict[int, SparseMoE]:
+    """``{block index: SparseMoE}`` of ``model``; errors (never TypeError: timm retries filters on it) otherwise."""
+    get = getattr(model, 'get_moe_layers', None)
+    layers = get() if callable(get) else {}
+    if not layers:
+        raise ValueError(
+            f'{type(model).__name__} has no MoE blocks to upcycle into: create a vmoe_deit_* or tgr_moe_deit_* model.')
+    for i, moe in layers.items():
+        if not isinstance(moe, SparseMoE):
+            raise ValueError(
+                f'block {i} of {_model_name(model)} is a {type(moe).__name__}; upcycling builds top-K SparseMoE '
+                f'experts only: use a vmoe_deit_* or tgr_moe_deit_* model.')
+    return layers
+
+
+def is_dense_state_dict(state_dict: Dict) -> bool:
+    """Whether ``state_dict`` is a dense ViT's: MLPs (``blocks.{i}.mlp.fc1.weight``) and no MoE layer tensors."""
+    keys = list(_unwrap(state_dict))
+    return any(k.endswith('.mlp.fc1.weight') for k in keys) and not any(
+        '.mlp.experts.' in k or '.mlp.router.' in k for k in keys)
+
+
+def _size_hint(width: int) -> str:
+    size = _DEIT_WIDTHS.get(width)
+    hint = f' (vmoe_deit_{size} / tgr_moe_deit_{size})' if size else ''
+    return f'upcycle it into a model of width {width}{hint}, or create the model with embed_dim={width}'
+
+
+def _check_fits(sd: Dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Width, depth and token layout of a dense ViT state_dict against ``model``; errors name both and the fix."""
+    name = _model_name(model)
+    if 'blocks.0.norm1.weight' not in sd:
+        raise ValueError(
+            f'the dense checkpoint is not a timm ViT / DeiT state_dict (no blocks.0.norm1.weight; keys start '
+            f'{sorted(sd)[:5]}): give a timm DeiT checkpoint, e.g. deit_small_patch16_224.fb_in1k.')
+    width, own_width = sd['blocks.0.norm1.weight'].shape[0], model.blocks[0].norm1.weight.shape[0]
+    if width != own_width:
+        raise ValueError(
+            f'the dense checkpoint has width {width} (blocks.0.norm1.weight of shape ({width},)) but {name} has width '
+            f'{own_width}: {_size_hint(width)}.')
+    depth = 1 + max(int(k.split('.')[1]) for k in sd if k.startswith('blocks.'))
+    if depth != len(model.blocks):
+        raise ValueError(
+            f'the dense checkpoint has depth {depth} (blocks.0-{depth - 1}) but {name} has depth {len(model.blocks)}: '
+            f'create the model with depth={depth} and moe_layers inside range({depth}).')
+    distilled, own_distilled = 'dist_token' in sd, getattr(model, 'dist_token', None) is not None
+    if distilled != own_distilled:
+        layouts = ('the distilled DeiT layout (class + distillation token, head_dist)', 'the plain layout')
+        fix = 'a *_distilled model (e.g. vmoe_deit_small_distilled)' if distilled else 'a model without _distilled'
+        raise ValueError(
+            f'the dense checkpoint has {layouts[not distilled]} but {name} has {layouts[not own_distilled]}: '
+            f'upcycle it into {fix}.')
+
+
+def init_upcycled_router(
+        num_experts: int,
+        dim: int,
+        norm_weight: Optional[torch.Tensor] = None,
+        norm_bias: Optional[torch.Tensor] = None,
+        logit_std: float = UPCYCLE_ROUTER_LOGIT_STD,
+        generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Router weight ``[E, dim]``: Gaussian rows orthogonal to the norm2 bias, each giving logits of std ``logit_std``.
+
+    The router reads ``LayerNorm(x) = gamma * x_hat + beta``; with x_hat of unit variance per feature, row w gives
+    token logits of std ``|w * gamma|`` plus the constant ``w . beta``, which is projected out.
+    """
+    w = torch.randn(num_experts, dim, generator=generator, dtype=torch.float64)
+    if norm_bias is not None and norm_bias.double().norm() > 0:
+        b = norm_bias.double() / norm_bias.double().norm()
+        w = w - (w @ b)[:, None] * b
+    gamma = norm_weight.double() if norm_weight is not None else torch.ones(dim, dtype=torch.float64)
+    w = w / (w * gamma).norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return (w * logit_std).float()
+
+
+def _upcycle_block(
+        sd: Dict[str, torch.Tensor],
+        i: int,
+        moe: SparseMoE,
+        expert_scale: float,
+        router_logit_std: float,
+        generator: torch.Generator,
+) -> Dict[str, torch.Tensor]:
+    """Pop block ``i``'s dense MLP from ``sd``; return its SparseMoE tensors (E copies, fc2 * expert_scale, router)."""
+    p, experts, E = f'blocks.{i}.mlp.', moe.experts, moe.num_experts
+    dense = {k: sd.pop(p + k, None) for k in ('fc1.weight', 'fc1.bias', 'fc2.weight', 'fc2.bias')}
+    want = {'fc1.weight': experts.fc1_weight, 'fc1.bias': experts.fc1_bias,
+            'fc2.weight': experts.fc2_weight, 'fc2.bias': experts.fc2_bias}
+    for k, param in want.items():
+        got = None if dense[k] is None else tuple(dense[k].shape)
+        need = None if param is None else tuple(param.shape[1:])
+        if got != need:
+            raise ValueError(
+                f'block {i}: the dense mlp.{k} is {got or "absent"} but each expert of the MoE layer needs '
+                f'{need or "none"}: create the model with the dense model\'s mlp_ratio and bias settings.')
+    out = {}
+    for k, param in want.items():
+        if param is not None:
+            t = dense[k] * expert_scale if k.startswith('fc2') else dense[k]
+            out[p + 'experts.' + k.replace('.', '_')] = t.unsqueeze(0).expand(E, *t.shape).contiguous()
+    norm_w, norm_b = sd.get(f'blocks.{i}.norm2.weight'), sd.get(f'blocks.{i}.norm2.bias')
+    dim = experts.fc1_weight.shape[2]
+    out[p + 'router.proj.weight'] = init_upcycled_router(E, dim, norm_w, norm_b, router_logit_std, generator)
+    return out
+
+
+def upcycle_dense_state_dict(
+        state_dict: Dict,
+        model: nn.Module,
+        expert_scale: Optional[float] = None,
+        router_logit_std: float = UPCYCLE_ROUTER_LOGIT_STD,
+        seed: int = 0,
+) -> Dict[str, torch.Tensor]:
+    """A dense timm ViT / DeiT state_dict made into one for ``model`` (a V-MoE / TGR-MoE DeiT) by sparse upcycling.
+
+    Args:
+        state_dict: dense weights (keys like ``blocks.7.mlp.fc1.weight``; ``{'model'|'state_dict': ...}`` unwrapped).
+        model: the target model; its MoE blocks get E copies of the dense MLP, the other keys pass through timm's
+            ViT ``checkpoint_filter_fn`` (position / patch embedding resampling). The head is left as in the
+            checkpoint (``upcycle_from`` and timm's pretrained loading drop it when num_classes differs).
+        expert_scale: factor on every expert's fc2 weight and bias; None = E/K (function-preserving at gates 1/E).
+        router_logit_std: per-token std of the initial router logits (0 = zero router: every token ties on expert 0).
+        seed: seed of the router init.
+    """
+    sd = _unwrap(state_dict)
+    layers = _moe_layers(model)
+    _check_fits(sd, model)
+    sd = dict(checkpoint_filter_fn(sd, model, adapt_layer_scale=True))
+    generator = torch.Generator().manual_seed(seed)
+    for i, moe in layers.items():
+        if f'blocks.{i}.mlp.fc1.weight' not in sd:
+            continue  # already an MoE layer
+        scale = upcycled_eval_capacity_factor(moe.num_experts, moe.top_k) if expert_scale is None else expert_scale
+        sd.update(_upcycle_block(sd, i, moe, scale, router_logit_std, generator))
+    return sd
+
+
+def upcycle_checkpoint_filter_fn(state_dict: Dict, model: nn.Module) -> Dict[str, torch.Tensor]:
+    """``pretrained_filter_fn`` of the V-MoE DeiT models: upcycles a dense checkpoint, gives others to timm's."""
+    if is_dense_state_dict(state_dict):
+        return upcycle_dense_state_dict(state_dict, model)
+    return checkpoint_filter_fn(state_dict, model)
+
+
+def _checkpoint_state_dict(path: Path, ema: bool) -> Dict[str, torch.Tensor]:
+    """The student state_dict of a file: bare state_dict (.safetensors / .pth) or a timm / train_tgr.py checkpoint."""
+    from ..export import load_checkpoint_file, student_state_dict
+    ckpt = load_checkpoint_file(path)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f'{path} holds a {type(ckpt).__name__}, not a checkpoint dict or a state_dict.')
+    if not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        key = 'state_dict_ema' if ema else next((k for k in ('state_dict', 'model') if k in ckpt), None)
+        if not isinstance(ckpt.get(key), dict):
+            what = "no EMA weights ('state_dict_ema')" if ema else "no 'state_dict' or 'model'"
+            raise ValueError(f'{path} has {what} (keys: {sorted(ckpt)[:10]}): give a timm / train_tgr.py checkpoint '
+                             f'or a bare state_dict.')
+        ckpt = ckpt[key]
+    elif ema:
+        raise ValueError(f'{path} is a bare state_dict with no EMA weights: load it with ema=False.')
+    return student_state_dict(ckpt)[0]
+
+
+def load_dense_state_dict(source: Union[str, os.PathLike], ema: bool = False) -> Dict[str, torch.Tensor]:
+    """The state_dict of ``source``: a file (``.safetensors``, ``.pth`` state_dict, timm / train_tgr.py checkpoint
+    ``.pth.tar``; ``ema`` picks its 'state_dict_ema'), a folder saved by timm (``local-dir:``), or anything
+    ``timm.create_model(source, pretrained=True)`` takes (``deit_small_patch16_224.fb_in1k``, ``hf-hub:ORG/NAME``)."""
+    import timm
+    path = Path(os.path.expanduser(str(source)))
+    if path.is_file():
+        return _checkpoint_state_dict(path, ema)
+    if path.is_dir():
+        source = f'local-dir:{path}'
+    elif str(source).endswith(_FILE_SUFFIXES):
+        raise FileNotFoundError(f'dense checkpoint {source} not found.')
+    try:
+        return timm.create_model(str(source), pretrained=True).state_dict()
+    except RuntimeError as e:
+        if not str(e).startswith('Unknown model'):
+            raise
+        raise ValueError(
+            f'{source!r} is neither a checkpoint file nor a timm model: give a .safetensors / .pth / .pth.tar file, '
+            f"a saved folder, 'hf-hub:ORG/NAME' or a timm name such as 'deit_small_patch16_224.fb_in1k'.") from e
+
+
+def _keep_own_head(sd: Dict[str, torch.Tensor], model: nn.Module) -> bool:
+    """As timm's pretrained loading when num_classes differs: classifier tensors that do not fit keep the model's."""
+    own = model.state_dict()
+    names = (getattr(model, 'pretrained_cfg', None) or {}).get('classifier') or ('head', 'head_dist')
+    names = (names,) if isinstance(names, str) else names
+    kept = False
+    for k in [n + s for n in names for s in ('.weight', '.bias')]:
+        if k in sd and (k not in own or own[k].shape != sd[k].shape):
+            sd.pop(k)
+            kept = True
+            if k in own:
+                sd[k] = own[k]
+    return kept
+
+
+def upcycle_from(source: Union[str, os.PathLike], model: nn.Module, ema: bool = False, **kwargs) -> nn.Module:
+    """Load ``model`` (a V-MoE / TGR-MoE DeiT) in place from the dense checkpoint ``source`` by sparse upcycling.
+
+    ``source`` is whatever :func:`load_dense_state_dict` takes; ``kwargs`` go to :func:`upcycle_dense_state_dict`.
+    A classifier of another num_classes keeps the model's own init (as timm's pretrained loading does). In eval mode
+    the model computes the dense function when no choice is dropped: ``eval_capacity_factor >= E/K`` guarantees it.
+    """
+    sd = upcycle_dense_state_dict(load_dense_state_dict(source, ema), model, **kwargs)
+    if _keep_own_head(sd, model):
+        _logger.info(f'Upcycling {source}: its classifier does not fit num_classes={model.num_classes}, kept new init.')
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise RuntimeError(
+            f'the upcycled weights of {source} do not fit {_model_name(model)}: create the model with the dense '
+            f'model\'s architecture args (patch_size, num_heads, qkv_bias, init_values, ...).\n{e}') from e
+    short = [i for i, m in _moe_layers(model).items()
+             if (m.eval_capacity_factor or m.capacity_factor) < upcycled_eval_capacity_factor(m.num_experts, m.top_k)]
+    if short:
+        _logger.info(f'MoE blocks {short} may drop tokens in eval mode, so the upcycled model is not exactly the '
+                     f'dense one there: create it with eval_capacity_factor=E/K for that.')
+    return model
