@@ -1,7 +1,7 @@
 """timm model families built on :mod:`timm_tgr.layers`; importing registers them with ``timm.create_model``."""
 from .vmoe_deit import (
-    HF_HUB_ORG, MoEBlock, MoEVisionTransformerMixin, PAPER_MOE_LAYERS, VMoEVisionTransformer,
-    VMoEVisionTransformerDistilled, build_model_with_hub_cfg,
+    HF_HUB_ORG, MoEBlock, MoEVisionTransformerMixin, PAPER_MOE_LAYERS, UPCYCLED_TAG, VMoEVisionTransformer,
+    VMoEVisionTransformerDistilled, build_model_with_hub_cfg, is_upcycled_tag,
 )
 from .moe_baselines import ExpertChoiceVisionTransformer, SoftMoEVisionTransformer
 from .upcycle import (

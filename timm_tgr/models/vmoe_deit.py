@@ -12,6 +12,10 @@ training-time loss (``timm_tgr.task.guidance``), so a TGR-MoE model needs no tea
 Two layouts are registered: ``*_deit_{tiny,small,base}`` on timm's plain DeiT
 (``VisionTransformer``), and ``*_distilled`` on DeiT's distilled layout (class + distillation
 token, two heads; ``VisionTransformerDistilled``), which reproduces Table S2's parameter counts.
+
+Pretrained tags: the default (untagged) cfg stands for trained TGR-MoE / V-MoE weights, none published
+yet. ``*.fb_in1k_upcycled`` loads timm's dense DeiT weights from the Hub and upcycles them on load
+(:mod:`timm_tgr.models.upcycle`): in eval mode the model then computes the dense DeiT's function.
 """
 from functools import partial
 from typing import Dict, Optional, Sequence, Union
@@ -28,9 +32,10 @@ except ImportError:  # huggingface_hub < 0.23 keeps them in utils
 from safetensors import SafetensorError
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models.deit import VisionTransformerDistilled
-from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
+from timm.models.vision_transformer import Block, VisionTransformer
 
 from ..layers import RoutingInfo, SparseMoE
+from .upcycle import upcycle_checkpoint_filter_fn, upcycled_eval_capacity_factor
 
 __all__ = ['MoEBlock', 'VMoEVisionTransformer', 'VMoEVisionTransformerDistilled', 'PAPER_MOE_LAYERS']
 
@@ -208,6 +213,22 @@ def _weights_location(cfg) -> str:
     return f'Hugging Face Hub repo {cfg.hf_hub_id}' if cfg.hf_hub_id else f'url {cfg.url}'
 
 
+def _download_error(variant: str, cfg, loc: str, e: Exception) -> Optional[RuntimeError]:
+    """The error that names the fix when the Hub weights of a timm_tgr cfg cannot be had; None for others."""
+    reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+    missing = f'model.safetensors of the {loc} is neither in the local Hugging Face cache nor downloadable'
+    if is_upcycled_tag(cfg.tag) and cfg.source != 'hf-hub':
+        return RuntimeError(
+            f'Could not load the dense weights that {variant}.{cfg.tag} upcycles: {missing} ({type(e).__name__}: '
+            f'{reason}). Download them once online (HF_HUB_OFFLINE unset), or point at a local copy of the dense '
+            f"checkpoint with pretrained_cfg_overlay=dict(file='PATH.safetensors').")
+    if cfg.source == 'hf-hub' or not (cfg.hf_hub_id or '').startswith(HF_HUB_ORG + '/'):
+        return None
+    return RuntimeError(
+        f'Could not load pretrained weights for {variant}: {missing} ({type(e).__name__}: {reason}). No weights are '
+        f'published for timm_tgr models yet; to get weights, {_EXPORT_HOWTO.format(name=variant)}.')
+
+
 def build_model_with_hub_cfg(model_cls, variant: str, pretrained: bool = False, **kwargs):
     """timm's ``build_model_with_cfg`` whose pretrained loading fails with messages that name the fix.
 
@@ -232,13 +253,10 @@ def build_model_with_hub_cfg(model_cls, variant: str, pretrained: bool = False, 
     try:
         return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
     except (EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled) as e:
-        if cfg.source == 'hf-hub' or not (cfg.hf_hub_id or '').startswith(HF_HUB_ORG + '/'):
+        error = _download_error(variant, cfg, loc, e)
+        if error is None:
             raise
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
-        raise RuntimeError(
-            f'Could not load pretrained weights for {variant}: model.safetensors of the {loc} is neither in the '
-            f'local Hugging Face cache nor downloadable ({type(e).__name__}: {reason}). No weights are published '
-            f'for timm_tgr models yet; to get weights, {_EXPORT_HOWTO.format(name=variant)}.') from e
+        raise error from e
     except SafetensorError as e:
         raise RuntimeError(
             f'The weights in the {loc} are not a readable safetensors file ({e}): the file is corrupt or truncated '
@@ -261,10 +279,27 @@ def _create_vmoe_deit(variant: str, pretrained: bool = False, distilled: bool = 
         model_cls,
         variant,
         pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_filter_fn=upcycle_checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs,
     )
+
+
+UPCYCLED_TAG = 'fb_in1k_upcycled'
+
+
+def is_upcycled_tag(tag: Optional[str]) -> bool:
+    """Whether a pretrained tag names dense weights upcycled on load (``*.fb_in1k_upcycled``)."""
+    return bool(tag) and tag.endswith('_upcycled')
+
+
+def _cfg_tag(pretrained_cfg) -> str:
+    """The tag of a ``pretrained_cfg`` argument as timm's ``create_model`` passes it (tag string, dict or cfg)."""
+    if isinstance(pretrained_cfg, str):
+        return pretrained_cfg
+    if isinstance(pretrained_cfg, dict):
+        return pretrained_cfg.get('tag') or ''
+    return getattr(pretrained_cfg, 'tag', None) or ''
 
 
 def _cfg(distilled: bool = False, tgr: bool = False, **kwargs) -> dict:
@@ -284,6 +319,15 @@ def _cfg(distilled: bool = False, tgr: bool = False, **kwargs) -> dict:
     }
 
 
+def _upcycled_cfg(dense: str, distilled: bool = False, tgr: bool = False) -> dict:
+    """timm's dense DeiT weights on the Hub, upcycled on load; data config of the dense weights (crop_pct .9)."""
+    return _cfg(
+        distilled=distilled, tgr=tgr, hf_hub_id=f'timm/{dense}.fb_in1k', crop_pct=.9,
+        notes=(f'Sparse upcycling (arXiv:2212.05055) of the dense timm/{dense}.fb_in1k on load: every expert a copy '
+               f'of the dense MLP (fc2 scaled by E/K), router near uniform, eval_capacity_factor=E/K by default, so '
+               f'eval outputs are the dense DeiT\'s. A starting point for MoE fine-tuning, not trained as an MoE.',))
+
+
 default_cfgs = generate_default_cfgs({
     'vmoe_deit_tiny': _cfg(),
     'vmoe_deit_small': _cfg(),
@@ -297,7 +341,29 @@ default_cfgs = generate_default_cfgs({
     'tgr_moe_deit_tiny_distilled': _cfg(distilled=True, tgr=True),
     'tgr_moe_deit_small_distilled': _cfg(distilled=True, tgr=True),
     'tgr_moe_deit_base_distilled': _cfg(distilled=True, tgr=True),
+
+    # timm's dense DeiT weights, upcycled on load (timm_tgr.models.upcycle)
+    'vmoe_deit_tiny.fb_in1k_upcycled': _upcycled_cfg('deit_tiny_patch16_224'),
+    'vmoe_deit_small.fb_in1k_upcycled': _upcycled_cfg('deit_small_patch16_224'),
+    'vmoe_deit_base.fb_in1k_upcycled': _upcycled_cfg('deit_base_patch16_224'),
+    'vmoe_deit_tiny_distilled.fb_in1k_upcycled': _upcycled_cfg('deit_tiny_distilled_patch16_224', distilled=True),
+    'vmoe_deit_small_distilled.fb_in1k_upcycled': _upcycled_cfg('deit_small_distilled_patch16_224', distilled=True),
+    'vmoe_deit_base_distilled.fb_in1k_upcycled': _upcycled_cfg('deit_base_distilled_patch16_224', distilled=True),
+    'tgr_moe_deit_tiny.fb_in1k_upcycled': _upcycled_cfg('deit_tiny_patch16_224', tgr=True),
+    'tgr_moe_deit_small.fb_in1k_upcycled': _upcycled_cfg('deit_small_patch16_224', tgr=True),
+    'tgr_moe_deit_base.fb_in1k_upcycled': _upcycled_cfg('deit_base_patch16_224', tgr=True),
+    'tgr_moe_deit_tiny_distilled.fb_in1k_upcycled': _upcycled_cfg(
+        'deit_tiny_distilled_patch16_224', distilled=True, tgr=True),
+    'tgr_moe_deit_small_distilled.fb_in1k_upcycled': _upcycled_cfg(
+        'deit_small_distilled_patch16_224', distilled=True, tgr=True),
+    'tgr_moe_deit_base_distilled.fb_in1k_upcycled': _upcycled_cfg(
+        'deit_base_distilled_patch16_224', distilled=True, tgr=True),
 })
+# timm makes the first tag with weights an architecture's default: the untagged cfg (trained MoE weights, not
+# published yet) stays the default, so pretrained=True without a tag still fails with the how-to message
+for _default_cfg in default_cfgs.values():
+    _default_cfg.tags.remove('')
+    _default_cfg.tags.appendleft('')
 
 _TINY = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, num_experts=16)
 _SMALL = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, num_experts=8)
@@ -305,7 +371,12 @@ _BASE = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, num_experts=8
 
 
 def _build(variant: str, size: dict, pretrained: bool, distilled: bool, kwargs: dict):
-    return _create_vmoe_deit(variant, pretrained=pretrained, distilled=distilled, **dict(size, **kwargs))
+    kwargs = dict(size, **kwargs)
+    if is_upcycled_tag(_cfg_tag(kwargs.get('pretrained_cfg'))):
+        # no token dropped in eval (C = S), so the upcycled model computes the dense function there
+        kwargs.setdefault(
+            'eval_capacity_factor', upcycled_eval_capacity_factor(kwargs['num_experts'], kwargs.get('top_k', 1)))
+    return _create_vmoe_deit(variant, pretrained=pretrained, distilled=distilled, **kwargs)
 
 
 @register_model

@@ -1,0 +1,223 @@
+"""Sparse upcycling of dense DeiT weights into V-MoE / TGR-MoE DeiT (timm_tgr.models.upcycle), all offline."""
+import argparse
+
+import pytest
+import safetensors.torch
+import timm
+import torch
+
+from test_export import _hub_cache, _offline  # an HF cache laid out as huggingface_hub does
+from timm_tgr.models import UPCYCLED_TAG, upcycle_dense_state_dict, upcycle_from
+
+# eval logits of the upcycled model equal the dense model's to TOL * max|dense logit|: the gates are
+# 1/E * (1 + O(router logit spread = 1e-5)); measured 0.7e-5 to 1.2e-5 of max|logit| (README)
+TOL = 1e-4
+TINY = 'deit_tiny_patch16_224'
+# the Fashion-MNIST quickstart's width on 28x28 images: 17 tokens, E=8
+SMALL_KW = dict(img_size=28, patch_size=7, embed_dim=64, num_heads=2, in_chans=1, num_classes=10)
+
+
+def _dense(name=TINY, perturb=True, **kw):
+    """A dense DeiT with random weights; LayerNorm affine far from (1, 0) as in trained weights."""
+    model = timm.create_model(name, **kw).eval()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if perturb and 'norm' in n:
+                p.copy_(0.5 + torch.rand(p.shape, generator=g) if n.endswith('weight') else
+                        0.5 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _logits(model, shape=(2, 3, 224, 224)):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def _assert_close(out, ref):
+    err = (out - ref).abs().max()
+    assert err <= TOL * ref.abs().max(), f'max abs diff {err:.3g} vs max |logit| {ref.abs().max():.3g}'
+
+
+def test_filter_copies_the_dense_mlp_into_every_expert():
+    dense = _dense().state_dict()
+    model = timm.create_model('vmoe_deit_tiny')
+    sd = upcycle_dense_state_dict(dense, model)
+    for i in range(12):
+        p = f'blocks.{i}.mlp.'
+        if i not in (7, 9, 11):
+            assert torch.equal(sd[p + 'fc1.weight'], dense[p + 'fc1.weight'])
+            continue
+        assert p + 'fc1.weight' not in sd and p + 'fc2.bias' not in sd
+        for e in range(16):  # every expert: fc1 as is, fc2 times E/K = 16
+            assert torch.equal(sd[p + 'experts.fc1_weight'][e], dense[p + 'fc1.weight'])
+            assert torch.equal(sd[p + 'experts.fc1_bias'][e], dense[p + 'fc1.bias'])
+            assert torch.equal(sd[p + 'experts.fc2_weight'][e], dense[p + 'fc2.weight'] * 16)
+            assert torch.equal(sd[p + 'experts.fc2_bias'][e], dense[p + 'fc2.bias'] * 16)
+        w = sd[p + 'router.proj.weight'].double()
+        gamma, beta = dense[f'blocks.{i}.norm2.weight'].double(), dense[f'blocks.{i}.norm2.bias'].double()
+        assert w.shape == (16, 192)
+        cos = (w @ beta) / (w.norm(dim=1) * beta.norm())
+        assert cos.abs().max() < 1e-6  # orthogonal to norm2's bias (to fp32 rounding): no constant logit offset
+        # per-token logit std of each row on unit-variance features: |w * gamma| = 1e-5
+        torch.testing.assert_close((w * gamma).norm(dim=1), torch.full((16,), 1e-5, dtype=torch.float64))
+    model.load_state_dict(sd)  # strict: nothing missing or left over
+
+
+@pytest.mark.parametrize('name,dense_name,kw,shape', [
+    ('vmoe_deit_tiny', TINY, {}, (2, 3, 224, 224)),
+    ('tgr_moe_deit_tiny_distilled', 'deit_tiny_distilled_patch16_224', {}, (2, 3, 224, 224)),
+    ('tgr_moe_deit_tiny', TINY, dict(SMALL_KW, num_experts=8), (16, 1, 28, 28)),
+])
+def test_eval_equals_dense(tmp_path, name, dense_name, kw, shape):
+    dense_kw = {k: v for k, v in kw.items() if k != 'num_experts'}
+    dense = _dense(dense_name, **dense_kw)
+    path = tmp_path / 'dense.safetensors'
+    safetensors.torch.save_file(dense.state_dict(), str(path))
+    model = timm.create_model(f'{name}.{UPCYCLED_TAG}', pretrained=True, **kw, pretrained_cfg_overlay=dict(
+        file=str(path), num_classes=kw.get('num_classes', 1000)))
+    E = model.num_experts
+    assert all(m.eval_capacity_factor == E for m in model.get_moe_layers().values())  # C = S: nothing dropped
+    _assert_close(_logits(model, shape), _logits(dense, shape))
+    assert all(float(info.dropped_fraction) == 0 for info in model.routing_infos().values())
+    assert max(int((info.expert_counts > 0).sum()) for info in model.routing_infos().values()) > E // 2
+
+    # the V-MoE default eval capacity (1.05) drops tokens, and the model is no longer the dense one
+    model = upcycle_from(path, timm.create_model(name, **kw))
+    assert model.get_moe_layers()[7].eval_capacity_factor is None
+    diff = (_logits(model, shape) - _logits(dense, shape)).abs().max()
+    assert diff > TOL * _logits(dense, shape).abs().max()
+    assert all(float(info.dropped_fraction) > 0 for info in model.routing_infos().values())
+
+
+def test_hub_tag_from_offline_hf_cache(tmp_path, monkeypatch):
+    dense = _dense()
+    folder = tmp_path / 'deit'
+    folder.mkdir()
+    safetensors.torch.save_file(dense.state_dict(), str(folder / 'model.safetensors'))
+    _hub_cache(tmp_path, monkeypatch, 'timm/deit_tiny_patch16_224.fb_in1k', folder)
+
+    model = timm.create_model('vmoe_deit_tiny.fb_in1k_upcycled', pretrained=True)
+    assert model.pretrained_cfg['hf_hub_id'] == 'timm/deit_tiny_patch16_224.fb_in1k'
+    assert model.pretrained_cfg['crop_pct'] == .9  # the dense weights' data config
+    _assert_close(_logits(model), _logits(dense))
+
+    # another image size: timm's ViT filter resamples pos_embed first, as for the dense model itself
+    model = timm.create_model('tgr_moe_deit_tiny.fb_in1k_upcycled', pretrained=True, img_size=64)
+    dense64 = timm.create_model('deit_tiny_patch16_224.fb_in1k', pretrained=True, img_size=64)
+    _assert_close(_logits(model, (2, 3, 64, 64)), _logits(dense64, (2, 3, 64, 64)))
+
+    # another num_classes: timm's loader drops the head, everything before it is the dense model
+    model = timm.create_model('vmoe_deit_tiny.fb_in1k_upcycled', pretrained=True, num_classes=5)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        _assert_close(model.eval().forward_head(model.forward_features(x), pre_logits=True),
+                      dense.forward_head(dense.forward_features(x), pre_logits=True))
+
+    # a timm model name as the source of upcycle_from goes through the same cache
+    target = upcycle_from('deit_tiny_patch16_224.fb_in1k', timm.create_model('vmoe_deit_tiny', num_classes=5))
+    for k, v in model.state_dict().items():
+        if not k.startswith('head.'):
+            assert torch.equal(target.state_dict()[k], v), k
+
+
+def test_hub_tag_not_cached_says_how(tmp_path, monkeypatch):
+    _offline(monkeypatch, tmp_path / 'empty_cache')
+    with pytest.raises(RuntimeError, match='dense weights that vmoe_deit_small.fb_in1k_upcycled upcycles') as e:
+        timm.create_model('vmoe_deit_small.fb_in1k_upcycled', pretrained=True)
+    assert 'timm/deit_small_patch16_224.fb_in1k' in str(e.value) and 'pretrained_cfg_overlay=dict(file=' in str(e.value)
+
+
+def test_default_tag_is_still_the_trained_moe():
+    names = timm.list_models(pretrained=True, filter='*moe_deit*')
+    arches = [n for n in timm.list_models('*moe_deit*') if n.startswith(('vmoe_', 'tgr_moe_'))]
+    assert names == sorted(f'{a}.{UPCYCLED_TAG}' for a in arches)  # only the upcycled tags claim weights
+    for arch in arches:
+        cfg = timm.models.get_pretrained_cfg(arch)
+        assert cfg.tag is None and not cfg.has_weights and not timm.is_model_pretrained(arch)
+    assert timm.create_model('vmoe_deit_small', img_size=32).get_moe_layers()[7].eval_capacity_factor is None
+    m = timm.create_model('vmoe_deit_small.fb_in1k_upcycled', img_size=32, eval_capacity_factor=2.)
+    assert m.get_moe_layers()[7].eval_capacity_factor == 2.  # an explicit eval capacity wins
+
+
+def test_upcycle_from_files(tmp_path):
+    dense = _dense(**SMALL_KW).state_dict()
+    model_kw = dict(SMALL_KW, num_experts=8)
+    ref = upcycle_dense_state_dict(dense, timm.create_model('vmoe_deit_tiny', **model_kw))
+    safetensors.torch.save_file(dense, str(tmp_path / 'w.safetensors'))
+    torch.save(dense, tmp_path / 'w.pth')
+    # a train_tgr.py / timm checkpoint of a DDP-wrapped dense model
+    ckpt = {'state_dict': {f'module.{k}': v for k, v in dense.items()}, 'epoch': 3,
+            'args': argparse.Namespace(model=TINY)}
+    torch.save(ckpt, tmp_path / 'last.pth.tar')
+    for f in ('w.safetensors', 'w.pth', 'last.pth.tar'):
+        model = upcycle_from(tmp_path / f, timm.create_model('vmoe_deit_tiny', **model_kw))
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, ref[k]), (f, k)
+    with pytest.raises(ValueError, match='no EMA weights'):
+        upcycle_from(tmp_path / 'last.pth.tar', timm.create_model('vmoe_deit_tiny', **model_kw), ema=True)
+    with pytest.raises(FileNotFoundError, match='missing.pth'):
+        upcycle_from(tmp_path / 'missing.pth', timm.create_model('vmoe_deit_tiny', **model_kw))
+    with pytest.raises(ValueError, match='neither a checkpoint file nor a timm model'):
+        upcycle_from('no_such_model', timm.create_model('vmoe_deit_tiny', **model_kw))
+
+
+def test_upcycle_from_keeps_own_head_when_num_classes_differs(tmp_path):
+    dense = _dense(**SMALL_KW)
+    path = tmp_path / 'w.safetensors'
+    safetensors.torch.save_file(dense.state_dict(), str(path))
+    model = timm.create_model('vmoe_deit_tiny', **dict(SMALL_KW, num_classes=3, num_experts=8))
+    head = model.head.weight.detach().clone()
+    upcycle_from(path, model)
+    assert torch.equal(model.head.weight, head)
+    assert torch.equal(model.blocks[0].attn.qkv.weight, dense.blocks[0].attn.qkv.weight)
+
+
+@pytest.mark.parametrize('dense_kw,model_kw,match', [
+    (dict(embed_dim=384, num_heads=6), {}, r'width 384 .* width 192: .*vmoe_deit_small.*embed_dim=384'),
+    (dict(depth=6), {}, r'depth 6 .* depth 12: create the model with depth=6'),
+    (dict(mlp_ratio=2.), {}, r'mlp.fc1.weight is \(96, 48\).* needs \(192, 48\).*mlp_ratio'),
+    (dict(class_token=True), dict(distilled=True), r'plain layout but .*distilled DeiT layout'),
+])
+def test_dense_checkpoint_that_does_not_fit(tmp_path, dense_kw, model_kw, match):
+    base = dict(img_size=32, patch_size=8, embed_dim=48, num_heads=2, num_classes=10)
+    dense_kw = dict(base, **dense_kw)
+    width = 192 if 'embed_dim' in dense_kw and dense_kw['embed_dim'] == 384 else 48
+    name = 'vmoe_deit_tiny_distilled' if model_kw.get('distilled') else 'vmoe_deit_tiny'
+    kw = dict(base, embed_dim=width, num_heads=3 if width == 192 else 2)
+    path = tmp_path / 'w.safetensors'
+    safetensors.torch.save_file(timm.create_model(TINY, **dense_kw).state_dict(), str(path))
+    with pytest.raises(ValueError, match=match):
+        upcycle_from(path, timm.create_model(name, **kw))
+    with pytest.raises(ValueError, match=match):  # the same through timm's pretrained loading
+        timm.create_model(f'{name}.{UPCYCLED_TAG}', pretrained=True, **kw,
+                          pretrained_cfg_overlay=dict(file=str(path), num_classes=10))
+
+
+def test_distilled_weights_into_plain_model(tmp_path):
+    dense = timm.create_model('deit_tiny_distilled_patch16_224', img_size=32, patch_size=8, embed_dim=48,
+                              num_heads=2, num_classes=10)
+    with pytest.raises(ValueError, match=r'distilled DeiT layout .* plain layout: upcycle it into a \*_distilled'):
+        upcycle_dense_state_dict(dense.state_dict(), timm.create_model(
+            'vmoe_deit_tiny', img_size=32, patch_size=8, embed_dim=48, num_heads=2, num_classes=10))
+
+
+def test_soft_moe_is_refused():
+    dense = timm.create_model(TINY, img_size=32, patch_size=8, embed_dim=48, num_heads=2)
+    with pytest.raises(ValueError, match='SoftMoE; upcycling builds top-K SparseMoE experts only'):
+        upcycle_dense_state_dict(dense.state_dict(), timm.create_model(
+            'soft_moe_deit_tiny', img_size=32, patch_size=8, embed_dim=48, num_heads=2))
+
+
+def test_fine_tuning_step_from_upcycled():
+    dense = _dense(**SMALL_KW)
+    model = timm.create_model('tgr_moe_deit_tiny', **dict(SMALL_KW, num_experts=8))
+    model.load_state_dict(upcycle_dense_state_dict(dense.state_dict(), model))
+    model.train()
+    out = model(torch.randn(8, 1, 28, 28))
+    (out.logsumexp(-1).mean() + model.moe_aux_loss()).backward()
+    for moe in model.get_moe_layers().values():
+        assert moe.router.proj.weight.grad.abs().sum() > 0
+        # router noise (std 1.0) spreads the identical experts' tokens: several experts get gradients
+        assert (moe.experts.fc1_weight.grad.flatten(1).abs().sum(1) > 0).sum() > 1
