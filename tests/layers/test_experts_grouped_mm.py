@@ -6,7 +6,7 @@ import timm
 import torch
 
 from timm_tgr import GroupedExperts, SparseMoE
-from timm_tgr.layers.moe import grouped_mm_available
+from timm_tgr.layers.experts import grouped_mm_available
 
 from reference import brute_force_moe
 

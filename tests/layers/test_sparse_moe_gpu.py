@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from timm_tgr import SparseMoE
-from timm_tgr.layers.moe import grouped_mm_available
+from timm_tgr.layers.experts import grouped_mm_available
 
 from reference import brute_force_moe
 

@@ -1,12 +1,15 @@
 """MoE building blocks that know nothing of models: routers, token dispatch, grouped experts, routing losses.
 
 Each layer works on any ``[B, N, C]`` token tensor and takes timm ``Mlp``'s arguments, so it can be a
-ViT block's ``mlp_layer``.
+ViT block's ``mlp_layer``. Top-K V-MoE is three small pieces: ``router`` (TopKRouter) picks experts,
+``dispatch`` places the choices in capacity-limited expert buffers, ``experts`` (GroupedExperts) runs
+all experts at once; ``sparse_moe`` (SparseMoE) strings them together. ``soft_moe`` and
+``expert_choice`` are the baselines' layers, built from the same experts.
 """
 from .router import RouterOutput, TopKRouter, resolve_noise_std
-from .moe import (
-    EXPERT_IMPLS, GroupedExperts, RoutingInfo, SparseMoE, assign_slots, expert_capacity, grouped_mm_available,
-)
+from .dispatch import assign_slots, expert_capacity
+from .experts import EXPERT_IMPLS, GroupedExperts, grouped_mm_available
+from .sparse_moe import RoutingInfo, SparseMoE
 from .soft_moe import SoftMoE, SoftMoERouter, soft_moe_slots
 from .expert_choice import ExpertChoiceMoE, expert_choice_capacity, expert_choice_select
 from . import losses

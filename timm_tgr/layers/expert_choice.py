@@ -10,13 +10,13 @@ expert takes the ``C`` tokens of a group with its highest scores::
 A token may be taken by 0..E experts; one that no expert takes passes through the block's residual
 connection only. Every expert processes exactly C tokens per group: perfect load balance without an
 auxiliary loss. With ``capacity_factor=1`` (the default) each expert processes ceil(S/E) tokens, the
-compute of a top-1 V-MoE at capacity factor 1. Groups are as in :mod:`timm_tgr.layers.moe`: one sample's
+compute of a top-1 V-MoE at capacity factor 1. Groups are as in :mod:`timm_tgr.layers.dispatch`: one sample's
 tokens (``capacity_group='sample'``, outputs independent of the rest of the batch) or the batch.
 
-Routing record (:class:`~timm_tgr.layers.moe.RoutingInfo`):
+Routing record (:class:`~timm_tgr.layers.sparse_moe.RoutingInfo`):
 
 - ``probs``: the router softmax over experts ``[B, N, E]`` (noisy logits in training, as for
-  :class:`~timm_tgr.layers.moe.SparseMoE`), with its autograd graph, so TGR's ``KL(p_t || p)`` applies
+  :class:`~timm_tgr.layers.sparse_moe.SparseMoE`), with its autograd graph, so TGR's ``KL(p_t || p)`` applies
   directly (routing is orthogonal to teacher guidance); ``logits`` before noise;
 - ``expert_index`` ``[B, N, 1]``: among the experts that took the token, the one with the highest
   score; a token no expert took gets its highest-score expert with ``kept`` False;
@@ -27,23 +27,24 @@ Routing record (:class:`~timm_tgr.layers.moe.RoutingInfo`):
 - ``load_loss``: zero (no load loss); ``z_loss``: ST-MoE router z-loss when ``z_loss_weight > 0``;
   ``aux_loss = z_loss_weight * z_loss``.
 
-Like :class:`~timm_tgr.layers.moe.SparseMoE`: ``routing_override`` (a ``[B, N, E]`` distribution) makes the
+Like :class:`~timm_tgr.layers.sparse_moe.SparseMoE`: ``routing_override`` (a ``[B, N, E]`` distribution) makes the
 experts choose tokens (and weight them) by it instead of the router's scores, ``detach_gates``
 stops the task loss reaching the router through the combine weights. No Python loop over experts
 and no host sync: ``torch.compile(fullgraph=True)`` captures the layer.
 """
 import math
-from typing import Optional, Type, Union
+from typing import Optional, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
 
+from .dispatch import capacity_groups, check_capacity
+from .experts import GroupedExperts
 from .losses import router_z_loss
-from .moe import GroupedExperts, RoutingInfo, check_capacity, check_mlp_replacement
-from .router import TopKRouter
+from .router import RouterOutput, TopKRouter
+from .sparse_moe import RoutingInfo, check_mlp_replacement
 
 __all__ = ['ExpertChoiceMoE', 'expert_choice_capacity', 'expert_choice_select']
-
 
 
 def expert_choice_capacity(group_tokens: int, num_experts: int, capacity_factor: float) -> int:
@@ -101,24 +102,20 @@ class ExpertChoiceMoE(nn.Module):
     ):
         super().__init__()
         check_mlp_replacement('ExpertChoiceMoE', kwargs, in_features, out_features, norm_layer)
-        check_capacity(capacity_factor, eval_capacity_factor, capacity_group,
-                       "the average number of experts per token: 1.0 matches a top-1 V-MoE's compute, 2.0 is the "
-                       "Expert-Choice paper's default")
+        self.capacity_factor, self.eval_capacity_factor, self.capacity_group = check_capacity(
+            capacity_factor, eval_capacity_factor, capacity_group,
+            "the average number of experts per token: 1.0 matches a top-1 V-MoE's compute, 2.0 is the "
+            "Expert-Choice paper's default")
         if z_loss_weight < 0:
             raise ValueError(f'z_loss_weight must be >= 0 (0 disables the router z-loss), got {z_loss_weight}.')
-        hidden_features = hidden_features or in_features
         self.num_experts = num_experts
         self.top_k = 1  # the routing record has one expert per token (see expert_index)
-        self.capacity_factor = float(capacity_factor)
-        self.eval_capacity_factor = float(eval_capacity_factor) if eval_capacity_factor is not None else None
-        self.capacity_group = capacity_group
         self.z_loss_weight = z_loss_weight
+        dd = dict(device=device, dtype=dtype)
         # TopKRouter for its fp32 logits and training noise; its top-1 choice is unused
-        self.router = TopKRouter(
-            in_features, num_experts, top_k=1, noise_std=router_noise_std, device=device, dtype=dtype)
+        self.router = TopKRouter(in_features, num_experts, top_k=1, noise_std=router_noise_std, **dd)
         self.experts = GroupedExperts(
-            num_experts, in_features, hidden_features, act_layer=act_layer, bias=bias, drop=drop,
-            device=device, dtype=dtype)
+            num_experts, in_features, hidden_features or in_features, act_layer=act_layer, bias=bias, drop=drop, **dd)
         self.routing: Optional[RoutingInfo] = None
         self.routing_override: Optional[torch.Tensor] = None
         self.detach_gates = False
@@ -131,20 +128,32 @@ class ExpertChoiceMoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3:
             raise ValueError(f'ExpertChoiceMoE expects tokens as [B, N, C], got shape {tuple(x.shape)}.')
-        B, N, D = x.shape
-        E = self.num_experts
         route = self.router.route(self.router.compute_logits(x))
+        scores = self._choice_scores(route)
+        out, chosen, per_expert = self._dispatch_combine(x, scores)
+        self.routing = self._routing_info(route.logits, route.probs, scores, chosen, per_expert)
+        return out
+
+    def _choice_scores(self, route: RouterOutput) -> torch.Tensor:
+        """``[B, N, E]`` scores the experts choose tokens by: the router's probs or ``routing_override``."""
         scores = route.probs
         if self.routing_override is not None:
             if self.routing_override.shape != scores.shape:
                 raise ValueError(
                     f'routing override has shape {tuple(self.routing_override.shape)} but the router produces '
-                    f'{tuple(scores.shape)}: it must give every token a distribution over the {E} experts.')
+                    f'{tuple(scores.shape)}: it must give every token a distribution over the '
+                    f'{self.num_experts} experts.')
             scores = self.routing_override.to(scores.dtype)
-        if self.detach_gates:
-            scores = scores.detach()
+        return scores.detach() if self.detach_gates else scores
 
-        G, S = (B, N) if self.capacity_group == 'sample' else (1, B * N)
+    def _dispatch_combine(self, x: torch.Tensor, scores: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, int]:
+        """Each expert's top-C tokens through the experts, score-weighted and summed back per token.
+
+        Returns ``(out [B, N, D], chosen [G, S, E] bool, tokens per expert G*C)``.
+        """
+        B, N, D = x.shape
+        E = self.num_experts
+        G, S = capacity_groups(B, N, self.capacity_group)
         capacity = expert_choice_capacity(S, E, self.current_capacity_factor())
         weights, token_index = expert_choice_select(scores.reshape(G, S, E), capacity)  # [G, E, C]
 
@@ -158,8 +167,7 @@ class ExpertChoiceMoE(nn.Module):
 
         chosen = torch.zeros(G, E, S, dtype=torch.bool, device=x.device).scatter(
             2, token_index, torch.ones_like(token_index, dtype=torch.bool))
-        self.routing = self._routing_info(route.logits, route.probs, scores, chosen.transpose(1, 2), G * capacity)
-        return out.view(B, N, D)
+        return out.view(B, N, D), chosen.transpose(1, 2), G * capacity
 
     def _routing_info(self, logits, probs, scores, chosen, per_expert: int) -> RoutingInfo:
         B, N, E = probs.shape

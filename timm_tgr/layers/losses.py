@@ -8,7 +8,6 @@ Equation references are to the TGR-MoE paper (arXiv 2604.21330) and its
 supplement (``shared/paper``).
 """
 import torch
-import torch.nn.functional as F
 
 __all__ = [
     'importance', 'load_balance_loss', 'routing_entropy_loss', 'router_z_loss',

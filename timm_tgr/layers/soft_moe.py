@@ -17,7 +17,7 @@ tokens works (``dynamic_img_size``, patch dropout).
 Compute: ``E*p`` slot evaluations per sample, whatever N. ``p = ceil(N*K/E)`` (:func:`soft_moe_slots`)
 is the capacity of a top-K V-MoE / Expert-Choice layer at capacity factor 1: the same expert compute.
 
-Routing record (:class:`~timm_tgr.layers.moe.RoutingInfo`), defined so the routing metrics and losses of
+Routing record (:class:`~timm_tgr.layers.sparse_moe.RoutingInfo`), defined so the routing metrics and losses of
 the token-choice layers read it the same way:
 
 - ``probs[b, n, e]``: token n's *combine mass* on expert e, the combine weights of e's p slots
@@ -44,7 +44,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .moe import GroupedExperts, RoutingInfo, check_mlp_replacement
+from .experts import GroupedExperts
+from .sparse_moe import RoutingInfo, check_mlp_replacement
 
 __all__ = ['SoftMoE', 'SoftMoERouter', 'soft_moe_slots']
 
@@ -55,6 +56,24 @@ def soft_moe_slots(num_tokens: int, num_experts: int, top_k: int = 1) -> int:
         raise ValueError(
             f'soft_moe_slots needs num_tokens, num_experts and top_k >= 1, got {num_tokens}, {num_experts}, {top_k}.')
     return max(1, math.ceil(num_tokens * top_k / num_experts))
+
+
+def _resolve_slots_per_expert(
+        slots_per_expert: Optional[int], num_tokens: Optional[int], num_experts: int, match_top_k: int) -> int:
+    """``slots_per_expert`` checked, or sized from ``num_tokens`` by :func:`soft_moe_slots` when None."""
+    if slots_per_expert is None:
+        if num_tokens is None:
+            raise ValueError(
+                'SoftMoE needs slots_per_expert (>= 1), or num_tokens (tokens per sample) to size the slots '
+                'as ceil(num_tokens * match_top_k / num_experts).')
+        if not match_top_k >= 1:
+            raise ValueError(f'match_top_k must be >= 1 (the K whose compute the slots match), got {match_top_k}.')
+        slots_per_expert = soft_moe_slots(num_tokens, num_experts, match_top_k)
+    if isinstance(slots_per_expert, bool) or int(slots_per_expert) != slots_per_expert or slots_per_expert < 1:
+        raise ValueError(
+            f'slots_per_expert must be an integer >= 1, got {slots_per_expert!r}: pass e.g. '
+            f'slots_per_expert=ceil(tokens * K / num_experts), or leave it None and pass num_tokens.')
+    return int(slots_per_expert)
 
 
 class SoftMoERouter(nn.Module):
@@ -105,7 +124,7 @@ class SoftMoE(nn.Module):
         normalize: L2-normalize tokens and slot parameters with a learned scale (paper's default
             for large models; False uses raw dot products).
 
-    After every forward ``self.routing`` holds a :class:`~timm_tgr.layers.moe.RoutingInfo` (see the module
+    After every forward ``self.routing`` holds a :class:`~timm_tgr.layers.sparse_moe.RoutingInfo` (see the module
     docstring for what its fields mean here).
     """
 
@@ -131,27 +150,13 @@ class SoftMoE(nn.Module):
         check_mlp_replacement('SoftMoE', kwargs, in_features, out_features, norm_layer)
         if num_experts < 1:
             raise ValueError(f'num_experts must be >= 1, got {num_experts}.')
-        if slots_per_expert is None:
-            if num_tokens is None:
-                raise ValueError(
-                    'SoftMoE needs slots_per_expert (>= 1), or num_tokens (tokens per sample) to size the slots '
-                    'as ceil(num_tokens * match_top_k / num_experts).')
-            if not match_top_k >= 1:
-                raise ValueError(f'match_top_k must be >= 1 (the K whose compute the slots match), got {match_top_k}.')
-            slots_per_expert = soft_moe_slots(num_tokens, num_experts, match_top_k)
-        if isinstance(slots_per_expert, bool) or int(slots_per_expert) != slots_per_expert or slots_per_expert < 1:
-            raise ValueError(
-                f'slots_per_expert must be an integer >= 1, got {slots_per_expert!r}: pass e.g. '
-                f'slots_per_expert=ceil(tokens * K / num_experts), or leave it None and pass num_tokens.')
-        hidden_features = hidden_features or in_features
         self.num_experts = num_experts
-        self.slots_per_expert = int(slots_per_expert)
+        self.slots_per_expert = _resolve_slots_per_expert(slots_per_expert, num_tokens, num_experts, match_top_k)
         self.top_k = 1  # the routing record has one (argmax) expert per token
-        self.router = SoftMoERouter(
-            in_features, num_experts * self.slots_per_expert, normalize=normalize, device=device, dtype=dtype)
+        dd = dict(device=device, dtype=dtype)
+        self.router = SoftMoERouter(in_features, num_experts * self.slots_per_expert, normalize=normalize, **dd)
         self.experts = GroupedExperts(
-            num_experts, in_features, hidden_features, act_layer=act_layer, bias=bias, drop=drop,
-            device=device, dtype=dtype)
+            num_experts, in_features, hidden_features or in_features, act_layer=act_layer, bias=bias, drop=drop, **dd)
         self.routing: Optional[RoutingInfo] = None
         self.detach_gates = False
 

@@ -1,0 +1,149 @@
+"""Token dispatch of top-K routing under expert capacity (V-MoE), as tensor index arithmetic.
+
+Capacity (V-MoE): tokens are routed in groups; by default a group is one sample's N tokens, so a
+sample's output never depends on the other samples of the batch (``capacity_group='batch'`` makes
+the whole batch one group). Each expert takes at most ``C = ceil(S * K * capacity_factor / E)``
+tokens of a group of S tokens. Choices are served k-major (all first choices before any second
+choice); within a rank, earlier tokens win, or with batch-prioritized routing (BPR) the tokens with
+the higher top-1 gate win. A choice beyond an expert's capacity is dropped: the token gets nothing
+from that expert and, if all its choices are dropped, passes through the block's residual
+connection only.
+
+The steps, each a function here:
+
+- :func:`capacity_groups` / :func:`expert_capacity`: the group shape ``(G, S)`` and C,
+- :func:`assign_slots`: each choice's position in its expert's buffer (kept iff below C),
+- :func:`slot_index`: the flat expert-major buffer slot of each kept choice,
+- :func:`dispatch_tokens` / :func:`combine_outputs`: copy tokens into the ``[E, G*C, D]`` expert
+  buffer and sum the gated expert outputs back per token.
+
+None of them loops over experts in Python or reads a tensor value on the host.
+"""
+import math
+from typing import Optional, Tuple
+
+import torch
+
+__all__ = [
+    'CAPACITY_GROUPS', 'check_capacity', 'capacity_groups', 'expert_capacity', 'assign_slots', 'slot_index',
+    'dispatch_tokens', 'combine_outputs', 'kept_counts',
+]
+
+CAPACITY_GROUPS = ('sample', 'batch')
+
+
+def check_capacity(
+        capacity_factor: float,
+        eval_capacity_factor: Optional[float],
+        capacity_group: str,
+        meaning: str,
+) -> Tuple[float, Optional[float], str]:
+    """Checked ``(capacity_factor, eval_capacity_factor, capacity_group)`` as float, float or None, str.
+
+    Factors must be > 0 (``meaning`` says what they are for the calling layer); groups 'sample'/'batch'.
+    """
+    for name, cf in (('capacity_factor', capacity_factor), ('eval_capacity_factor', eval_capacity_factor)):
+        if cf is not None and not cf > 0:
+            raise ValueError(f'{name} must be > 0 ({meaning}), got {cf}.')
+    if capacity_group not in CAPACITY_GROUPS:
+        raise ValueError(f'capacity_group must be one of {CAPACITY_GROUPS}, got {capacity_group!r}.')
+    eval_cf = float(eval_capacity_factor) if eval_capacity_factor is not None else None
+    return float(capacity_factor), eval_cf, capacity_group
+
+
+def capacity_groups(batch: int, tokens: int, capacity_group: str) -> Tuple[int, int]:
+    """``(G, S)``: G routing groups of S tokens; one per sample (``'sample'``) or the whole batch."""
+    return (batch, tokens) if capacity_group == 'sample' else (1, batch * tokens)
+
+
+def expert_capacity(group_tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
+    """C = ceil(tokens * K * capacity_factor / E), at least 1."""
+    return max(1, math.ceil(group_tokens * top_k * capacity_factor / num_experts))
+
+
+def assign_slots(
+        expert_index: torch.Tensor,
+        gates: torch.Tensor,
+        num_experts: int,
+        batch_prioritized: bool = False,
+) -> torch.Tensor:
+    """Position of every (token, choice) in its expert's buffer.
+
+    Args:
+        expert_index: ``[G, S, K]`` chosen experts per group, token and rank.
+        gates: ``[G, S, K]`` their combine weights (BPR orders tokens by ``gates[..., 0]``).
+        num_experts: E.
+        batch_prioritized: serve tokens with a higher top-1 gate first instead of earlier tokens first.
+
+    Returns:
+        ``[G, S, K]`` int64 positions: the number of choices of the same expert in the same group
+        served before this one. A choice is kept iff its position is below the capacity C.
+    """
+    G, S, K = expert_index.shape
+    arange_s = torch.arange(S, device=expert_index.device)
+    if batch_prioritized:
+        order = torch.argsort(gates[..., 0].detach(), dim=1, descending=True, stable=True)
+        token_rank = torch.empty_like(order).scatter_(1, order, arange_s.expand(G, S))
+    else:
+        token_rank = arange_s.expand(G, S)
+    # priority of each choice: k-major, then token rank; unique within a group
+    ranks_k = torch.arange(K, device=expert_index.device) * S
+    priority = token_rank.unsqueeze(-1) + ranks_k  # [G, S, K]
+    flat_e = expert_index.reshape(G, S * K)
+    key = flat_e * (S * K) + priority.reshape(G, S * K)
+    sorted_key, perm = torch.sort(key, dim=1)
+    sorted_e = torch.div(sorted_key, S * K, rounding_mode='floor')
+    counts = torch.zeros(G, num_experts, dtype=torch.long, device=expert_index.device)
+    counts.scatter_add_(1, flat_e, torch.ones_like(flat_e))
+    starts = counts.cumsum(1) - counts
+    rank_in_expert = torch.arange(S * K, device=expert_index.device) - starts.gather(1, sorted_e)
+    position = torch.empty_like(rank_in_expert).scatter_(1, perm, rank_in_expert)
+    return position.view(G, S, K)
+
+
+def slot_index(expert_index: torch.Tensor, position: torch.Tensor, kept: torch.Tensor, capacity: int,
+               num_experts: int) -> torch.Tensor:
+    """Flat buffer slot of every (token, choice), ``[G*S*K]``.
+
+    Slots are expert-major: expert e, group g, position c -> ``e * (G * C) + g * C + c``, so the
+    first ``E * G * C`` slots view as ``[E, G*C]``. Every dropped choice goes to the one extra slot
+    ``E * G * C`` at the end, which the experts never see.
+    """
+    G = expert_index.shape[0]
+    num_slots = num_experts * G * capacity
+    group_base = (torch.arange(G, device=expert_index.device) * capacity).view(G, 1, 1)
+    slot = expert_index * (G * capacity) + group_base + position
+    return torch.where(kept, slot, torch.full_like(slot, num_slots)).reshape(-1)
+
+
+def dispatch_tokens(x: torch.Tensor, slot: torch.Tensor, num_experts: int, capacity: int) -> torch.Tensor:
+    """Expert buffer ``[E, G*C, D]``: every kept choice's token of ``x`` (``[G, S, D]``) at its slot.
+
+    Unfilled slots stay zero; the experts process them, and :func:`combine_outputs` never reads them.
+    """
+    G, S, D = x.shape
+    K = slot.numel() // (G * S)
+    num_slots = num_experts * G * capacity
+    tokens = x.reshape(G, S, 1, D).expand(G, S, K, D).reshape(G * S * K, D)
+    buffer = x.new_zeros(num_slots + 1, D).index_copy(0, slot, tokens)
+    return buffer[:num_slots].view(num_experts, G * capacity, D)
+
+
+def combine_outputs(expert_out: torch.Tensor, slot: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """y_s = sum_k weights[s, k] * expert output at slot[s, k], ``[G, S, D]``.
+
+    ``expert_out`` is ``[E, G*C, D]``; ``weights`` (``[G, S, K]``) are the gates, zero for dropped
+    choices, whose slot is the extra zero row appended here.
+    """
+    G, S, K = weights.shape
+    D = expert_out.shape[-1]
+    flat = expert_out.reshape(-1, D)
+    flat = torch.cat([flat, flat.new_zeros(1, D)], dim=0)
+    weights = weights.to(flat.dtype).reshape(G * S * K, 1)
+    return (flat.index_select(0, slot) * weights).view(G, S, K, D).sum(dim=2)
+
+
+def kept_counts(expert_index: torch.Tensor, kept: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Kept choices per expert, ``[E]`` int64."""
+    counts = torch.zeros(num_experts, dtype=torch.long, device=expert_index.device)
+    return counts.scatter_add_(0, expert_index.reshape(-1), kept.reshape(-1).long())

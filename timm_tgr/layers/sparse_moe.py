@@ -1,0 +1,179 @@
+"""Sparse top-K Mixture-of-Experts MLP with expert capacity, as in V-MoE (Riquelme et al., 2021).
+
+:class:`SparseMoE` strings three small pieces together, each replaceable on its own:
+
+- :class:`~timm_tgr.layers.router.TopKRouter` picks K experts per token (fp32),
+- :mod:`~timm_tgr.layers.dispatch` turns the choices into expert-buffer slots under the capacity
+  limit and sums the gated outputs back,
+- :class:`~timm_tgr.layers.experts.GroupedExperts` runs all experts at once with batched matmuls.
+
+After every forward the layer keeps a :class:`RoutingInfo`, the routing record every MoE layer of
+this package (also Soft-MoE and Expert-Choice) fills the same way, for the losses and metrics.
+Nothing in the forward loops over experts in Python or reads a tensor value on the host, so
+``torch.compile(fullgraph=True)`` captures the layer whole.
+"""
+from dataclasses import dataclass
+from typing import Optional, Tuple, Type, Union
+
+import torch
+import torch.nn as nn
+
+from .dispatch import (
+    assign_slots, capacity_groups, check_capacity, combine_outputs, dispatch_tokens, expert_capacity, kept_counts,
+    slot_index,
+)
+from .experts import GroupedExperts
+from .losses import load_balance_loss, router_z_loss
+from .router import RouterOutput, TopKRouter
+
+__all__ = ['RoutingInfo', 'SparseMoE', 'check_mlp_replacement']
+
+
+def check_mlp_replacement(layer: str, extra: dict, in_features: int, out_features, norm_layer) -> None:
+    """Shared argument checks of the MoE layers that stand in for a timm ``Mlp``."""
+    if extra:
+        raise TypeError(f'{layer} got unexpected arguments {sorted(extra)}.')
+    if out_features not in (None, in_features):
+        raise ValueError(f'{layer} keeps the feature size: out_features must equal in_features.')
+    if norm_layer is not None:
+        raise ValueError(f'{layer} has no inner MLP norm; build the model with scale_mlp_norm=False.')
+
+
+@dataclass
+class RoutingInfo:
+    """Routing of one MoE layer in its last forward (tensors keep their autograd graph).
+
+    ``probs``/``logits``: ``[B, N, E]`` fp32; ``expert_index``/``gates``/``kept``: ``[B, N, K]``;
+    ``expert_counts``: ``[E]`` kept choices per expert; ``dropped_fraction``: share of the
+    B*N*K choices dropped by capacity; ``load_loss``/``z_loss``: unweighted L_load and z-loss;
+    ``aux_loss``: their weighted sum as configured on the layer.
+    """
+    probs: torch.Tensor
+    logits: torch.Tensor
+    expert_index: torch.Tensor
+    gates: torch.Tensor
+    kept: torch.Tensor
+    expert_counts: torch.Tensor
+    dropped_fraction: torch.Tensor
+    load_loss: torch.Tensor
+    z_loss: torch.Tensor
+    aux_loss: torch.Tensor
+
+
+class SparseMoE(nn.Module):
+    """Top-K sparse MoE replacement for a transformer MLP, on any ``[B, N, C]`` tensor.
+
+    The constructor takes timm ``Mlp``'s arguments (``in_features``, ``hidden_features``,
+    ``act_layer``, ``bias``, ``drop``), so it can be passed as a ViT block's ``mlp_layer``.
+
+    Args:
+        num_experts: E.
+        top_k: K.
+        capacity_factor: training capacity factor (> 0).
+        eval_capacity_factor: capacity factor in eval mode; None uses ``capacity_factor``.
+        router_noise_std: Gaussian noise std on router logits in training; ``'1/E'`` allowed.
+        batch_prioritized_routing: BPR (higher top-1 gate wins a full expert).
+        capacity_group: ``'sample'`` (each sample's tokens are one routing group) or ``'batch'``.
+        load_loss_weight: lambda_load of the importance (CV^2) loss in ``aux_loss``.
+        z_loss_weight: lambda of the ST-MoE router z-loss in ``aux_loss`` (0 disables).
+
+    After every forward, ``self.routing`` holds a :class:`RoutingInfo`. Setting
+    ``self.routing_override`` to a ``[B, N, E]`` probability tensor makes the next forwards choose
+    experts (and gates) from it instead of the router (the paper's teacher-route experiment); the
+    recorded ``probs`` stay the router's own. ``self.detach_gates = True`` stops the task loss from
+    reaching the router through the combine weights (the paper's distillation-only ablation).
+    """
+
+    def __init__(
+            self,
+            in_features: int,
+            hidden_features: Optional[int] = None,
+            out_features: Optional[int] = None,
+            act_layer: Type[nn.Module] = nn.GELU,
+            norm_layer: Optional[Type[nn.Module]] = None,
+            bias: bool = True,
+            drop: float = 0.,
+            num_experts: int = 8,
+            top_k: int = 1,
+            capacity_factor: float = 1.05,
+            eval_capacity_factor: Optional[float] = None,
+            router_noise_std: Union[float, str, None] = 1.0,
+            batch_prioritized_routing: bool = False,
+            capacity_group: str = 'sample',
+            load_loss_weight: float = 0.005,
+            z_loss_weight: float = 0.,
+            device=None,
+            dtype=None,
+            **kwargs,
+    ):
+        super().__init__()
+        check_mlp_replacement('SparseMoE', kwargs, in_features, out_features, norm_layer)
+        self.capacity_factor, self.eval_capacity_factor, self.capacity_group = check_capacity(
+            capacity_factor, eval_capacity_factor, capacity_group,
+            '1.0 gives each expert an equal share of the tokens; larger drops fewer tokens')
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.batch_prioritized_routing = batch_prioritized_routing
+        self.load_loss_weight = load_loss_weight
+        self.z_loss_weight = z_loss_weight
+        dd = dict(device=device, dtype=dtype)
+        self.router = TopKRouter(in_features, num_experts, top_k=top_k, noise_std=router_noise_std, **dd)
+        self.experts = GroupedExperts(
+            num_experts, in_features, hidden_features or in_features, act_layer=act_layer, bias=bias, drop=drop, **dd)
+        self.routing: Optional[RoutingInfo] = None
+        self.routing_override: Optional[torch.Tensor] = None
+        self.detach_gates = False
+
+    def current_capacity_factor(self) -> float:
+        if not self.training and self.eval_capacity_factor is not None:
+            return self.eval_capacity_factor
+        return self.capacity_factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3:
+            raise ValueError(f'SparseMoE expects tokens as [B, N, C], got shape {tuple(x.shape)}.')
+        route = self.router.route(self.router.compute_logits(x), choice_probs=self.routing_override)
+        if self.detach_gates:
+            route.gates = route.gates.detach()
+        out, kept, counts = self._dispatch_combine(x, route)
+        self.routing = self._routing_info(route, kept, counts)
+        return out
+
+    def _dispatch_combine(self, x: torch.Tensor, route: RouterOutput) -> Tuple[torch.Tensor, ...]:
+        """Capacity-limited dispatch, experts, gated combine: ``(out [B, N, D], kept [B, N, K], counts [E])``."""
+        B, N, D = x.shape
+        E, K = self.num_experts, self.top_k
+        G, S = capacity_groups(B, N, self.capacity_group)
+        capacity = expert_capacity(S, E, K, self.current_capacity_factor())
+        expert_index = route.expert_index.reshape(G, S, K)
+        gates = route.gates.reshape(G, S, K)
+        position = assign_slots(expert_index, gates, E, self.batch_prioritized_routing)
+        kept = position < capacity
+        slot = slot_index(expert_index, position, kept, capacity, E)
+        expert_out = self.experts(dispatch_tokens(x.reshape(G, S, D), slot, E, capacity))
+        out = combine_outputs(expert_out, slot, gates * kept)
+        return out.view(B, N, D), kept.view(B, N, K), kept_counts(expert_index, kept, E)
+
+    def _routing_info(self, route: RouterOutput, kept: torch.Tensor, counts: torch.Tensor) -> RoutingInfo:
+        load = load_balance_loss(route.probs)
+        z = router_z_loss(route.logits) if self.z_loss_weight > 0 else load.new_zeros(())
+        aux = self.load_loss_weight * load + self.z_loss_weight * z
+        return RoutingInfo(
+            probs=route.probs,
+            logits=route.logits,
+            expert_index=route.expert_index,
+            gates=route.gates,
+            kept=kept,
+            expert_counts=counts,
+            dropped_fraction=1. - kept.float().mean(),
+            load_loss=load,
+            z_loss=z,
+            aux_loss=aux,
+        )
+
+    def extra_repr(self) -> str:
+        s = (f'num_experts={self.num_experts}, top_k={self.top_k}, capacity_factor={self.capacity_factor:g}, '
+             f'capacity_group={self.capacity_group!r}, bpr={self.batch_prioritized_routing}')
+        if self.eval_capacity_factor is not None:
+            s += f', eval_capacity_factor={self.eval_capacity_factor:g}'
+        return s
