@@ -54,9 +54,10 @@ from _env import cpu_model_name  # noqa: E402
 
 import timm  # noqa: E402
 import timm_tgr  # noqa: E402,F401  (registers the models)
-from timm_tgr.task.guidance import RoutingTeacher, default_teacher  # noqa: E402
-from timm_tgr.layers.moe import EXPERT_IMPLS, GroupedExperts  # noqa: E402
-from timm_tgr.task.tasks import TGRTask, VMoETask  # noqa: E402
+from timm_tgr.task.teacher import RoutingTeacher, default_teacher  # noqa: E402
+from timm_tgr.layers.experts import EXPERT_IMPLS, GroupedExperts  # noqa: E402
+from timm_tgr.task.tgr_task import TGRTask  # noqa: E402
+from timm_tgr.task.vmoe_task import VMoETask  # noqa: E402
 from timm_tgr.models.vmoe_deit import PAPER_MOE_LAYERS  # noqa: E402
 
 SCHEMA = 'timm_tgr.benchmarks.throughput/1'

@@ -8,7 +8,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from timm_tgr.layers.losses import normalized_utilization_entropy
 from timm_tgr.task.metrics import ConsistencyTracker, RoutingStats, record_assignments, routing_consistency
-from timm_tgr.task.tasks import TGRTask, VMoETask
+from timm_tgr.task.tgr_task import TGRTask
 
 
 def test_normalized_entropy_by_hand():

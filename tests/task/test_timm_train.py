@@ -16,7 +16,8 @@ from timm.task import ClassificationTask, TokenDistillationTask, LogitDistillati
 from timm.utils import CheckpointSaver, NativeScaler, unwrap_model
 
 import timm_tgr  # noqa: F401
-from timm_tgr.task.tasks import TGRTask, VMoETask
+from timm_tgr.task.tgr_task import TGRTask
+from timm_tgr.task.vmoe_task import VMoETask
 from timm_tgr.task.timm_train import create_task, install, is_timm_train, pop_guidance_kwargs
 
 TINY = dict(embed_dim=32, num_heads=2, patch_size=4, img_size=16, in_chans=1, num_classes=3, num_experts=4)

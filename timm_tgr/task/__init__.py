@@ -1,10 +1,20 @@
 """Training-time machinery: the frozen teacher and its routers, distillation schedules, routing metrics,
 the timm ``TrainingTask``s for V-MoE and TGR-MoE, and the plugin for timm's own ``train.py``.
-Nothing here is needed at inference."""
-from .guidance import (
-    DistillSchedule, RoutingTeacher, TeacherRouter, build_teacher, default_teacher, resolve_layer_map,
-)
-from .metrics import ConsistencyTracker, RoutingStats, record_assignments, routing_consistency
+Nothing here is needed at inference.
+
+Named after the paper's parts: ``teacher`` (h_t: RoutingTeacher, layer map, TeacherGuidance),
+``teacher_router`` (p_t, L_teacher, L_distill), ``schedule`` (when L_distill is on), ``vmoe_task`` /
+``tgr_task`` (the timm tasks), ``metrics`` (routing stats and consistency), ``stablemoe`` (the
+router-freezing baseline), ``timm_train`` (the plugin for timm's train.py).
+"""
+from .metrics import ConsistencyTracker, RoutingStats, mean_over_layers, record_assignments, routing_consistency
+from .schedule import DistillSchedule
 from .stablemoe import RouterFreezeSchedule, freeze_routers
-from .tasks import TGR_MODES, TGRTask, TGRTrainableModule, VMoETask, moe_loss_components
+from .teacher import (
+    DEFAULT_TEACHERS, RoutingTeacher, TeacherGuidance, align_teacher_tokens, build_teacher, check_token_grids,
+    default_teacher, resolve_layer_map,
+)
+from .teacher_router import TeacherRouter, routing_distillation_loss, teacher_router_loss, teacher_routers
+from .tgr_task import TGR_MODES, TGRTask, TGRTrainableModule
+from .vmoe_task import TrainerStateMixin, VMoETask, moe_loss_components, wrap_ddp
 from . import stablemoe

@@ -7,8 +7,8 @@ imports ``timm_tgr`` inside train.py's ``main()`` before the task is created; at
 :func:`install` replaces the task names in train.py's namespace (``__main__``) with MoE-aware ones:
 
 - ``ClassificationTask(model, ...)`` -> :func:`create_task`: timm's ``ClassificationTask`` for dense
-  models (unchanged behaviour), :class:`~timm_tgr.task.tasks.VMoETask` for timm_tgr MoE models (adds
-  lambda_load L_load and the z-loss), :class:`~timm_tgr.task.tasks.TGRTask` for ``tgr_moe_*`` models or any
+  models (unchanged behaviour), :class:`~timm_tgr.task.vmoe_task.VMoETask` for timm_tgr MoE models (adds
+  lambda_load L_load and the z-loss), :class:`~timm_tgr.task.tgr_task.TGRTask` for ``tgr_moe_*`` models or any
   MoE model given ``tgr_*`` options (adds the teacher guidance).
 - ``LogitDistillationTask`` / ``FeatureDistillationTask`` / ``TokenDistillationTask`` -> subclasses
   that add the MoE auxiliary losses of a timm_tgr student (TGR with timm's KD is refused).
@@ -106,14 +106,20 @@ def create_task(model: nn.Module, criterion: Optional[nn.Module] = None, device=
     base = unwrap_model(model)
     cfg = dict(getattr(base, 'guidance_cfg', {}) or {})
     if not _wants_guidance(base, cfg):
-        from .tasks import VMoETask
+        from .vmoe_task import VMoETask
         task = VMoETask(model, criterion=criterion, device=device, dtype=dtype, verbose=verbose)
         if verbose:
             _logger.info('timm_tgr: V-MoE task (task loss + MoE load/z losses)')
         return task
+    return _create_tgr_task(model, cfg, criterion=criterion, device=device, dtype=dtype, verbose=verbose)
 
-    from .guidance import build_teacher, default_teacher
-    from .tasks import TGRTask
+
+def _create_tgr_task(model: nn.Module, cfg: Dict[str, Any], criterion=None, device=None, dtype=None,
+                     verbose: bool = True):
+    """:class:`~timm_tgr.task.tgr_task.TGRTask` configured by the model's ``tgr_*`` kwargs (``cfg``)."""
+    from .teacher import build_teacher, default_teacher
+    from .tgr_task import TGRTask
+    base = unwrap_model(model)
     arch = (getattr(base, 'pretrained_cfg', None) or {}).get('architecture', '')
     teacher_name = cfg.get('teacher') or default_teacher(arch)
     teacher_kwargs = _student_geometry(base)  # same image size and channels as the student unless given
@@ -154,7 +160,7 @@ class _MoEAuxMixin:
         result = super().forward(input, target)
         student = self.__dict__.get('_moe_student')
         if student is not None:
-            from .tasks import moe_loss_components
+            from .vmoe_task import moe_loss_components
             moe = moe_loss_components(student.routing_infos())
             result['loss'] = result['loss'] + moe['moe_aux_loss']
             result.update({k: v.detach() for k, v in moe.items()})

@@ -1,0 +1,325 @@
+"""The teacher side of Teacher-Guided Routing (TGR-MoE, arXiv 2604.21330, Sec. 3.1): h_t for every MoE layer.
+
+- :func:`default_teacher` / :func:`build_teacher`: which dense teacher (Table S2) and how to load it.
+- :class:`RoutingTeacher`: a frozen dense ViT teacher (timm name, ``nn.Module`` or checkpoint file),
+  truncated after the deepest block a teacher router reads, returning the token features h_t of
+  those blocks. Never trained, never in the student's state_dict.
+- :func:`resolve_layer_map`: student MoE block -> teacher block (layer-aligned by default).
+- :func:`check_token_grids` / :func:`align_teacher_tokens`: every student token gets a teacher token.
+- :class:`TeacherGuidance`: the above put together: the student's input in, ``{str(block): h_t}`` out.
+
+The teacher routers that turn h_t into p_t are trained, so they live with the student in
+:class:`~timm_tgr.task.tgr_task.TGRTrainableModule` (:mod:`~timm_tgr.task.teacher_router`).
+"""
+import os
+from typing import Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+import timm
+from timm.task import DistillationTeacher
+from timm.utils import unwrap_model
+
+__all__ = [
+    'DEFAULT_TEACHERS', 'default_teacher', 'build_teacher', 'teacher_depth', 'RoutingTeacher', 'resolve_layer_map',
+    'check_token_grids', 'align_teacher_tokens', 'TeacherGuidance',
+]
+
+# Table S2: TGR-Ti adds 3*384*16 router weights (DeiT-III-Small teacher), TGR-S/B add 3*768*8 (DeiT-III-Base).
+DEFAULT_TEACHERS = {
+    'tiny': 'deit3_small_patch16_224.fb_in22k_ft_in1k',
+    'small': 'deit3_base_patch16_224.fb_in22k_ft_in1k',
+    'base': 'deit3_base_patch16_224.fb_in22k_ft_in1k',
+}
+
+
+def default_teacher(model_name: str) -> str:
+    """The paper's teacher for a registered student name (e.g. ``tgr_moe_deit_tiny`` -> DeiT-III-Small)."""
+    for size, teacher in DEFAULT_TEACHERS.items():
+        if f'_deit_{size}' in model_name:
+            return teacher
+    raise ValueError(
+        f'no default teacher for {model_name!r}: pass teacher= a timm model name (e.g. '
+        f'{DEFAULT_TEACHERS["tiny"]!r}), an nn.Module, or a model name with teacher_pretrained_path.')
+
+
+def _create_teacher(name: str, pretrained_path: Optional[str], pretrained: bool, **kwargs) -> nn.Module:
+    model_name = name.split('.')[0] if not name.startswith(('hf-hub:', 'local-dir:')) else name
+    if not (name.startswith(('hf-hub:', 'local-dir:')) or timm.is_model(model_name)):
+        raise ValueError(
+            f'unknown teacher {name!r}: pass a timm model name such as {DEFAULT_TEACHERS["tiny"]!r} '
+            f'(see timm.list_models()), an nn.Module, or local-dir:/hf-hub: paths.')
+    if pretrained_path is not None and not os.path.isfile(pretrained_path):
+        raise FileNotFoundError(f'teacher checkpoint {pretrained_path!r} does not exist: check the path.')
+    overlay = dict(file=pretrained_path) if pretrained_path else None
+    try:
+        return timm.create_model(
+            name, pretrained=pretrained or pretrained_path is not None, pretrained_cfg_overlay=overlay, **kwargs)
+    except Exception as e:  # hub/offline/corrupt file: say what to do instead of a bare traceback
+        raise RuntimeError(
+            f'could not load teacher {name!r} weights ({type(e).__name__}: {e}). Without network access, '
+            f'download the weights elsewhere and pass teacher_pretrained_path=FILE, or build the teacher '
+            f'yourself and pass the nn.Module.') from e
+
+
+def build_teacher(name: str, checkpoint: Optional[str] = None, pretrained: bool = True, **kwargs) -> nn.Module:
+    """A dense teacher by timm name with ``kwargs``; weights from ``checkpoint`` (strict) or the hub.
+
+    ``checkpoint`` may be a ``train_tgr.py`` / timm checkpoint (``state_dict`` key, ``module.`` prefixes)
+    or a plain state dict; every tensor must fit (a teacher trained with other kwargs is an error, not
+    a silent partial load). Without ``checkpoint`` the pretrained hub weights load when ``pretrained``.
+    """
+    if not checkpoint:
+        return _create_teacher(name, None, pretrained, **kwargs)
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f'teacher checkpoint {checkpoint!r} does not exist: check the path.')
+    model_name = name.split('.')[0] if not name.startswith(('hf-hub:', 'local-dir:')) else name
+    if not (name.startswith(('hf-hub:', 'local-dir:')) or timm.is_model(model_name)):
+        raise ValueError(f'unknown teacher {name!r}: pass a timm model name (see timm.list_models()).')
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    try:
+        timm.models.load_checkpoint(model, checkpoint, strict=True)
+    except RuntimeError as e:
+        raise RuntimeError(
+            f'teacher checkpoint {checkpoint!r} does not fit {name!r} built with {kwargs}: pass the architecture '
+            f'and kwargs (embed_dim, patch_size, img_size, in_chans, num_classes, ...) it was trained with. ({e})') from e
+    return model
+
+
+def teacher_depth(teacher: Union[str, nn.Module]) -> int:
+    """Number of blocks of a teacher given as ``nn.Module`` or timm name (built on the meta device)."""
+    if isinstance(teacher, nn.Module):
+        base = unwrap_model(teacher)
+        if not hasattr(base, 'blocks'):
+            raise ValueError(f'teacher {type(base).__name__} has no blocks: TGR needs a timm ViT-like teacher.')
+        return len(base.blocks)
+    name = teacher.split('.')[0]
+    if not timm.is_model(name):
+        raise ValueError(
+            f'unknown teacher {teacher!r}: pass a timm model name such as '
+            f"'deit3_small_patch16_224.fb_in22k_ft_in1k' (see timm.list_models()) or an nn.Module.")
+    return len(timm.create_model(name, device='meta').blocks)
+
+
+class RoutingTeacher(DistillationTeacher):
+    """Frozen dense ViT teacher returning token features at the blocks teacher routers read.
+
+    Args:
+        model_name_or_module: timm model name (``deit3_small_patch16_224.fb_in22k_ft_in1k``), or a
+            timm ViT-like ``nn.Module`` with ``forward_intermediates``.
+        blocks: teacher block indices (0-based) whose outputs are needed.
+        pretrained_path: checkpoint file for a named teacher (loaded through timm's
+            ``pretrained_cfg_overlay=dict(file=...)``).
+        pretrained: load a named teacher's pretrained weights (True; False only for tests/debugging).
+        img_size / in_chans: passed when creating a named teacher.
+
+    The teacher is truncated after ``max(blocks)`` (later blocks, final norm and head are removed),
+    kept in eval mode and has ``requires_grad=False`` everywhere. Inputs normalized for the student
+    are re-normalized for the teacher when their mean/std differ (timm's DistillationTeacher).
+    """
+
+    def __init__(
+            self,
+            model_name_or_module: Union[str, nn.Module],
+            blocks: Sequence[int],
+            pretrained_path: Optional[str] = None,
+            pretrained: bool = True,
+            img_size: Optional[int] = None,
+            in_chans: Optional[int] = None,
+            device: Optional[torch.device] = None,
+            dtype: Optional[torch.dtype] = None,
+    ):
+        model = self._resolve_model(model_name_or_module, pretrained_path, pretrained, img_size, in_chans)
+        base = unwrap_model(model)
+        for attr in ('forward_intermediates', 'prune_intermediate_layers', 'blocks', 'patch_embed'):
+            if not hasattr(base, attr):
+                raise ValueError(
+                    f'teacher {type(base).__name__} has no {attr!r}: TGR needs a timm ViT-like teacher '
+                    f'(e.g. deit3_*, vit_*) that exposes per-block token features.')
+        depth = len(base.blocks)
+        blocks = sorted(set(int(b) for b in blocks))
+        if not blocks or blocks[0] < 0 or blocks[-1] >= depth:
+            raise ValueError(f'teacher blocks {blocks} out of range for a teacher of depth {depth}.')
+        super().__init__(model, device=device, dtype=dtype)
+        base.prune_intermediate_layers(blocks, prune_norm=True, prune_head=True)
+        self.blocks = blocks
+        self.depth = depth
+        self.embed_dim = base.embed_dim
+        self.num_prefix_tokens = base.num_prefix_tokens
+        self.requires_grad_(False)
+        self.eval()
+
+    @staticmethod
+    def _resolve_model(model_name_or_module, pretrained_path, pretrained, img_size, in_chans) -> nn.Module:
+        if isinstance(model_name_or_module, nn.Module):
+            return model_name_or_module
+        if not isinstance(model_name_or_module, str):
+            raise TypeError(f'teacher must be a timm model name or an nn.Module, got {type(model_name_or_module)}.')
+        kwargs = dict(num_classes=0)
+        if img_size is not None:
+            kwargs['img_size'] = img_size
+        if in_chans is not None:
+            kwargs['in_chans'] = in_chans
+        return _create_teacher(model_name_or_module, pretrained_path, pretrained, **kwargs)
+
+    def train(self, mode: bool = True) -> 'RoutingTeacher':
+        """The teacher stays in eval mode (no dropout / drop-path) whatever the task's mode."""
+        return super().train(False)
+
+    def grid_size(self):
+        return tuple(unwrap_model(self.model).patch_embed.grid_size)
+
+    def _features(self, x: torch.Tensor) -> List[torch.Tensor]:
+        out = self.model.forward_intermediates(
+            x, indices=self.blocks, return_prefix_tokens=True, norm=False, stop_early=True,
+            output_fmt='NLC', intermediates_only=True)
+        feats = []
+        for item in out:
+            spatial, prefix = item if isinstance(item, (tuple, list)) else (item, None)
+            feats.append(spatial if prefix is None else torch.cat([prefix, spatial], dim=1))
+        return feats
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> Dict[int, torch.Tensor]:
+        """``{teacher block: [B, prefix + patches, C] features}`` (no grad)."""
+        feats = self._compiled_forward_features(x) if self._compiled_forward_features is not None \
+            else self._features(x)
+        return dict(zip(self.blocks, feats))
+
+    def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **kwargs) -> 'RoutingTeacher':
+        self._compiled_forward_features = torch.compile(self._features, backend=backend, mode=mode, **kwargs)
+        return self
+
+
+def resolve_layer_map(
+        student_layers: Sequence[int],
+        teacher_depth: int,
+        layer_map: Union[None, str, Mapping[int, int]] = None,
+) -> Dict[int, int]:
+    """Student MoE block -> teacher block. Default: the same index (layer-aligned); ``'last'``: the
+    teacher's last block for every layer (the paper's ablation); or an explicit ``{student: teacher}``."""
+    if layer_map is None or layer_map == 'aligned':
+        mapping = {i: i for i in student_layers}
+    elif layer_map == 'last':
+        mapping = {i: teacher_depth - 1 for i in student_layers}
+    elif isinstance(layer_map, Mapping):
+        mapping = {int(k): int(v) for k, v in layer_map.items()}
+        if set(mapping) != set(student_layers):
+            raise ValueError(
+                f'layer_map keys {sorted(mapping)} must be exactly the student MoE blocks {sorted(student_layers)}.')
+    else:
+        raise ValueError(f"layer_map must be None/'aligned', 'last' or a {{student: teacher}} dict, got {layer_map!r}.")
+    bad = {s: t for s, t in mapping.items() if not 0 <= t < teacher_depth}
+    if bad:
+        raise ValueError(
+            f'layer_map {bad} points outside the teacher (depth {teacher_depth}): teacher blocks are '
+            f'0..{teacher_depth - 1}; use a deeper teacher or another mapping.')
+    return mapping
+
+
+def check_token_grids(student: nn.Module, teacher: RoutingTeacher) -> None:
+    """The teacher must see the same patch grid as the student, and a compatible set of prefix tokens."""
+    s = unwrap_model(student)
+    s_grid, t_grid = tuple(s.patch_embed.grid_size), teacher.grid_size()
+    if s_grid != t_grid:
+        raise ValueError(
+            f'token-grid mismatch: the student has a {s_grid[0]}x{s_grid[1]} patch grid, the teacher '
+            f'{t_grid[0]}x{t_grid[1]}. Give the teacher the same img_size/patch_size ratio (e.g. '
+            f'teacher_img_size=...), so every student token has a teacher token.')
+    p_s, p_t = s.num_prefix_tokens, teacher.num_prefix_tokens
+    if not (p_s == p_t or p_t == 1):
+        raise ValueError(
+            f'prefix-token mismatch: the student has {p_s} prefix tokens, the teacher {p_t}; TGR maps equal '
+            f'counts one to one, or one teacher class token onto every student prefix token.')
+
+
+def align_teacher_tokens(h: torch.Tensor, teacher_prefix: int, student_prefix: int) -> torch.Tensor:
+    """Teacher tokens laid out like the student's: the teacher's class token guides every student prefix
+    token (e.g. DeiT's class and distillation tokens) when the teacher has one prefix token."""
+    if teacher_prefix == student_prefix:
+        return h
+    cls = h[:, :1].expand(-1, student_prefix, -1)
+    return torch.cat([cls, h[:, teacher_prefix:]], dim=1)
+
+
+def _student_mean_std(student: nn.Module, device, dtype):
+    cfg = getattr(student, 'pretrained_cfg', None) or {}
+    mean, std = cfg.get('mean'), cfg.get('std')
+    if mean is None or std is None:
+        return None, None
+    to = dict(device=device, dtype=dtype)
+    return torch.tensor(mean, **to).view(1, -1, 1, 1), torch.tensor(std, **to).view(1, -1, 1, 1)
+
+
+def _student_img_size(student: nn.Module):
+    size = tuple(student.patch_embed.img_size)
+    return size[0] if size[0] == size[1] else size
+
+
+class TeacherGuidance(nn.Module):
+    """Frozen teacher + layer map: the student's input in, h_t per student MoE block out (no grad).
+
+    ``forward(input)`` returns ``{str(student block): [B, N, C_t]}``: the input re-normalized from the
+    student's mean/std to the teacher's, the teacher's block ``layer_map[block]`` output, with its
+    tokens laid out like the student's (:func:`align_teacher_tokens`). Build it with :meth:`create`.
+    """
+
+    def __init__(self, teacher: RoutingTeacher, layer_map: Mapping[int, int], student: nn.Module,
+                 device=None, dtype=None):
+        super().__init__()
+        student = unwrap_model(student)
+        missing = set(layer_map.values()) - set(teacher.blocks)
+        if missing:
+            raise ValueError(
+                f'the RoutingTeacher was built for blocks {teacher.blocks}, but the layer map needs {sorted(missing)}: '
+                f'build it with blocks covering every mapped teacher block.')
+        check_token_grids(student, teacher)
+        self.teacher = teacher
+        self.layer_map = dict(layer_map)
+        self.student_prefix_tokens = student.num_prefix_tokens
+        mean, std = _student_mean_std(student, device, dtype)
+        self.register_buffer('student_mean', mean, persistent=False)
+        self.register_buffer('student_std', std, persistent=False)
+
+    @classmethod
+    def create(
+            cls,
+            student: nn.Module,
+            teacher_model: Union[str, nn.Module, RoutingTeacher, None] = None,
+            layer_map: Union[None, str, Mapping[int, int]] = None,
+            pretrained_path: Optional[str] = None,
+            pretrained: bool = True,
+            img_size: Optional[int] = None,
+            device=None,
+            dtype=None,
+    ) -> 'TeacherGuidance':
+        """Guidance for ``student``; ``teacher_model`` None is the paper's teacher for its size (Table S2).
+
+        A named or ``nn.Module`` teacher becomes a :class:`RoutingTeacher` for exactly the mapped blocks,
+        created at the student's image size and channels unless ``img_size`` is given.
+        """
+        student = unwrap_model(student)
+        moe_layers = sorted(student.get_moe_layers())
+        if teacher_model is None:
+            teacher_model = default_teacher(student.pretrained_cfg.get('architecture', ''))
+        if isinstance(teacher_model, RoutingTeacher):
+            return cls(teacher_model, resolve_layer_map(moe_layers, teacher_model.depth, layer_map), student,
+                       device=device, dtype=dtype)
+        mapping = resolve_layer_map(moe_layers, teacher_depth(teacher_model), layer_map)
+        teacher = RoutingTeacher(
+            teacher_model, blocks=sorted(set(mapping.values())), pretrained_path=pretrained_path,
+            pretrained=pretrained, img_size=img_size or _student_img_size(student), in_chans=student.in_chans,
+            device=device, dtype=dtype)
+        return cls(teacher, mapping, student, device=device, dtype=dtype)
+
+    def forward(self, input: torch.Tensor) -> Dict[str, torch.Tensor]:
+        with torch.no_grad():
+            x = self.teacher.normalize_input(input, self.student_mean, self.student_std)
+            feats = self.teacher(x.detach())
+        return {
+            str(s): align_teacher_tokens(feats[t], self.teacher.num_prefix_tokens, self.student_prefix_tokens)
+            for s, t in self.layer_map.items()}
+
+    def extra_repr(self) -> str:
+        return f'layer_map={self.layer_map}'
