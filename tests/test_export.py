@@ -243,7 +243,11 @@ def test_pretrained_without_weights_says_how(tmp_path, monkeypatch, arch):
     msg = str(e.value)
     assert f'timm-tgr/{arch}' in msg and 'python -m timm_tgr.export' in msg and '--push' in msg
     assert "pretrained_cfg_overlay=dict(file=" in msg and 'local-dir:' in msg
-    assert timm.list_models(pretrained=True, filter='*moe_deit*') == []  # nothing claims weights
+    # only the upcycled tags (timm's dense DeiT weights, upcycled on load) claim weights; the untagged default
+    # (trained TGR-MoE weights, unpublished) claims none
+    listed = timm.list_models(pretrained=True, filter='*moe_deit*')
+    assert listed and all(n.endswith('.fb_in1k_upcycled') for n in listed)
+    assert not timm.is_model_pretrained(arch)
 
 
 def test_pretrained_cfg_overlay_file(run):

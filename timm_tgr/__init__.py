@@ -19,6 +19,9 @@ from .models import (
     ExpertChoiceVisionTransformer, MoEBlock, PAPER_MOE_LAYERS, SoftMoEVisionTransformer, VMoEVisionTransformer,
     VMoEVisionTransformerDistilled,
 )
+from .models import (
+    UPCYCLED_TAG, load_dense_state_dict, upcycle_dense_state_dict, upcycle_from, upcycled_eval_capacity_factor,
+)
 from .models import moe_baselines
 from .task import stablemoe
 from .task import timm_train as _timm_train

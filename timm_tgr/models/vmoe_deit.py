@@ -7,7 +7,7 @@ MoE in blocks 8, 10, 12 (1-based; ``moe_layers=(7, 9, 11)`` here, 0-based like t
 K=1, E=16 for Tiny and 8 for Small/Base, bias-free routers.
 
 ``tgr_moe_deit_*`` is the same student architecture as ``vmoe_deit_*``: teacher guidance is a
-training-time loss (``timm_tgr.task.guidance``), so a TGR-MoE model needs no teacher at inference.
+training-time loss (``timm_tgr.task``), so a TGR-MoE model needs no teacher at inference.
 
 Two layouts are registered: ``*_deit_{tiny,small,base}`` on timm's plain DeiT
 (``VisionTransformer``), and ``*_distilled`` on DeiT's distilled layout (class + distillation
