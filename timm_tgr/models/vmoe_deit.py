@@ -72,7 +72,7 @@ class MoEVisionTransformerMixin:
         capacity_factor / eval_capacity_factor: expert capacity in train / eval mode.
         router_noise_std: noise std on router logits in training, a number (paper: 1.0) or '1/E'.
         batch_prioritized_routing: V-MoE's BPR.
-        capacity_group: 'sample' or 'batch' (see ``timm_tgr.layers.moe``).
+        capacity_group: 'sample' or 'batch' (see ``timm_tgr.layers.dispatch``).
         load_loss_weight: lambda_load per MoE layer (paper: 0.005).
         z_loss_weight: ST-MoE router z-loss weight (0 = off; the paper's comparison uses 1e-3).
 
