@@ -1,0 +1,79 @@
+"""IDX files (the MNIST / Fashion-MNIST format): read, write, and a tiny synthetic Fashion-MNIST.
+
+An IDX file is a 4-byte magic number (two zero bytes, a type code, the number of dimensions), one
+big-endian uint32 per dimension, then the values in C order. MNIST-family images are type 0x08
+(uint8) with shape [N, 28, 28], labels uint8 with shape [N]. ``.gz`` files are read transparently.
+"""
+import gzip
+import os
+import struct
+from typing import Tuple
+
+import numpy as np
+
+__all__ = ['read_idx', 'read_idx_shape', 'write_idx', 'write_synthetic_fashion_mnist']
+
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype('>i2'), 0x0C: np.dtype('>i4'),
+              0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8')}
+
+
+def _open(path: str):
+    return gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb')
+
+
+def _header(f, path: str) -> Tuple[np.dtype, Tuple[int, ...]]:
+    magic = f.read(4)
+    if len(magic) != 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_TYPES:
+        raise ValueError(f'{path} is not an IDX file (magic {magic!r}): expected the MNIST / Fashion-MNIST '
+                         f'format (e.g. train-images-idx3-ubyte); re-extract the dataset.')
+    ndim = magic[3]
+    shape = struct.unpack(f'>{ndim}I', f.read(4 * ndim))
+    return np.dtype(_IDX_TYPES[magic[2]]), tuple(shape)
+
+
+def read_idx_shape(path: str) -> Tuple[int, ...]:
+    """The array shape stored in ``path`` (reads the header only)."""
+    with _open(path) as f:
+        return _header(f, path)[1]
+
+
+def read_idx(path: str) -> np.ndarray:
+    """The array stored in ``path`` (native byte order)."""
+    with _open(path) as f:
+        dtype, shape = _header(f, path)
+        data = f.read()
+    count = int(np.prod(shape)) if shape else 1
+    if len(data) < count * dtype.itemsize:
+        raise ValueError(f'{path} is truncated: {len(data)} bytes of data for shape {shape} ({dtype}); '
+                         f're-extract the dataset.')
+    return np.frombuffer(data, dtype=dtype, count=count).reshape(shape).astype(dtype.newbyteorder('='))
+
+
+def write_idx(path: str, array: np.ndarray) -> None:
+    """Write a uint8 ``array`` as an IDX file (atomically: a temp file, then ``os.replace``)."""
+    array = np.ascontiguousarray(array)
+    if array.dtype != np.uint8:
+        raise ValueError(f'write_idx writes uint8 arrays (MNIST format), got {array.dtype}: cast it first.')
+    header = struct.pack('>HBB', 0, 0x08, array.ndim) + b''.join(struct.pack('>I', d) for d in array.shape)
+    tmp = path + '.part'
+    with open(tmp, 'wb') as f:
+        f.write(header + array.tobytes())
+    os.replace(tmp, path)
+
+
+def write_synthetic_fashion_mnist(root: str, n_train: int = 64, n_test: int = 32, seed: int = 0) -> str:
+    """A tiny Fashion-MNIST-format set (idx files in ``<root>/FashionMNIST/raw``) whose classes differ in
+    brightness, for smoke tests. ``timm``'s ``torch/fashion_mnist`` reads it like the real one.
+    Existing files are kept (returns ``root`` either way)."""
+    from .fashion_mnist import FASHION_MNIST_FILES
+    raw = os.path.join(root, 'FashionMNIST', 'raw')
+    if all(os.path.isfile(os.path.join(raw, f)) for f in FASHION_MNIST_FILES):
+        return root
+    os.makedirs(raw, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for split, n in (('train', n_train), ('t10k', n_test)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 50, (n, 28, 28)) + labels[:, None, None] * 20
+        write_idx(os.path.join(raw, f'{split}-images-idx3-ubyte'), images.astype(np.uint8))
+        write_idx(os.path.join(raw, f'{split}-labels-idx1-ubyte'), labels.astype(np.uint8))
+    return root
