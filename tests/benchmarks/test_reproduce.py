@@ -147,3 +147,82 @@ def test_rerun_skips_completed_and_resumes_a_partial_run(repro, quick_run, tmp_p
     # the same run names with another budget: refused rather than mixed
     with pytest.raises(SystemExit, match='trained with other flags'):
         repro.main(argv + ['--epochs', '3'])
+
+
+# --------------------------------------------------------------------------------------------------
+# issue 16: --jobs N concurrent runs, the estimate printed before training
+# --------------------------------------------------------------------------------------------------
+def test_two_jobs_train_the_same_runs_concurrently(repro, quick_run, tmp_path):
+    out, _, _ = quick_run
+    work = tmp_path / 'jobs2'
+    argv = _argv(work) + ['--data-dir', str(out / 'synthetic-fashion-mnist'), '--jobs', '2', '--no-export']
+    report = repro.main(argv)
+    names = ['teacher-s0', 'vmoe-E4-s0', 'tgr-E4-s0', 'teacher_route-E4-s0']
+    assert report['run_status'] == {n: 'trained' for n in names}
+    spans = json.loads((work / 'timing.json').read_text())['run_spans_s']
+    assert sorted(spans) == sorted(names)
+    events = sorted([(s, 1) for s, _ in spans.values()] + [(e, -1) for _, e in spans.values()])  # ends first
+    running = [sum(d for _, d in events[:i + 1]) for i in range(len(events))]
+    assert max(running) == 2  # two at once, never more
+    for student in ('tgr-E4-s0', 'teacher_route-E4-s0'):  # guided students start after their teacher ended
+        assert spans[student][0] >= spans['teacher-s0'][1]
+    for name in names:  # a process per run: its own log; the same numbers as the in-process run (CPU, 1 thread)
+        assert 'Output:' in (work / 'runs' / name / 'train.log').read_text()
+        ours = [json.loads(x) for x in (work / 'runs' / name / 'metrics.jsonl').read_text().splitlines()]
+        ref = [json.loads(x) for x in (out / 'runs' / name / 'metrics.jsonl').read_text().splitlines()]
+        assert [r['epoch'] for r in ours] == [r['epoch'] for r in ref]
+        for a, b in zip(ours, ref):
+            for key in ('train_loss', 'eval_loss', 'eval_top1', 'consistency_prev'):
+                assert a.get(key) == b.get(key), (name, key)
+
+
+def test_estimate_is_printed_before_training(repro, quick_run, tmp_path, capsys):
+    out, _, _ = quick_run
+    work = tmp_path / 'estimate'
+    result = repro.main(_argv(work) + ['--data-dir', str(out / 'synthetic-fashion-mnist'), '--estimate-only'])
+    printed = capsys.readouterr().out
+    assert 'Estimate on cpu' in printed and 'ms/train step' in printed and 'tier full' in printed
+    est = result['estimate']
+    assert json.loads((work / 'estimate.json').read_text()) == est
+    assert not os.path.isdir(work / 'runs') and not os.path.isfile(work / 'settings.json')  # nothing trained
+    kinds = est['step_times']
+    assert set(kinds) == {'teacher deit3_small_patch16_224', 'vmoe_deit_tiny E=4', 'tgr_moe_deit_tiny E=4 + teacher'}
+    assert all(_finite(k['train_s_per_step']) and k['train_s_per_step'] > 0 and k['batch_size'] == 16
+               for k in kinds.values())
+    # 64 training images / batch 16 = 4 steps, 32 test images = 2 eval batches; 1 teacher / 2 student epochs;
+    # the teacher-route run evaluates twice per epoch
+    t = kinds['tgr_moe_deit_tiny E=4 + teacher']
+    assert est['run_seconds']['tgr-E4-s0'] == pytest.approx(2 * (4 * t['train_s_per_step'] + 2 * t['eval_s_per_batch']))
+    assert est['run_seconds']['teacher_route-E4-s0'] == pytest.approx(
+        2 * (4 * t['train_s_per_step'] + 4 * t['eval_s_per_batch']))
+    d = kinds['teacher deit3_small_patch16_224']
+    assert est['run_seconds']['teacher-s0'] == pytest.approx(4 * d['train_s_per_step'] + 2 * d['eval_s_per_batch'])
+    assert est['serial_s'] == pytest.approx(sum(est['run_seconds'].values())) == pytest.approx(est['scheduled_s'])
+    assert f"{est['serial_s']:.0f} s one run after the other" in printed
+
+
+def test_finished_runs_are_not_estimated(repro, quick_run, capsys):
+    out, _, _ = quick_run
+    before = (out / 'results.md').read_text()
+    est = repro.main(_argv(out) + ['--data-dir', str(out / 'synthetic-fashion-mnist'), '--estimate-only'])['estimate']
+    assert set(est['run_seconds'].values()) == {0.} and est['step_times'] == {} and est['scheduled_s'] == 0.
+    assert '0 of 4 runs to train' in capsys.readouterr().out
+    assert (out / 'results.md').read_text() == before  # an estimate rewrites no table
+
+
+def test_report_only_reads_folders_of_the_pre_split_script(repro, quick_run, tmp_path):
+    """Output folders written before issue 16 have no estimate.json / timing.json / train.log and fewer settings."""
+    out, report, _ = quick_run
+    work = tmp_path / 'old'
+    shutil.copytree(out, work)
+    for name in ('estimate.json', 'timing.json'):
+        os.remove(work / name)
+    settings = json.loads((work / 'settings.json').read_text())
+    for key in ('tier', 'jobs', 'threads_per_job', 'device_data', 'budget_s'):
+        del settings[key]
+    (work / 'settings.json').write_text(json.dumps(settings))
+    rebuilt = repro.main(['--report-only', '--output', str(work)])
+    md = (work / 'results.md').read_text()
+    assert '## Budget' not in md and '## Main comparison (E = 4)' in md
+    assert rebuilt['estimate'] is None and rebuilt['timing'] is None
+    assert json.loads(json.dumps(rebuilt['aggregates'])) == json.loads(json.dumps(report['aggregates']))

@@ -1,7 +1,6 @@
 """DeviceDataLoader on CPU against independent references: timm's create_loader (eval and no-aug training
 batches), torch's DistributedSampler / timm's OrderedDistributedSampler (order and sharding), a
 shifted-copy definition of the padded random crop, and the statistics of crops and flips."""
-import os
 
 import numpy as np
 import pytest

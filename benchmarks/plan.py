@@ -1,0 +1,142 @@
+"""A study's runs as ``train_tgr.py`` command lines, from the tier (study.py) and the command line's overrides."""
+import os
+from typing import Dict, List, Optional
+
+import yaml
+
+from study import QUICK_EPOCHS, QUICK_MODEL, QUICK_TEACHER_EPOCHS, QUICK_TRAIN, SWEEP_VARIANTS, VARIANTS
+
+
+def config_path(name: str) -> str:
+    from timm_tgr.quickstart import config_path as _config_path
+    return _config_path(name)
+
+
+def read_yaml(path: str) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def _kv(d: dict) -> List[str]:
+    return [f'{k}={v}' for k, v in d.items()]
+
+
+def threads_per_job(threads: Optional[int], jobs: int, quick: bool) -> Optional[int]:
+    """torch CPU threads of each run: --threads if given, 1 with --quick, else the cores divided among jobs
+    (None with one job: torch's default)."""
+    if threads is not None:
+        return threads
+    if quick:
+        return 1
+    if jobs > 1:
+        return max(1, (os.cpu_count() or 1) // jobs)
+    return None
+
+
+class Plan:
+    """Which runs (teacher and students), each a dict with its name, kind, variant, E, seed, epochs, teacher
+    and the exact ``train_tgr.py`` argv. ``args`` are the resolved command-line options (tier applied)."""
+
+    def __init__(self, args):
+        self.args = args
+        recipe = 'quick' if args.quick else args.recipe
+        self.recipe = recipe
+        self.teacher_cfg = config_path(f'fmnist_{recipe}_teacher.yaml')
+        self.student_cfg = config_path(f'fmnist_{recipe}_tgr.yaml')
+        self.teacher_config, self.student_config = read_yaml(self.teacher_cfg), read_yaml(self.student_cfg)
+        t, s = self.teacher_config, self.student_config
+        self.teacher_model_kwargs = dict(t.get('model_kwargs', {}))
+        self.student_model_kwargs = dict(s.get('model_kwargs', {}))
+        self.teacher_kwargs = dict(s.get('teacher_kwargs', {}))
+        self.teacher_name = s.get('teacher', 'deit3_small_patch16_224')
+        if args.quick:
+            self.teacher_model_kwargs.update(QUICK_MODEL)
+            self.student_model_kwargs.update(QUICK_MODEL)
+            self.teacher_kwargs.update(QUICK_MODEL)
+        self.epochs = args.epochs or (QUICK_EPOCHS if args.quick else int(s['epochs']))
+        self.teacher_epochs = args.teacher_epochs or (QUICK_TEACHER_EPOCHS if args.quick else int(t['epochs']))
+        self.jobs = max(1, int(args.jobs))
+        self.threads = threads_per_job(args.threads, self.jobs, args.quick)
+        self.workers = args.workers if args.workers is not None else (0 if args.quick else None)
+        self.device_data = bool(args.device_data)
+        self.runs_dir = os.path.join(args.output, 'runs')
+
+    def common(self) -> List[str]:
+        a = self.args
+        argv = ['--data-dir', a.data_dir, '--output', self.runs_dir, '--no-progress']
+        if a.device:
+            argv += ['--device', a.device]
+        if self.threads is not None:
+            argv += ['--threads', str(self.threads)]
+        if self.workers is not None:
+            argv += ['-j', str(self.workers)]
+        if a.quick:
+            argv += QUICK_TRAIN
+        if self.device_data:
+            argv += ['--device-data']
+        return argv
+
+    def teacher_seeds(self) -> List[int]:
+        return list(self.args.seeds) if self.args.teacher_per_seed else [self.args.seeds[0]]
+
+    def teacher_for(self, seed: int) -> int:
+        return seed if self.args.teacher_per_seed else self.args.seeds[0]
+
+    def teacher_run(self, seed: int) -> dict:
+        name = f'teacher-s{seed}'
+        argv = ['-c', self.teacher_cfg, '--experiment', name, '--seed', str(seed),
+                '--model-kwargs', *_kv(self.teacher_model_kwargs), '--epochs', str(self.teacher_epochs)]
+        return dict(name=name, kind='teacher', variant='teacher', label='dense teacher', experts=None, seed=seed,
+                    epochs=self.teacher_epochs, argv=argv + self.common() + list(self.args.extra))
+
+    def student_runs(self) -> List[dict]:
+        a = self.args
+        wanted = [(v, a.main_experts) for v in a.variants] + [(v, e) for e in a.experts for v in SWEEP_VARIANTS]
+        seen, runs = set(), []
+        for seed in a.seeds:
+            for variant, experts in wanted:
+                if (variant, experts, seed) in seen:
+                    continue
+                seen.add((variant, experts, seed))
+                runs.append(self.student_run(variant, experts, seed))
+        return runs
+
+    def student_run(self, variant: str, experts: int, seed: int) -> dict:
+        spec = VARIANTS[variant]
+        name = f'{variant}-E{experts}-s{seed}'
+        kwargs = dict(self.student_model_kwargs, num_experts=experts)
+        argv = ['-c', self.student_cfg, '--experiment', name, '--seed', str(seed), '--model', spec['model'],
+                '--model-kwargs', *_kv(kwargs), '--epochs', str(self.epochs)]
+        teacher = self.teacher_run(self.teacher_for(seed))['name'] if spec['teacher'] else None
+        if teacher:
+            argv += ['--teacher', self.teacher_name, '--teacher-kwargs', *_kv(self.teacher_kwargs),
+                     '--teacher-checkpoint', os.path.join(self.runs_dir, teacher, 'model_best.pth.tar')]
+        argv += [str(self.args.stablemoe_freeze_at) if x is None else x for x in spec['argv']]
+        return dict(name=name, kind='student', variant=variant, label=spec['label'], experts=experts, seed=seed,
+                    epochs=self.epochs, teacher=teacher, argv=argv + self.common() + list(self.args.extra))
+
+    def runs(self) -> List[dict]:
+        """Teachers first (only those some student needs; the first one when none does: the teacher row is
+        always reported), then the students in seed-major order."""
+        students = self.student_runs()
+        teachers = [self.teacher_run(s) for s in self.teacher_seeds()]
+        needed = {r['teacher'] for r in students if r['teacher']}
+        return ([t for t in teachers if t['name'] in needed] or teachers[:1]) + students
+
+    # ---- what the estimate needs to build each run's models
+    def model_spec(self, run: dict) -> Dict[str, object]:
+        """The model (timm name, kwargs), its teacher (name, kwargs) if guided, batch size and recipe flags."""
+        cfg = self.teacher_config if run['kind'] == 'teacher' else self.student_config
+        data = {k: cfg[k] for k in ('img_size', 'in_chans', 'num_classes') if k in cfg}
+        if run['kind'] == 'teacher':
+            model, kwargs, teacher = cfg['model'], dict(self.teacher_model_kwargs, **data), None
+        else:
+            spec = VARIANTS[run['variant']]
+            model = spec['model']
+            kwargs = dict(self.student_model_kwargs, num_experts=run['experts'], **data)
+            teacher = (self.teacher_name, dict(self.teacher_kwargs)) if spec['teacher'] else None
+        batch = int(QUICK_TRAIN[QUICK_TRAIN.index('-b') + 1]) if self.args.quick else int(cfg.get('batch_size', 128))
+        mixup = bool(cfg.get('mixup', 0.) or cfg.get('cutmix', 0.)) and not cfg.get('no_aug', False)
+        return dict(model=model, kwargs=kwargs, teacher=teacher, batch_size=batch, amp=bool(cfg.get('amp')),
+                    mixup=mixup, smoothing=float(cfg.get('smoothing', 0.1)),
+                    mode=next((run['argv'][i + 1] for i, a in enumerate(run['argv']) if a == '--tgr-mode'), 'tgr'))

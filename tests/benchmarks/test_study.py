@@ -1,0 +1,112 @@
+"""benchmarks/study.py tiers and benchmarks/plan.py command lines, against the issue's definitions and the
+records the pre-split reproduce.py wrote (hand-copied), plus the estimate's scheduler on hand-solved cases."""
+import argparse
+import importlib.util
+import os
+import sys
+
+import pytest
+
+_BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'benchmarks')
+
+
+@pytest.fixture(scope='module')
+def bench():
+    """reproduce.py loaded from its path (it puts benchmarks/ on sys.path for its siblings)."""
+    spec = importlib.util.spec_from_file_location('timm_tgr_bench_reproduce_study',
+                                                  os.path.join(_BENCH, 'reproduce.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return argparse.Namespace(reproduce=module, study=sys.modules['study'], plan=sys.modules['plan'],
+                              runner=sys.modules['runner'], estimate=sys.modules['estimate'])
+
+
+def _plan(bench, argv, output='/out', data_dir='/data'):
+    args = bench.reproduce.build_parser().parse_args(argv + ['--output', output, '--data-dir', data_dir])
+    tier = bench.reproduce.resolve_tier(args)
+    return tier, bench.plan.Plan(args)
+
+
+def test_tiers_are_the_issues(bench):
+    tiers = bench.study.TIERS
+    cpu, main, sweep = tiers['cpu'], tiers['gpu-main'], tiers['gpu-sweep']
+    assert (cpu.variants, cpu.main_experts, cpu.experts, cpu.seeds, cpu.recipe) == (
+        ('vmoe', 'tgr', 'tgr_first'), 8, (), (0, 1, 2), 'quick')
+    assert cpu.budget_s == 75 * 60 and not cpu.device_data
+    assert set(main.variants) == {'vmoe', 'tgr', 'tgr_first', 'distill_only', 'teacher_route'}
+    assert (main.main_experts, main.experts, main.seeds, main.budget_s) == (8, (), (0, 1, 2), 600)
+    assert set(sweep.variants) == {'vmoe', 'tgr'} and sweep.experts == (4, 8, 16, 32) and sweep.budget_s == 600
+    assert main.device_data and sweep.device_data
+    # the sweep reuses gpu-main's teacher and E=8 runs only if both train them identically
+    assert (main.recipe, main.epochs, main.teacher_epochs) == (sweep.recipe, sweep.epochs, sweep.teacher_epochs)
+    for t in tiers.values():
+        assert t.summary and len(t.why) > 80, t.name
+        for role in ('teacher', 'tgr'):
+            assert os.path.isfile(bench.plan.config_path(f'fmnist_{t.recipe}_{role}.yaml'))
+
+
+def test_cpu_tier_builds_the_pre_split_command_lines(bench):
+    _, plan = _plan(bench, ['--tier', 'cpu', '--device', 'cpu'])
+    runs = {r['name']: r for r in plan.runs()}
+    students = [f'{v}-E8-s{s}' for s in range(3) for v in ('vmoe', 'tgr', 'tgr_first')]
+    assert sorted(runs) == sorted(['teacher-s0'] + students)
+    strip = bench.runner.strip_neutral
+    # reproduce_run.json of the pre-split script (--recipe quick --variants vmoe tgr tgr_first --main-experts 8
+    # --experts --seeds 0 1 2 --device cpu), flags that change nothing removed, configs by name
+    assert strip(runs['vmoe-E8-s0']['argv']) == [
+        '-c', 'fmnist_quick_tgr.yaml', '--experiment', 'vmoe-E8-s0', '--seed', '0', '--model', 'vmoe_deit_tiny',
+        '--model-kwargs', 'embed_dim=64', 'num_heads=2', 'patch_size=7', 'num_experts=8', '--epochs', '3',
+        '--teacher', 'none']
+    assert strip(runs['teacher-s0']['argv']) == [
+        '-c', 'fmnist_quick_teacher.yaml', '--experiment', 'teacher-s0', '--seed', '0', '--model-kwargs',
+        'embed_dim=64', 'num_heads=2', 'patch_size=7', '--epochs', '2']
+    tgr = runs['tgr_first-E8-s2']
+    assert tgr['teacher'] == 'teacher-s0' and tgr['argv'][tgr['argv'].index('--teacher-checkpoint') + 1] == \
+        os.path.join('/out', 'runs', 'teacher-s0', 'model_best.pth.tar')
+    assert tgr['argv'][tgr['argv'].index('--distill-schedule'):][:4] == [
+        '--distill-schedule', 'first', '--distill-fraction', '0.5']
+    assert all('--device-data' not in r['argv'] for r in runs.values())
+
+
+def test_gpu_tiers_add_device_data_and_flags_override(bench):
+    tier, plan = _plan(bench, ['--tier', 'gpu-main'])
+    runs = plan.runs()
+    assert [r['name'] for r in runs][:1] == ['teacher-s0'] and len(runs) == 1 + 5 * 3
+    assert all('--device-data' in r['argv'] for r in runs) and plan.jobs == tier.jobs > 1
+    assert all(r['epochs'] == 12 for r in runs)  # configs/fmnist_gpu_*.yaml
+    _, plan = _plan(bench, ['--tier', 'gpu-main', '--no-device-data', '--epochs', '3', '--seeds', '5', '--jobs', '1'])
+    runs = plan.runs()
+    assert all('--device-data' not in r['argv'] for r in runs) and plan.jobs == 1
+    assert {r['epochs'] for r in runs if r['kind'] == 'student'} == {3} and {r['seed'] for r in runs} == {5}
+    _, sweep = _plan(bench, ['--tier', 'gpu-sweep'])
+    names = [r['name'] for r in sweep.runs()]
+    assert len(names) == 1 + 2 * 4 * 3 and 'tgr-E32-s2' in names and 'vmoe-E4-s0' in names
+    _, main = _plan(bench, ['--tier', 'gpu-main'])
+    shared = {r['name']: r['argv'] for r in main.runs()}
+    for r in sweep.runs():  # the same run name means the same command line: a shared --output reuses them
+        if r['name'] in shared:
+            assert r['argv'] == shared[r['name']]
+
+
+def test_default_tier_is_the_pre_split_default(bench):
+    tier, plan = _plan(bench, [])
+    assert tier.name == 'full' and plan.recipe == 'full' and plan.jobs == 1 and not plan.device_data
+    assert plan.epochs == 100 and len(plan.runs()) == 1 + 3 * (7 + 3 * 2)  # 7 variants at E=8; E=4/16/32 x 2
+
+
+def test_threads_are_divided_among_jobs(bench):
+    f = bench.plan.threads_per_job
+    assert f(None, 1, False) is None and f(None, 4, True) == 1 and f(3, 4, False) == 3
+    assert f(None, 2, False) == max(1, (os.cpu_count() or 1) // 2)
+
+
+def test_schedule_replays_the_runner_policy(bench):
+    simulate = bench.estimate.simulate
+    runs = [dict(name='T'), dict(name='A', teacher='T'), dict(name='B'), dict(name='C', teacher='T')]
+    secs = {'T': 10., 'A': 5., 'B': 7., 'C': 3.}
+    assert simulate(runs, secs, 1) == 25.  # one after the other
+    assert simulate(runs, secs, 2) == 15.  # T || B; A and C wait for T (10), then A || C
+    assert simulate(runs, secs, 3) == 15.
+    assert simulate([dict(name='T'), dict(name='A', teacher='T')], {'T': 0., 'A': 4.}, 2) == 4.  # T already done
+    with pytest.raises(ValueError, match='outside the plan'):
+        simulate([dict(name='A', teacher='X')], {'A': 1.}, 2)
