@@ -7,7 +7,9 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from timm_tgr.layers.losses import normalized_utilization_entropy
-from timm_tgr.task.metrics import ConsistencyTracker, RoutingStats, record_assignments, routing_consistency
+from timm_tgr.task.metrics import (
+    ConsistencyTracker, RoutingReference, RoutingStats, record_assignments, routing_consistency,
+)
 from timm_tgr.task.tgr_task import TGRTask
 
 
@@ -33,6 +35,24 @@ def test_consistency_by_hand():
     assert tracker.to_final() == [{7: 0.5, 9: 0.5}, {7: 0.75, 9: 1.0}, {7: 1.0, 9: 1.0}]
     with pytest.raises(ValueError, match='same probe set'):
         routing_consistency(a, {7: torch.zeros(3, dtype=torch.long), 9: torch.zeros(4, dtype=torch.long)})
+
+
+def test_pretrained_reference_by_hand():
+    """consistency_pretrained: every epoch against the starting routing, not the previous epoch."""
+    start = {7: torch.tensor([0, 1, 2, 3, 0]), 11: torch.tensor([2, 2, 2, 2, 2])}
+    epoch0 = {7: torch.tensor([0, 1, 2, 0, 0]), 11: torch.tensor([2, 0, 0, 2, 2])}
+    epoch1 = {7: torch.tensor([1, 1, 1, 0, 0]), 11: torch.tensor([2, 0, 0, 2, 2])}
+    ref = RoutingReference()
+    with pytest.raises(RuntimeError, match='no reference'):
+        ref.consistency(epoch0)
+    ref.set(start)
+    start[7][0] = 3  # the reference keeps its own copy
+    assert ref.consistency(epoch0) == {7: 4 / 5, 11: 3 / 5}
+    assert ref.consistency(epoch1) == {7: 2 / 5, 11: 3 / 5}  # adjacent-epoch would give 7: 3/5, 11: 1
+    resumed = RoutingReference()
+    resumed.load_state_dict(ref.state_dict())
+    assert resumed.consistency(epoch1) == {7: 2 / 5, 11: 3 / 5}
+    assert RoutingReference().state_dict() == {'assignments': None}
 
 
 def test_routing_stats_accumulate():

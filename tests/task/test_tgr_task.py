@@ -169,6 +169,29 @@ def test_task_state_format():
                                          'stopped_at': None, 'history': []}
 
 
+def test_teacher_routers_from_another_run(tmp_path):
+    """Carried-over routers load only into the same blocks, expert count and teacher width; errors name both."""
+    from timm_tgr.task.teacher_router import read_teacher_routers
+    task = TGRTask(tiny_student(), tiny_teacher(dim=48))
+    routers = {f'{i}.proj.weight': torch.randn(16, 48) for i in (7, 9, 11)}
+    path = tmp_path / 'pre.pth.tar'
+    torch.save({'state_dict': {}, 'task_state': {'teacher_routers': routers}}, path)
+    task.load_teacher_routers(read_teacher_routers(str(path)), source=str(path))
+    for i in (7, 9, 11):
+        assert torch.equal(task.trainable_module.teacher_routers[str(i)].proj.weight, routers[f'{i}.proj.weight'])
+    narrow = TGRTask(tiny_student(), tiny_teacher(dim=32))
+    with pytest.raises(ValueError, match=r'pre.pth.tar \(MoE blocks \[7, 9, 11\], E=16 experts, teacher width 48\) '
+                                         r"do not fit this run's \(MoE blocks \[7, 9, 11\], E=16 experts, teacher "
+                                         r'width 32\)'):
+        narrow.load_teacher_routers(read_teacher_routers(str(path)), source=str(path))
+    fewer = TGRTask(tiny_student(num_experts=8), tiny_teacher(dim=48))
+    with pytest.raises(ValueError, match=r'E=16 experts.*E=8 experts.*num_experts'):
+        fewer.load_teacher_routers(routers, source='pre')
+    torch.save({'state_dict': {}}, path)  # a V-MoE run: no task_state
+    with pytest.raises(ValueError, match='holds no teacher routers'):
+        read_teacher_routers(str(path))
+
+
 def test_ema_covers_the_student_only():
     student = tiny_student()
     task = TGRTask(student, tiny_teacher())

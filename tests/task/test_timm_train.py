@@ -186,3 +186,28 @@ def test_prepare_distributed_on_cpu_accepts_train_py_device_ids():
         assert type(task.get_trainable_module()).__name__ == 'DistributedDataParallel'
     finally:
         dist.destroy_process_group()
+
+
+def test_train_py_fine_tune_carries_teacher_routers_over(tmp_path):
+    """``--model-kwargs tgr_teacher_routers=CKPT``: the pre-training run's teacher routers start the fine-tuning
+    task (a new class count changes no router); another expert count fails naming both."""
+    task = create_task(model=_tgr_model(), criterion=nn.CrossEntropyLoss(), verbose=False)
+    routers = task.get_trainable_module().teacher_routers
+    with torch.no_grad():
+        for p in routers.parameters():
+            p.normal_()  # unlike a fresh init
+    opt = create_optimizer_v2(task.get_trainable_module(), opt='adamw', lr=1e-3)
+    CheckpointSaver(model=task.get_trainable_module().student, optimizer=opt, checkpoint_dir=str(tmp_path),
+                    recovery_dir=str(tmp_path), task=task).save_checkpoint(0, metric=1.0)
+    path = str(tmp_path / 'last.pth.tar')
+    import ast
+    guidance = dict(tgr_teacher='deit3_small_patch16_224', tgr_teacher_kwargs=ast.literal_eval(TEACHER),
+                    tgr_teacher_pretrained=False, tgr_teacher_routers=path)
+    tuned = timm.create_model('tgr_moe_deit_tiny', **dict(TINY, num_classes=5), **guidance)
+    task2 = create_task(model=tuned, criterion=nn.CrossEntropyLoss(), verbose=False)
+    carried = task2.get_trainable_module().teacher_routers.state_dict()
+    for k, v in routers.state_dict().items():
+        assert torch.equal(carried[k], v), k
+    wider = timm.create_model('tgr_moe_deit_tiny', **dict(TINY, num_experts=8), **guidance)
+    with pytest.raises(ValueError, match=r'E=4 experts.*E=8 experts.*num_experts'):
+        create_task(model=wider, criterion=nn.CrossEntropyLoss(), verbose=False)

@@ -7,14 +7,19 @@ Named after the paper's parts: ``teacher`` (h_t: RoutingTeacher, layer map, Teac
 ``tgr_task`` (the timm tasks), ``metrics`` (routing stats and consistency), ``stablemoe`` (the
 router-freezing baseline), ``timm_train`` (the plugin for timm's train.py).
 """
-from .metrics import ConsistencyTracker, RoutingStats, mean_over_layers, record_assignments, routing_consistency
+from .metrics import (
+    ConsistencyTracker, RoutingReference, RoutingStats, mean_over_layers, record_assignments, routing_consistency,
+)
 from .schedule import DistillSchedule
 from .stablemoe import RouterFreezeSchedule, freeze_routers
 from .teacher import (
     DEFAULT_TEACHERS, RoutingTeacher, TeacherGuidance, align_teacher_tokens, build_teacher, check_token_grids,
     default_teacher, resolve_layer_map,
 )
-from .teacher_router import TeacherRouter, routing_distillation_loss, teacher_router_loss, teacher_routers
+from .teacher_router import (
+    TeacherRouter, check_teacher_router_state, read_teacher_routers, routing_distillation_loss, teacher_router_loss,
+    teacher_routers,
+)
 from .tgr_task import TGR_MODES, TGRTask, TGRTrainableModule
 from .vmoe_task import TrainerStateMixin, VMoETask, moe_loss_components, wrap_ddp
 from . import stablemoe

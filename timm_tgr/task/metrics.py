@@ -8,6 +8,9 @@
   *adjacent-epoch* consistency is the fraction of tokens whose expert is the same as in the
   previous epoch, *to-final* consistency the fraction equal to the final epoch's
   (:func:`routing_consistency`, :class:`ConsistencyTracker`).
+- Pretrain-to-finetune consistency (paper's "Stable Transfer": 50.56 % V-MoE, 73.75 % TGR-MoE):
+  the probe assignments of the starting weights, recorded before the first fine-tuning step, against
+  each epoch's (:class:`RoutingReference`).
 """
 from typing import Dict, Iterable, List, Mapping, Optional
 
@@ -17,7 +20,10 @@ from timm.utils import unwrap_model
 
 from ..layers.losses import normalized_utilization_entropy
 
-__all__ = ['RoutingStats', 'record_assignments', 'routing_consistency', 'ConsistencyTracker']
+__all__ = [
+    'RoutingStats', 'record_assignments', 'routing_consistency', 'ConsistencyTracker', 'RoutingReference',
+    'mean_over_layers',
+]
 
 
 class RoutingStats:
@@ -119,6 +125,31 @@ class ConsistencyTracker:
 
     def load_state_dict(self, state: dict) -> None:
         self.history = [dict(h) for h in state['history']]
+
+
+class RoutingReference:
+    """Probe assignments of one fixed model state (e.g. the pre-trained model before fine-tuning), and
+    the consistency of later assignments with them; resumable (``state_dict`` / ``load_state_dict``)."""
+
+    def __init__(self):
+        self.assignments: Optional[Dict[int, torch.Tensor]] = None
+
+    def set(self, assignments: Mapping[int, torch.Tensor]) -> None:
+        self.assignments = {i: t.clone() for i, t in assignments.items()}
+
+    def consistency(self, assignments: Mapping[int, torch.Tensor]) -> Dict[int, float]:
+        """Per block, the fraction of probe tokens assigned to the same expert as in the reference."""
+        if self.assignments is None:
+            raise RuntimeError('no reference recorded yet: call set() with the starting model\'s assignments.')
+        return routing_consistency(self.assignments, assignments)
+
+    def state_dict(self) -> dict:
+        if self.assignments is None:
+            return {'assignments': None}
+        return {'assignments': {i: t.clone() for i, t in self.assignments.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.assignments = None if state.get('assignments') is None else dict(state['assignments'])
 
 
 def mean_over_layers(values: Optional[Mapping[int, float]]) -> Optional[float]:

@@ -6,15 +6,21 @@
   the teacher routers' only objective (no task loss).
 - :func:`routing_distillation_loss`: 1/|S| sum_i KL(stopgrad(p_t^i) || p^i), the student's
   L_distill before the lambda_distill weight.
+- :func:`read_teacher_routers` / :func:`check_teacher_router_state`: teacher routers carried over
+  from another run's checkpoint (``task_state['teacher_routers']``), e.g. to continue TGR while
+  fine-tuning; they must route the same MoE blocks over the same experts from the same teacher width.
 """
-from typing import Dict, Iterable, Mapping
+from typing import Dict, Iterable, Mapping, Tuple
 
 import torch
 import torch.nn as nn
 
 from ..layers.losses import load_balance_loss, routing_entropy_loss, routing_kl_divergence
 
-__all__ = ['TeacherRouter', 'teacher_routers', 'teacher_router_loss', 'routing_distillation_loss']
+__all__ = [
+    'TeacherRouter', 'teacher_routers', 'teacher_router_loss', 'routing_distillation_loss', 'read_teacher_routers',
+    'check_teacher_router_state',
+]
 
 
 class TeacherRouter(nn.Module):
@@ -66,3 +72,42 @@ def routing_distillation_loss(
                 f'{tuple(p.shape)}; teacher and student must see the same image size and patch grid.')
         kls.append(routing_kl_divergence(pt, p))
     return torch.stack(kls).mean()
+
+
+def _one(values: list):
+    return values[0] if len(values) == 1 else values
+
+
+def _describe_routers(shapes: Mapping[str, Tuple[int, ...]]) -> str:
+    """'MoE blocks [7, 9, 11], E=4 experts, teacher width 32' from ``{'{block}.proj.weight': (E, dim)}``."""
+    blocks = sorted(int(k.split('.')[0]) for k in shapes if k.split('.')[0].isdigit())
+    experts = sorted({s[0] for s in shapes.values() if len(s) == 2})
+    widths = sorted({s[1] for s in shapes.values() if len(s) == 2})
+    return f'MoE blocks {blocks}, E={_one(experts)} experts, teacher width {_one(widths)}'
+
+
+def check_teacher_router_state(state_dict: Mapping[str, torch.Tensor], routers: nn.ModuleDict,
+                               source: str = 'the checkpoint') -> None:
+    """Raise, naming both, unless ``state_dict`` (``'{block}.proj.weight'``: [E, teacher dim]) fits ``routers``."""
+    have = {k: tuple(v.shape) for k, v in state_dict.items()}
+    want = {k: tuple(v.shape) for k, v in routers.state_dict().items()}
+    if have == want:
+        return
+    raise ValueError(
+        f'teacher routers of {source} ({_describe_routers(have)}) do not fit this run\'s ({_describe_routers(want)}): '
+        f'carry routers over only from a run with the same MoE blocks and expert count (--model-kwargs '
+        f'num_experts=..., moe_layers=...) and a teacher of the same width (--teacher / --teacher-kwargs '
+        f'embed_dim=...), or start fresh teacher routers (drop --teacher-routers-from / tgr_teacher_routers).')
+
+
+def read_teacher_routers(path: str) -> Dict[str, torch.Tensor]:
+    """``task_state['teacher_routers']`` of the TGR checkpoint ``path`` (``'{block}.proj.weight'`` tensors)."""
+    from ..export import load_checkpoint_file  # the weights_only reader of training checkpoints
+    ckpt = load_checkpoint_file(path)
+    state = ckpt.get('task_state') if isinstance(ckpt, dict) else None
+    routers = state.get('teacher_routers') if isinstance(state, dict) else None
+    if not isinstance(routers, dict) or not routers:
+        raise ValueError(
+            f"{path} holds no teacher routers (task_state['teacher_routers']): give a checkpoint of a TGR run "
+            f'(train_tgr.py with a teacher, or timm\'s train.py with a tgr_moe_* model), or start fresh routers.')
+    return dict(routers)

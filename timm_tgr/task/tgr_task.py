@@ -31,7 +31,7 @@ from timm.utils.model_ema import ModelEmaV3
 
 from .schedule import DistillSchedule
 from .teacher import RoutingTeacher, TeacherGuidance
-from .teacher_router import routing_distillation_loss, teacher_router_loss, teacher_routers
+from .teacher_router import check_teacher_router_state, routing_distillation_loss, teacher_router_loss, teacher_routers
 from .vmoe_task import TrainerStateMixin, moe_loss_components, moe_student, wrap_ddp
 
 _logger = logging.getLogger(__name__)
@@ -286,7 +286,10 @@ class TGRTask(TrainerStateMixin, TrainingTask):
         self._load_trainer_state(state.get('trainer'))
 
     def load_teacher_routers(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True,
-                             module: Optional[nn.Module] = None) -> None:
-        """Teacher router weights from ``task_state['teacher_routers']`` (keys ``'{block}.proj.weight'``)."""
+                             module: Optional[nn.Module] = None, source: str = 'the checkpoint') -> None:
+        """Teacher router weights from ``task_state['teacher_routers']`` (keys ``'{block}.proj.weight'``);
+        with ``strict``, routers for other blocks, expert count or teacher width fail naming both."""
         trainable = unwrap_model(module) if module is not None else self._trainable()
+        if strict:
+            check_teacher_router_state(state_dict, trainable.teacher_routers, source=source)
         trainable.teacher_routers.load_state_dict(state_dict, strict=strict)

@@ -25,6 +25,8 @@ the model stores them in ``guidance_cfg`` and :func:`create_task` reads them:
 ``tgr_teacher_checkpoint``      teacher weights file (strict load); else hub weights
 ``tgr_teacher_kwargs``          dict of teacher create_model kwargs (e.g. ``"{'img_size': 32}"``)
 ``tgr_teacher_pretrained``      False = random teacher (debugging only)
+``tgr_teacher_routers``         checkpoint of a TGR run whose teacher routers (``task_state``) to start
+                                from, e.g. to continue TGR while fine-tuning (default: fresh routers)
 ``tgr_mode``                    tgr / distill_only / teacher_route
 ``tgr_distill_weight``          lambda_distill (5.0)
 ``tgr_teacher_load_weight``     lambda_load of the teacher routers (0.005)
@@ -58,6 +60,7 @@ GUIDANCE_KEYS = {
     'teacher_checkpoint': (str,),
     'teacher_kwargs': (dict,),
     'teacher_pretrained': (bool,),
+    'teacher_routers': (str,),
     'mode': (str,),
     'distill_weight': (int, float),
     'teacher_load_weight': (int, float),
@@ -143,8 +146,12 @@ def _create_tgr_task(model: nn.Module, cfg: Dict[str, Any], criterion=None, devi
         teacher_entropy_weight=cfg.get('teacher_entropy_weight'), schedule=schedule,
         total_steps=cfg.get('total_steps'), distill_fraction=cfg.get('distill_fraction', 0.5),
         mode=cfg.get('mode', 'tgr'), device=device, dtype=dtype, verbose=verbose)
+    if cfg.get('teacher_routers'):
+        from .teacher_router import read_teacher_routers
+        task.load_teacher_routers(read_teacher_routers(cfg['teacher_routers']), source=cfg['teacher_routers'])
     if verbose:
-        _logger.info(f'timm_tgr: TGR task, teacher {teacher_name}')
+        routers = f", teacher routers from {cfg['teacher_routers']}" if cfg.get('teacher_routers') else ''
+        _logger.info(f'timm_tgr: TGR task, teacher {teacher_name}{routers}')
     return task
 
 
