@@ -19,7 +19,8 @@ def test_synthetic_set_reads_like_torchvision(tmp_path):
         images = read_idx(os.path.join(raw, f'{split}-images-idx3-ubyte'))
         labels = read_idx(os.path.join(raw, f'{split}-labels-idx1-ubyte'))
         assert images.shape == (n, 28, 28) and images.dtype == np.uint8 and labels.shape == (n,)
-        assert torch.equal(torch.from_numpy(images.copy()), read_image_file(os.path.join(raw, f'{split}-images-idx3-ubyte')))
+        reference = read_image_file(os.path.join(raw, f'{split}-images-idx3-ubyte'))
+        assert torch.equal(torch.from_numpy(images.copy()), reference)
         assert torch.equal(torch.from_numpy(labels.astype(np.int64)),
                            read_label_file(os.path.join(raw, f'{split}-labels-idx1-ubyte')))
         assert read_idx_shape(os.path.join(raw, f'{split}-images-idx3-ubyte')) == (n, 28, 28)
