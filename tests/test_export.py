@@ -208,6 +208,23 @@ def test_model_card(run):
     assert 'Routing per MoE block:** not recorded' in card
 
 
+def test_model_card_shows_consistency_with_the_starting_weights(run):
+    """A fine-tuning run's row (consistency_pretrained) gets a 'Fine-tuning' section; other rows do not."""
+    out = run.tmp / 'export'
+    export_checkpoint(run.best, out=out)
+    assert 'Fine-tuning' not in (out / 'README.md').read_text()
+    metrics = run.tmp / 'm.jsonl'
+    routing = {'1': {'entropy': 0.6, 'consistency_prev': 0.9, 'consistency_pretrained': 0.5},
+               '3': {'entropy': 0.7, 'consistency_prev': 0.8, 'consistency_pretrained': 0.625}}
+    metrics.write_text(json.dumps({'epoch': 0, 'eval_top1': 61.5, 'consistency_pretrained': 0.5625,
+                                   'routing': routing}) + '\n')
+    export_checkpoint(run.best, out=out, metrics=metrics)
+    card = (out / 'README.md').read_text()
+    assert 'consistency_pretrained: 56.25 % of probe tokens keep the top-1 expert' in card
+    assert 'Teacher routers: fresh' in card  # the run had a teacher and no --teacher-routers-from
+    assert 'block 3: entropy 0.7, consistency_prev 0.8, consistency_pretrained 0.625' in card
+
+
 def test_model_card_refuses_a_corrupt_metrics_row(run):
     """Only a torn last line is skipped (an interrupted write); a bad row before it names its line."""
     metrics = run.tmp / 'm.jsonl'
@@ -248,6 +265,25 @@ def test_pretrained_without_weights_says_how(tmp_path, monkeypatch, arch):
     listed = timm.list_models(pretrained=True, filter='*moe_deit*')
     assert listed and all(n.endswith('.fb_in1k_upcycled') for n in listed)
     assert not timm.is_model_pretrained(arch)
+
+
+def test_trainer_fine_tunes_from_the_hub_with_a_fresh_head(run, monkeypatch):
+    """train_tgr.py --model hf-hub:ORG/NAME --pretrained --num-classes 4: every tensor but the head is the
+    exported student's; the run records the architecture and its config.json kwargs."""
+    from timm_tgr.train import parse_args
+    from timm_tgr.train.setup import create_model
+    out = run.tmp / 'export'
+    export_checkpoint(run.last, out=out)
+    _hub_cache(run.tmp, monkeypatch, 'some-user/tiny-tgr', out)
+    args = parse_args(['--dataset', '', '--model', 'hf-hub:some-user/tiny-tgr', '--pretrained', '--num-classes', '4'])
+    model = create_model(args, torch.device('cpu'))
+    source, tuned = run.student.state_dict(), model.state_dict()
+    assert set(source) == set(tuned)
+    for k, v in source.items():
+        assert torch.equal(tuned[k], v) != k.startswith('head.'), k
+    assert tuned['head.weight'].shape == (4, 32)
+    assert args.model_arch == ARCH and args.model_kwargs_resolved == dict(
+        ARCH_KW, moe_layers=[1, 3], num_classes=4, in_chans=1, img_size=32)
 
 
 def test_pretrained_cfg_overlay_file(run):

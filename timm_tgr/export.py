@@ -69,7 +69,7 @@ _RECIPE_KEYS = (
     'freeze_router_at', 'no_teacher_pretrained', 'task', 'mode',
 )
 _RECIPE_PREFIXES = ('tgr', 'teacher', 'distill', 'routing', 'stablemoe', 'moe_')
-_NOT_RECIPE = {'teacher_checkpoint'}  # local paths stay out of the card
+_NOT_RECIPE = {'teacher_checkpoint', 'teacher_routers_from', 'teacher_routers'}  # local paths stay out of the card
 _READERS = ('torch/', 'hfds/', 'hfids/', 'tfds/', 'wds/')  # timm dataset reader prefixes
 
 
@@ -168,7 +168,8 @@ def resolve_model_args(
     Dropout rates, ``tgr_*`` guidance options and other arguments that do not change the architecture
     are left out.
     """
-    arch = model or run_args.get('model')
+    # timm_tgr/train/ records the architecture of an hf-hub: / local-dir: --model as model_arch (args.yaml)
+    arch = model or run_args.get('model_arch') or run_args.get('model')
     if not arch and checkpoint_arch and timm.is_model(checkpoint_arch):
         arch = checkpoint_arch
     if not arch:
@@ -313,6 +314,32 @@ def _results_details(metrics: Optional[Dict[str, Any]], metrics_note: str) -> Di
     return details
 
 
+def _start_details(run_args: Dict[str, Any], metrics: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """'Fine-tuning' for a run started from trained weights: where from, and the routing consistency with
+    them (``consistency_pretrained`` of the metrics row: top-1 expert per probe token, mean over MoE blocks)."""
+    if not metrics or metrics.get('consistency_pretrained') is None:
+        return {}
+    source = str(run_args.get('model_source') or '')
+    if source.startswith('hf-hub:'):
+        start = f'`{source}` (--pretrained)'
+    elif source.startswith('local-dir:'):
+        start = 'an exported model folder (--pretrained)'
+    elif run_args.get('initial_checkpoint'):
+        start = 'a training checkpoint (--initial-checkpoint)'
+    elif run_args.get('pretrained'):
+        start = f"the pretrained weights of `{run_args.get('model', '?')}`"
+    else:
+        start = 'its initial weights (no trained weights recorded in the run args)'
+    value = float(metrics['consistency_pretrained'])
+    return {'Fine-tuning': {
+        'Started from': start,
+        'Teacher routers': 'carried over from the pre-training run' if run_args.get('teacher_routers_from')
+        else ('fresh' if run_args.get('teacher') not in (None, '', 'none') else 'none (no teacher)'),
+        'consistency_pretrained': f'{100 * value:.2f} % of probe tokens keep the top-1 expert the starting '
+                                  f'weights chose (mean over MoE blocks)',
+    }}
+
+
 def _usage(arch: str, repo_id: Optional[str]) -> Tuple[str, str]:
     """The card's description and its loading snippet."""
     name = f'hf-hub:{repo_id}' if repo_id else 'hf-hub:ORG/NAME'
@@ -348,6 +375,7 @@ def make_model_card(
                'Architecture': f'`{arch}` (timm_tgr)', 'Model Stats': _model_stats(model), 'Papers': _papers(cfg)}
     details.update(_data_details(run_args))
     details['Weights'] = dict(checkpoint_info or {})
+    details.update(_start_details(run_args, metrics))
     details.update(_results_details(metrics, metrics_note))
     description, usage = _usage(arch, repo_id)
     return {

@@ -55,6 +55,10 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--resume', default='', metavar='PATH', help='resume training from this checkpoint')
     group.add_argument('--no-resume-opt', action='store_true', help='do not restore optimizer/scaler state')
     group.add_argument('--num-classes', type=int, default=None, metavar='N', help='number of classes')
+    group.add_argument('--reset-classifier', action='store_true',
+                       help='fresh classifier after loading --pretrained / --initial-checkpoint weights even when '
+                            'the class count is the same (new classes); for another class count it is always fresh; '
+                            'without loaded weights nothing to reset')
     group.add_argument('--img-size', type=int, default=None, metavar='N', help='image size (model and data)')
     group.add_argument('--in-chans', type=int, default=None, metavar='N', help='image channels')
     group.add_argument('--crop-pct', default=None, type=float, help='eval crop fraction')
@@ -102,6 +106,14 @@ def _add_guidance_args(parser: argparse.ArgumentParser) -> None:
                        help='StableMoE baseline: freeze all routers after this fraction of the updates')
     group.add_argument('--probe-samples', type=int, default=1000,
                        help='validation images in the fixed routing-consistency probe set (0 disables)')
+    group.add_argument('--teacher-routers-from', default='', metavar='PATH',
+                       help="start the teacher routers from this TGR run's checkpoint (its task_state; same "
+                            'expert count and teacher width) instead of fresh ones, e.g. to continue TGR while '
+                            'fine-tuning')
+    group.add_argument('--consistency-pretrained', default='auto', choices=('auto', 'on', 'off'),
+                       help='log consistency_pretrained: per MoE layer, the fraction of probe tokens whose top-1 '
+                            'expert is the one the starting weights chose (before the first step). auto: on when '
+                            'starting from trained weights (--pretrained, --initial-checkpoint)')
 
 
 def _add_optimizer_args(parser: argparse.ArgumentParser) -> None:
@@ -249,6 +261,11 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f'--teacher-checkpoint {args.teacher_checkpoint!r}: no such file')
     if args.initial_checkpoint and not os.path.isfile(args.initial_checkpoint):
         parser.error(f'--initial-checkpoint {args.initial_checkpoint!r}: no such file')
+    if args.teacher_routers_from and not os.path.isfile(args.teacher_routers_from):
+        parser.error(f'--teacher-routers-from {args.teacher_routers_from!r}: no such file (give the pre-training '
+                     f"run's checkpoint, e.g. its last.pth.tar)")
+    if args.teacher_routers_from and args.teacher is not None and args.teacher.lower() == 'none':
+        parser.error('--teacher-routers-from needs a teacher to guide the routers: drop --teacher none')
     if not timm.is_model(args.model) and not args.model.startswith(('hf-hub:', 'local-dir:')):
         parser.error(f'--model {args.model!r} is not a timm model; see timm.list_models("*moe*") '
                      f'(timm_tgr registers vmoe_deit_*, tgr_moe_deit_*, soft_moe_deit_*, ec_moe_deit_*)')
@@ -271,7 +288,14 @@ def yaml_safe(d: dict) -> dict:
 
 def checkpoint_args(args: argparse.Namespace) -> argparse.Namespace:
     """The args saved in checkpoints: plain values (loadable with weights_only), ``model`` and the exact
-    ``model_kwargs`` that rebuild the model."""
+    ``model_kwargs`` that rebuild the model.
+
+    For an ``hf-hub:`` / ``local-dir:`` ``--model``, ``model`` is its architecture (so the checkpoint
+    rebuilds without the source) and ``model_source`` the name given.
+    """
     d = yaml_safe(vars(args))
     d['model_kwargs'] = dict(args.model_kwargs_resolved)
+    arch = getattr(args, 'model_arch', None) or args.model
+    if arch != args.model:
+        d['model'], d['model_source'] = arch, args.model
     return argparse.Namespace(**d)

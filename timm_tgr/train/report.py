@@ -4,7 +4,8 @@ and at the end ``routing_consistency.json`` with its plot.
 A row holds ``epoch``, ``lr``, ``train_<component>`` for every scalar loss component of the task,
 ``eval_loss/top1/top5`` (plus the EMA's and, in teacher_route mode, the teacher-routed top-1), and for
 MoE models per MoE block (``routing``, 0-based block index): expert-utilization entropy, load, dropped
-fraction and adjacent-epoch routing consistency on the probe set, with their means over blocks.
+fraction and adjacent-epoch routing consistency on the probe set, with their means over blocks; for
+runs started from trained weights also ``consistency_pretrained`` (to the starting weights' routing).
 """
 import argparse
 import json
@@ -35,20 +36,28 @@ def epoch_row(epoch: int, lr: float, train_metrics: Dict[str, float], eval_metri
     }
 
 
-def routing_row(summary: Dict[int, dict], adjacent: Optional[Dict[int, float]]) -> dict:
+def routing_row(summary: Dict[int, dict], adjacent: Optional[Dict[int, float]],
+                pretrained: Optional[Dict[int, float]] = None) -> dict:
     """The row's routing part from ``RoutingStats.summary()`` and the probe set's adjacent-epoch consistency.
 
     ``adjacent`` is None on the first epoch (nothing to compare with) or without a probe set.
+    ``pretrained`` (consistency with the starting weights' routing) adds ``consistency_pretrained``
+    per block and its mean; without it the keys are absent.
     """
     routing = {
         str(i): {'entropy': s['entropy'], 'load': s['load'], 'dropped_fraction': s['dropped_fraction'],
                  'consistency_prev': adjacent[i] if adjacent is not None else None}
         for i, s in summary.items()}
-    return {
+    row = {
         'routing': routing,
         'entropy': mean_over_layers({i: s['entropy'] for i, s in summary.items()}),
         'consistency_prev': mean_over_layers(adjacent),
     }
+    if pretrained is not None:
+        for i, value in pretrained.items():
+            routing[str(i)]['consistency_pretrained'] = value
+        row['consistency_pretrained'] = mean_over_layers(pretrained)
+    return row
 
 
 def row_metric(row: dict, args: argparse.Namespace) -> float:
@@ -61,7 +70,8 @@ def row_metric(row: dict, args: argparse.Namespace) -> float:
 def log_row(row: dict) -> None:
     """One log line per epoch: losses, top-1, routing means, time."""
     parts = [f"epoch {row['epoch']}", f"train_loss {row['train_loss']:.4f}", f"eval_top1 {row['eval_top1']:.2f}"]
-    for k in ('eval_ema_top1', 'eval_top1_teacher_route', 'train_distill_loss', 'entropy', 'consistency_prev'):
+    for k in ('eval_ema_top1', 'eval_top1_teacher_route', 'train_distill_loss', 'entropy', 'consistency_prev',
+              'consistency_pretrained'):
         if row.get(k) is not None:
             parts.append(f'{k} {row[k]:.4f}')
     parts.append(f"{row['time_s']:.0f}s")
@@ -90,6 +100,10 @@ def write_consistency(output_dir: str, tracker: ConsistencyTracker, rows: List[d
         'to_final': [{str(k): v for k, v in a.items()} for a in to_final],
         'to_final_mean': [mean_over_layers(a) for a in to_final],
     }
+    tracked = rows[-len(tracker.history):] if rows else []
+    if any('consistency_pretrained' in r for r in tracked):  # runs started from trained weights
+        data['pretrained'] = [{b: v.get('consistency_pretrained') for b, v in r['routing'].items()} for r in tracked]
+        data['pretrained_mean'] = [r.get('consistency_pretrained') for r in tracked]
     with open(os.path.join(output_dir, 'routing_consistency.json'), 'w') as f:
         json.dump(data, f, indent=1)
     if not args.no_plot:
@@ -97,7 +111,8 @@ def write_consistency(output_dir: str, tracker: ConsistencyTracker, rows: List[d
 
 
 def plot_routing_consistency(rows: List[dict], path: str, title: str = '') -> bool:
-    """Mean adjacent-epoch and per-layer consistency per epoch; False when matplotlib is missing."""
+    """Mean adjacent-epoch and per-layer consistency per epoch (and the mean consistency with the starting
+    weights when logged); False when matplotlib is missing."""
     try:
         import matplotlib
         matplotlib.use('Agg')
@@ -109,15 +124,19 @@ def plot_routing_consistency(rows: List[dict], path: str, title: str = '') -> bo
     epochs = [r['epoch'] for r in rows if r.get('consistency_prev') is not None]
     if epochs:
         ax.plot(epochs, [r['consistency_prev'] for r in rows if r.get('consistency_prev') is not None],
-                'k-o', label='mean')
+                'k-o', label='adjacent epochs (mean)')
         blocks = sorted({b for r in rows for b in r.get('routing', {})}, key=int)
         for b in blocks:
             pts = [(r['epoch'], r['routing'][b]['consistency_prev']) for r in rows
                    if b in r.get('routing', {}) and r['routing'][b].get('consistency_prev') is not None]
             if pts:
                 ax.plot(*zip(*pts), '--', alpha=0.6, label=f'block {int(b) + 1}')
+    pretrained = [(r['epoch'], r['consistency_pretrained']) for r in rows
+                  if r.get('consistency_pretrained') is not None]
+    if pretrained:
+        ax.plot(*zip(*pretrained), 'b-s', label='to the starting weights (mean)')
     ax.set_xlabel('epoch')
-    ax.set_ylabel('adjacent-epoch routing consistency')
+    ax.set_ylabel('routing consistency' if pretrained else 'adjacent-epoch routing consistency')
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:

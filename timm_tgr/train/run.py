@@ -5,7 +5,9 @@ Per epoch, ``<output>/metrics.jsonl`` gets one JSON row (every loss component, t
 layer: expert-utilization entropy, load, dropped fraction, and adjacent-epoch routing consistency on
 a fixed probe set: the first ``--probe-samples`` validation images); ``summary.csv`` gets timm's flat
 CSV row. At the end ``routing_consistency.json`` holds adjacent and to-final consistency per epoch and
-``routing_consistency.png`` plots them (needs matplotlib: ``pip install timm-tgr[plot]``).
+``routing_consistency.png`` plots them (needs matplotlib: ``pip install timm-tgr[plot]``). A run
+started from trained weights also logs ``consistency_pretrained``: per MoE layer, the fraction of probe
+tokens whose top-1 expert is the one the starting weights chose before the first step.
 
 Checkpoints are timm's (CheckpointSaver + task state: teacher routers, schedule, consistency
 history; never the teacher). Resuming after epoch k reproduces the uninterrupted run: every epoch
@@ -15,12 +17,13 @@ import argparse
 import logging
 import time
 from functools import partial
+from itertools import islice
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from timm.utils import is_primary, random_seed, setup_default_logging
 
-from ..task import RoutingStats, TGRTask
+from ..task import RoutingStats, TGRTask, record_assignments
 from .args import parse_args
 from .loop import reduce_routing_stats, set_epoch, train_one_epoch, validate
 from .report import epoch_row, log_row, record_epoch, routing_row, row_metric, write_consistency
@@ -48,6 +51,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 def train(args: argparse.Namespace) -> dict:
     """Set up the run of parsed ``args``, train its epochs, write its outputs; returns as :func:`main`."""
     t = setup_training(args)
+    if t.reference is not None:
+        record_reference(t, args)
     best_metric, best_epoch = None, None
     num_updates = t.start_epoch * t.optim.updates_per_epoch
     for epoch in range(t.start_epoch, t.optim.num_epochs):
@@ -59,6 +64,21 @@ def train(args: argparse.Namespace) -> dict:
             log_row(row)
         t.optim.lr_scheduler.step(epoch + 1, metric)
     return finish(t, args, best_metric, best_epoch)
+
+
+def record_reference(t: Training, args: argparse.Namespace) -> None:
+    """Before the first training step: the starting model's top-1 expert per probe token and MoE layer
+    (eval mode), the reference of ``consistency_pretrained``. A resumed run keeps the checkpoint's."""
+    if t.reference.assignments is not None:
+        return
+    if t.start_epoch > 0:
+        _logger.warning('the resumed checkpoint holds no routing of the starting weights: consistency_pretrained '
+                        'is not logged (start the run again to measure it).')
+        t.reference = None
+        return
+    batches = islice(t.loaders.eval, t.loaders.probe_batches)
+    t.reference.set(record_assignments(
+        t.task.get_eval_model(), batches, device=t.device, amp_autocast=t.optim.amp_autocast))
 
 
 def run_epoch(epoch: int, t: Training, args: argparse.Namespace, num_updates: int) -> Tuple[dict, int]:
@@ -92,7 +112,8 @@ def evaluate_epoch(epoch: int, t: Training, args: argparse.Namespace, train_metr
         row['eval_ema_loss'] = ema_metrics['loss']
     if t.tracker is not None:
         reduce_routing_stats(stats, args)
-        row.update(routing_row(stats.summary(), t.tracker.add(probe) if probe else None))
+        pretrained = t.reference.consistency(probe) if t.reference is not None and probe else None
+        row.update(routing_row(stats.summary(), t.tracker.add(probe) if probe else None, pretrained))
         if isinstance(t.task, TGRTask) and row['consistency_prev'] is not None:
             t.task.schedule.observe_consistency(row['consistency_prev'])
     return row

@@ -22,21 +22,25 @@ import yaml
 import timm
 from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.models import load_checkpoint, safe_model_name
+from timm.models import safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_checkpoint
 from timm.utils import CheckpointSaver, NativeScaler, init_distributed_device, is_primary, random_seed, unwrap_model
 
 from ..data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, prepare_fashion_mnist
-from ..task import ConsistencyTracker, RouterFreezeSchedule, TGRTask, VMoETask, build_teacher, default_teacher
+from ..task import (
+    ConsistencyTracker, RouterFreezeSchedule, RoutingReference, TGRTask, VMoETask, build_teacher, default_teacher,
+    read_teacher_routers,
+)
 from ..utils.metrics_log import read_metrics, write_metrics
 from .args import checkpoint_args, yaml_safe
+from .finetune import load_initial_checkpoint, log_pretrained_head, model_source, reset_classifier
 from .report import row_metric
 
 __all__ = [
     'Loaders', 'TaskSetup', 'Optimization', 'RunFolder', 'Training', 'setup_training', 'create_model',
-    'create_loaders', 'create_task', 'create_optimization', 'is_moe',
+    'create_loaders', 'create_task', 'create_reference', 'create_optimization', 'is_moe',
 ]
 
 _logger = logging.getLogger('train_tgr')
@@ -56,10 +60,12 @@ class Loaders:
 
 @dataclass
 class TaskSetup:
-    """The timm TrainingTask, how it is described in the log, and the MoE routing-consistency tracker."""
+    """The timm TrainingTask, how it is described in the log, the MoE routing-consistency tracker and the
+    routing of the starting weights (``consistency_pretrained``; None when off)."""
     task: nn.Module
     kind: str
     tracker: Optional[ConsistencyTracker] = None
+    reference: Optional[RoutingReference] = None
 
 
 @dataclass
@@ -98,6 +104,7 @@ class Training:
     optim: Optimization
     run: RunFolder
     start_epoch: int = 0
+    reference: Optional[RoutingReference] = None
 
 
 def setup_training(args: argparse.Namespace) -> Training:
@@ -120,7 +127,7 @@ def setup_training(args: argparse.Namespace) -> Training:
     optim.lr_scheduler, optim.num_epochs = create_lr_scheduler(args, optim, start_epoch)
     run = open_run_folder(args, model, ts, optim, output_dir, start_epoch)
     return Training(device=device, model=model, loaders=loaders, task=ts.task, task_kind=ts.kind,
-                    tracker=ts.tracker, optim=optim, run=run, start_epoch=start_epoch)
+                    tracker=ts.tracker, optim=optim, run=run, start_epoch=start_epoch, reference=ts.reference)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -170,12 +177,20 @@ def model_kwargs(args: argparse.Namespace) -> dict:
 def create_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
     """The student: ``timm.create_model`` with the flags' kwargs, then ``--initial-checkpoint``, on ``device``.
 
-    Sets ``args.model_kwargs_resolved`` (saved in checkpoints as ``model_kwargs``).
+    Sets ``args.model_arch`` (the architecture, also of ``hf-hub:`` / ``local-dir:`` names) and
+    ``args.model_kwargs_resolved`` (every kwarg that rebuilds it; saved in checkpoints as ``model_kwargs``).
+    A classifier for another class count than the weights' starts fresh (see :mod:`.finetune`).
     """
-    args.model_kwargs_resolved = model_kwargs(args)
-    model = timm.create_model(args.model, pretrained=args.pretrained, **args.model_kwargs_resolved)
+    args.model_arch, source_kwargs = model_source(args.model)
+    flag_kwargs = model_kwargs(args)
+    model = timm.create_model(args.model, pretrained=args.pretrained, **flag_kwargs)
+    args.model_kwargs_resolved = {**source_kwargs, **flag_kwargs}  # as timm merges them: the flags win
+    if args.pretrained:
+        log_pretrained_head(model, args.model)
     if args.initial_checkpoint:
-        load_checkpoint(model, args.initial_checkpoint, strict=True)
+        load_initial_checkpoint(model, args.initial_checkpoint, args.model_arch, args.model_kwargs_resolved)
+    if args.reset_classifier and (args.pretrained or args.initial_checkpoint):
+        reset_classifier(model)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model.to(device)
@@ -191,11 +206,14 @@ def resolve_teacher(args: argparse.Namespace, model: nn.Module) -> Optional[str]
     teacher = args.teacher
     if teacher is not None and teacher.lower() == 'none':
         return None
-    if teacher is None and args.model.startswith('tgr_'):
-        teacher = default_teacher(args.model)
+    if teacher is None and args.model_arch.startswith('tgr_'):
+        teacher = default_teacher(args.model_arch)
     if teacher is not None and not is_moe(model):
         raise ValueError(f'--teacher {teacher!r} guides MoE routers, but {args.model!r} is a dense model: '
                          f'drop --teacher, or train a timm_tgr MoE model (e.g. tgr_moe_deit_tiny).')
+    if teacher is None and args.teacher_routers_from:
+        raise ValueError(f'--teacher-routers-from continues teacher-guided routing, but {args.model!r} trains '
+                         f'without a teacher: pass --teacher NAME (with its --teacher-checkpoint / --teacher-kwargs).')
     return teacher
 
 
@@ -302,9 +320,29 @@ def create_task(args: argparse.Namespace, model: nn.Module, loaders: Loaders, de
         kind = 'dense classification'
     if tracker is not None:
         task.register_trainer_state('consistency', tracker)  # saved with checkpoints, restored on resume
+    if args.teacher_routers_from:
+        task.load_teacher_routers(read_teacher_routers(args.teacher_routers_from), source=args.teacher_routers_from)
+        kind += f', teacher routers from {args.teacher_routers_from}'
+    reference = create_reference(args, model, task)
     if verbose:
         _logger.info(f'Task: {kind}')
-    return TaskSetup(task=task, kind=kind, tracker=tracker)
+    return TaskSetup(task=task, kind=kind, tracker=tracker, reference=reference)
+
+
+def create_reference(args: argparse.Namespace, model: nn.Module, task: nn.Module) -> Optional[RoutingReference]:
+    """The routing of the starting weights for ``consistency_pretrained`` (``--consistency-pretrained``;
+    ``auto``: when starting from trained weights), kept in the task state so a resumed run keeps it."""
+    mode = args.consistency_pretrained
+    if mode == 'off' or (mode == 'auto' and not (args.pretrained or args.initial_checkpoint)):
+        return None
+    if not is_moe(model) or args.probe_samples <= 0:
+        if mode == 'on':
+            raise ValueError('--consistency-pretrained on compares MoE routing on the probe set: train a timm_tgr '
+                             'MoE model with --probe-samples > 0.')
+        return None
+    reference = RoutingReference()
+    task.register_trainer_state('consistency_pretrained', reference)
+    return reference
 
 
 def create_optimization(
