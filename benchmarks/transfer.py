@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _env import device_name  # noqa: E402
-from _files import read_json, read_metrics, write_json  # noqa: E402
+from _files import read_json, write_json  # noqa: E402
 from collect import block_label, mean_std  # noqa: E402
 from estimate import estimate_study, format_estimate  # noqa: E402
 from plan import _kv, config_path, read_yaml, threads_per_job  # noqa: E402

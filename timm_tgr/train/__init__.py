@@ -5,8 +5,10 @@ Dense models train with timm's ``ClassificationTask``, timm_tgr MoE models with
 ``--teacher`` for any MoE model) with :class:`~timm_tgr.task.tasks.TGRTask`.
 
 Modules: ``args`` (flags, ``-c`` YAML configs, checks), ``setup`` (data, model, teacher, task,
-optimizer, scheduler, resume, run folder), ``loop`` (train_one_epoch, validate), ``report`` (metrics
-rows, metrics.jsonl, summary.csv, routing_consistency.json), ``run`` (main: setup, epochs, end).
+optimizer, scheduler, resume, run folder), ``finetune`` (starting from trained weights: hf-hub: /
+local-dir: models, --initial-checkpoint with a fresh classifier, mismatch errors), ``loop``
+(train_one_epoch, validate), ``report`` (metrics rows, metrics.jsonl, summary.csv,
+routing_consistency.json), ``run`` (main: setup, the starting weights' routing, epochs, end).
 """
 from ..utils.metrics_log import read_metrics
 from .args import build_parser, parse_args
