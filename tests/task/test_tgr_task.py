@@ -216,6 +216,22 @@ def test_teacher_input_renormalized():
     torch.testing.assert_close(feats['11'], torch.cat([ref[1], ref[0]], 1))
 
 
+def test_teacher_checkpoint_brings_its_input_normalization(tmp_path):
+    """A train_tgr.py teacher checkpoint's recorded mean/std become the teacher's cfg (what TGR converts to);
+    a bare state_dict records none and keeps timm's cfg."""
+    import argparse
+    from timm_tgr.task.teacher import build_teacher
+    kw = dict(embed_dim=32, num_heads=2, patch_size=7, img_size=14, in_chans=1, num_classes=3)
+    dense = timm.create_model('deit3_small_patch16_224', **kw)
+    path = tmp_path / 'teacher.pth.tar'
+    torch.save({'state_dict': dense.state_dict(), 'args': argparse.Namespace(mean=[0.25], std=[0.5])}, path)
+    teacher = build_teacher('deit3_small_patch16_224', checkpoint=str(path), **kw)
+    assert (teacher.pretrained_cfg['mean'], teacher.pretrained_cfg['std']) == ((0.25,), (0.5,))
+    torch.save(dense.state_dict(), tmp_path / 'bare.pth')
+    teacher = build_teacher('deit3_small_patch16_224', checkpoint=str(tmp_path / 'bare.pth'), **kw)
+    assert teacher.pretrained_cfg['mean'] == dense.pretrained_cfg['mean']
+
+
 def test_distilled_student_gets_teacher_class_token_on_both_prefix_tokens():
     student = tiny_student('tgr_moe_deit_tiny_distilled')
     task = TGRTask(student, tiny_teacher())

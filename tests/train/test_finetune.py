@@ -48,12 +48,16 @@ def pre(tmp_path_factory):
     """A pre-trained TGR-MoE (1 epoch on 3 classes): its checkpoint, export, and the 2-class fine-tuning data."""
     root = tmp_path_factory.mktemp('ft')
     old, new = _folder(root / 'old', 3, 0, 0), _folder(root / 'new', 2, 40, 1)
+    teacher = train_main(COMMON + [
+        '--data-dir', old, '--model', 'deit3_small_patch16_224', '--model-kwargs', 'embed_dim=32', 'num_heads=2',
+        'patch_size=7', '--num-classes', '3', '--epochs', '1', '--output', str(root), '--experiment', 'teacher'])
     result = train_main(COMMON + TEACHER + [
         '--data-dir', old, '--model', 'tgr_moe_deit_tiny', '--model-kwargs', *MODEL_KW, '--num-classes', '3',
         '--epochs', '1', '--output', str(root), '--experiment', 'pre'])
     ckpt = os.path.join(result['output_dir'], 'last.pth.tar')
     export_checkpoint(ckpt, out=root / 'export')
-    return argparse.Namespace(root=root, old=old, new=new, ckpt=ckpt, export=str(root / 'export'))
+    return argparse.Namespace(root=root, old=old, new=new, ckpt=ckpt, export=str(root / 'export'),
+                              teacher=os.path.join(teacher['output_dir'], 'model_best.pth.tar'))
 
 
 def _args(pre, *extra):
@@ -207,11 +211,12 @@ def _hand_consistency(start_sd, sd, x):
 
 @pytest.mark.parametrize('start', ['initial-checkpoint', 'local-dir'])
 def test_fine_tune_end_to_end_logs_consistency_with_the_starting_weights(pre, start):
-    if start == 'initial-checkpoint':
-        source = ['--model', 'tgr_moe_deit_tiny', '--model-kwargs', *MODEL_KW, '--initial-checkpoint', pre.ckpt,
-                  '--teacher-routers-from', pre.ckpt, *TEACHER]
-    else:
-        source = ['--model', f'local-dir:{pre.export}', '--pretrained', '--teacher', 'none']
+    if start == 'initial-checkpoint':  # TGR -> V-MoE
+        source = ['--model', 'vmoe_deit_tiny', '--model-kwargs', *MODEL_KW, '--initial-checkpoint', pre.ckpt,
+                  '--teacher', 'none']
+    else:  # TGR -> TGR from the export: the trained teacher (same input normalization), its routers carried over
+        source = ['--model', f'local-dir:{pre.export}', '--pretrained', '--teacher-routers-from', pre.ckpt,
+                  *[a for a in TEACHER if a != '--no-teacher-pretrained'], '--teacher-checkpoint', pre.teacher]
     result = train_main(COMMON + ['--data-dir', pre.new, '--output', str(pre.root), '--num-classes', '2',
                                   '--epochs', '2', '--experiment', f'ft-{start}', *source])
     out = result['output_dir']
@@ -225,7 +230,8 @@ def test_fine_tune_end_to_end_logs_consistency_with_the_starting_weights(pre, st
         assert logged == pytest.approx(expected, abs=1e-12), row['epoch']
         assert row['consistency_pretrained'] == pytest.approx(sum(expected.values()) / 3)
     ckpt = torch.load(os.path.join(out, 'last.pth.tar'), map_location='cpu', weights_only=False)
-    assert ckpt['args'].model == 'tgr_moe_deit_tiny' and ckpt['args'].model_kwargs['num_classes'] == 2
+    assert ckpt['args'].model == ('vmoe_deit_tiny' if start == 'initial-checkpoint' else 'tgr_moe_deit_tiny')
+    assert ckpt['args'].model_kwargs['num_classes'] == 2
     card_dir = pre.root / f'card-{start}'
     export_checkpoint(os.path.join(out, 'last.pth.tar'), out=card_dir)  # rebuilds from the recorded args
     card = (card_dir / 'README.md').read_text()

@@ -11,6 +11,7 @@
 The teacher routers that turn h_t into p_t are trained, so they live with the student in
 :class:`~timm_tgr.task.tgr_task.TGRTrainableModule` (:mod:`~timm_tgr.task.teacher_router`).
 """
+import argparse
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
@@ -69,6 +70,8 @@ def build_teacher(name: str, checkpoint: Optional[str] = None, pretrained: bool 
     ``checkpoint`` may be a ``train_tgr.py`` / timm checkpoint (``state_dict`` key, ``module.`` prefixes)
     or a plain state dict; every tensor must fit (a teacher trained with other kwargs is an error, not
     a silent partial load). Without ``checkpoint`` the pretrained hub weights load when ``pretrained``.
+    The mean/std a checkpoint's run args record become the teacher's ``pretrained_cfg`` mean/std: the
+    input normalization its weights were trained with, which TGR converts the student's input to.
     """
     if not checkpoint:
         return _create_teacher(name, None, pretrained, **kwargs)
@@ -84,7 +87,22 @@ def build_teacher(name: str, checkpoint: Optional[str] = None, pretrained: bool 
         raise RuntimeError(
             f'teacher checkpoint {checkpoint!r} does not fit {name!r} built with {kwargs}: pass the architecture '
             f'and kwargs (embed_dim, patch_size, img_size, in_chans, num_classes, ...) it was trained with. ({e})') from e
+    _set_trained_normalization(model, checkpoint)
     return model
+
+
+def _set_trained_normalization(model: nn.Module, checkpoint: str) -> None:
+    """``pretrained_cfg`` mean/std from the run args of a ``train_tgr.py`` / timm checkpoint, when recorded."""
+    from ..export import load_checkpoint_file
+    try:
+        ckpt = load_checkpoint_file(checkpoint)  # weights_only, argparse.Namespace args allowed
+    except RuntimeError:
+        return  # args it cannot read safely: the weights loaded, the cfg stays as timm made it
+    args = ckpt.get('args') if isinstance(ckpt, dict) and 'state_dict' in ckpt else None
+    run_args = vars(args) if isinstance(args, argparse.Namespace) else (args if isinstance(args, dict) else {})
+    mean, std = run_args.get('mean'), run_args.get('std')
+    if mean is not None and std is not None:
+        model.pretrained_cfg = dict(model.pretrained_cfg, mean=tuple(mean), std=tuple(std))
 
 
 def teacher_depth(teacher: Union[str, nn.Module]) -> int:

@@ -116,6 +116,7 @@ def setup_training(args: argparse.Namespace) -> Training:
     model = create_model(args, device)
     args.teacher_resolved = resolve_teacher(args, model)  # before any data work: a bad combination fails fast
     data_config = resolve_data_config(vars(args), model=model, verbose=is_primary(args))
+    set_input_normalization(model, data_config)
     if is_primary(args):
         _logger.info(f'Model {args.model} created, {sum(p.numel() for p in model.parameters()):,} parameters')
     loaders = create_loaders(args, data_config, device, num_classes=unwrap_model(model).num_classes)
@@ -194,6 +195,14 @@ def create_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model.to(device)
+
+
+def set_input_normalization(model: nn.Module, data_config: dict) -> None:
+    """The student's ``pretrained_cfg`` mean/std := those the loaders normalize with: TGR's teacher converts
+    the input from them to its own (an exported student's cfg holds its pre-training data's, which
+    ``--mean`` / ``--std`` or a dataset default may replace)."""
+    cfg = dict(model.pretrained_cfg, mean=tuple(data_config['mean']), std=tuple(data_config['std']))
+    model.pretrained_cfg = model.default_cfg = cfg
 
 
 def is_moe(model: nn.Module) -> bool:
@@ -290,11 +299,19 @@ def train_criterion(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
-def create_teacher(args: argparse.Namespace, device: torch.device) -> nn.Module:
-    """The named teacher with --teacher-kwargs; weights from --teacher-checkpoint (strict) or the hub."""
-    return build_teacher(
+def create_teacher(args: argparse.Namespace, device: torch.device, student: Optional[nn.Module] = None) -> nn.Module:
+    """The named teacher with --teacher-kwargs; weights from --teacher-checkpoint (strict) or the hub.
+
+    Its input normalization is that of its weights (the checkpoint's recorded mean/std, or the hub
+    cfg's); a teacher without weights (--no-teacher-pretrained) takes the ``student``'s: nothing to convert.
+    """
+    teacher = build_teacher(
         args.teacher_resolved, checkpoint=args.teacher_checkpoint or None,
-        pretrained=not args.no_teacher_pretrained, **dict(args.teacher_kwargs)).to(device)
+        pretrained=not args.no_teacher_pretrained, **dict(args.teacher_kwargs))
+    if student is not None and args.no_teacher_pretrained and not args.teacher_checkpoint:
+        norm = {k: unwrap_model(student).pretrained_cfg[k] for k in ('mean', 'std')}
+        teacher.pretrained_cfg = teacher.default_cfg = dict(teacher.pretrained_cfg, **norm)
+    return teacher.to(device)
 
 
 def create_task(args: argparse.Namespace, model: nn.Module, loaders: Loaders, device: torch.device) -> TaskSetup:
@@ -306,7 +323,7 @@ def create_task(args: argparse.Namespace, model: nn.Module, loaders: Loaders, de
         if args.distill_schedule == 'adaptive' and args.probe_samples <= 0:
             raise ValueError('--distill-schedule adaptive watches probe-set consistency: set --probe-samples > 0')
         task = TGRTask(
-            model, teacher_model=create_teacher(args, device), criterion=criterion,
+            model, teacher_model=create_teacher(args, device, model), criterion=criterion,
             layer_map=None if args.layer_map == 'aligned' else args.layer_map, distill_weight=args.distill_weight,
             teacher_load_weight=args.teacher_load_weight, teacher_entropy_weight=args.teacher_entropy_weight,
             schedule=args.distill_schedule, total_steps=args.epochs * len(loaders.train),
