@@ -44,6 +44,9 @@ def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--val-split', default='validation', help='validation split (default: validation)')
     group.add_argument('--dataset-download', action='store_true', help='allow torchvision to download the dataset')
     group.add_argument('--class-map', default='', type=str, metavar='FILE', help='class map file for folder datasets')
+    group.add_argument('--device-data', action='store_true',
+                       help='keep the dataset on the device (torchvision MNIST family, CIFAR): pad-4 random crop, '
+                            'flip and mixup there, no loader workers (timm_tgr.data.DeviceDataLoader)')
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +55,9 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--model', default='tgr_moe_deit_tiny', metavar='NAME', help='timm model name')
     group.add_argument('--pretrained', action='store_true', help='start from pretrained weights')
     group.add_argument('--initial-checkpoint', default='', metavar='PATH', help='load these weights first')
+    group.add_argument('--upcycle-from', default='', metavar='FILE_OR_MODEL',
+                       help='sparse upcycling: start the MoE from a dense ViT/DeiT checkpoint (file, folder, timm name, '
+                            'hf-hub:/local-dir:): every expert a copy of the dense MLP, a near-uniform router')
     group.add_argument('--resume', default='', metavar='PATH', help='resume training from this checkpoint')
     group.add_argument('--no-resume-opt', action='store_true', help='do not restore optimizer/scaler state')
     group.add_argument('--num-classes', type=int, default=None, metavar='N', help='number of classes')

@@ -19,7 +19,10 @@ _logger = logging.getLogger('train_tgr')
 
 
 def set_epoch(loader, epoch: int) -> None:
-    """Tell a distributed sampler the epoch (it reshuffles per epoch)."""
+    """Tell the loader (DeviceDataLoader) or its distributed sampler the epoch (it reshuffles per epoch)."""
+    if hasattr(loader, 'set_epoch'):
+        loader.set_epoch(epoch)
+        return
     sampler = getattr(loader, 'sampler', None)
     if hasattr(sampler, 'set_epoch'):
         sampler.set_epoch(epoch)

@@ -28,7 +28,11 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_checkpoint
 from timm.utils import CheckpointSaver, NativeScaler, init_distributed_device, is_primary, random_seed, unwrap_model
 
-from ..data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, prepare_fashion_mnist
+from ..data import (
+    DEFAULT_CROP_PADDING, FASHION_MNIST_MEAN, FASHION_MNIST_STD, DeviceDataLoader, check_device_data_args,
+    prepare_fashion_mnist,
+)
+from ..models import upcycle_from
 from ..task import (
     ConsistencyTracker, RouterFreezeSchedule, RoutingReference, TGRTask, VMoETask, build_teacher, default_teacher,
     read_teacher_routers,
@@ -40,7 +44,7 @@ from .report import row_metric
 
 __all__ = [
     'Loaders', 'TaskSetup', 'Optimization', 'RunFolder', 'Training', 'setup_training', 'create_model',
-    'create_loaders', 'create_task', 'create_reference', 'create_optimization', 'is_moe',
+    'create_loaders', 'create_device_loaders', 'create_task', 'create_reference', 'create_optimization', 'is_moe',
 ]
 
 _logger = logging.getLogger('train_tgr')
@@ -110,7 +114,7 @@ class Training:
 def setup_training(args: argparse.Namespace) -> Training:
     """Build the run described by ``args`` (see the module docstring for the order)."""
     device = init_distributed_device(args)
-    args.prefetcher = device.type == 'cuda' and not args.no_prefetcher
+    args.prefetcher = device.type == 'cuda' and not args.no_prefetcher and not args.device_data
     random_seed(args.seed, 0)  # same initial weights on every rank
     prepare_dataset(args)  # before the model: Fashion-MNIST sets channel/class/size defaults
     model = create_model(args, device)
@@ -119,7 +123,8 @@ def setup_training(args: argparse.Namespace) -> Training:
     set_input_normalization(model, data_config)
     if is_primary(args):
         _logger.info(f'Model {args.model} created, {sum(p.numel() for p in model.parameters()):,} parameters')
-    loaders = create_loaders(args, data_config, device, num_classes=unwrap_model(model).num_classes)
+    make_loaders = create_device_loaders if args.device_data else create_loaders
+    loaders = make_loaders(args, data_config, device, num_classes=unwrap_model(model).num_classes)
     ts = create_task(args, model, loaders, device)
     optim = create_optimization(args, ts.task, model, len(loaders.train), device)
     output_dir = setup_output_dir(args)
@@ -188,6 +193,9 @@ def create_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
     args.model_kwargs_resolved = {**source_kwargs, **flag_kwargs}  # as timm merges them: the flags win
     if args.pretrained:
         log_pretrained_head(model, args.model)
+    if args.upcycle_from:
+        _check_one_weight_source(args)
+        upcycle_from(args.upcycle_from, model)
     if args.initial_checkpoint:
         load_initial_checkpoint(model, args.initial_checkpoint, args.model_arch, args.model_kwargs_resolved)
     if args.reset_classifier and (args.pretrained or args.initial_checkpoint):
@@ -195,6 +203,16 @@ def create_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model.to(device)
+
+
+def _check_one_weight_source(args: argparse.Namespace) -> None:
+    """--upcycle-from starts the MoE from dense weights; another source of starting weights would override them
+    silently (--resume may come with it: the checkpoint then replaces the upcycled start, as for any resumed run)."""
+    other = [flag for flag, on in (('--pretrained', args.pretrained), ('--initial-checkpoint', args.initial_checkpoint))
+             if on]
+    if other:
+        raise ValueError(f'--upcycle-from {args.upcycle_from!r} and {" / ".join(other)} both give the model its '
+                         f'starting weights: keep one.')
 
 
 def set_input_normalization(model: nn.Module, data_config: dict) -> None:
@@ -281,6 +299,27 @@ def create_loaders(args: argparse.Namespace, data_config: dict, device: torch.de
         pin_memory=args.pin_mem, device=device, use_prefetcher=args.prefetcher, persistent_workers=False)
     if len(loader_train) == 0:
         raise ValueError(f'the training split has fewer images ({len(dataset_train)}) than one batch '
+                         f'({args.batch_size}, incomplete batches are dropped): lower --batch-size.')
+    probe_batches = math.ceil(args.probe_samples / eval_batch) if args.probe_samples > 0 else 0
+    return Loaders(train=loader_train, eval=loader_eval, mixup_fn=mixup_fn, mixup_active=mixup_active,
+                   probe_batches=probe_batches)
+
+
+def create_device_loaders(args: argparse.Namespace, data_config: dict, device: torch.device,
+                          num_classes: int) -> Loaders:
+    """--device-data: both splits held on ``device`` (DeviceDataLoader); crop, flip and the batch Mixup there."""
+    check_device_data_args(args)
+    dataset_train, dataset_eval = create_datasets(args, data_config)
+    mixup_active, mixup_fn, _ = _mixup(args, num_classes)  # args.prefetcher is off: batch-level Mixup
+    common = dict(mean=data_config['mean'], std=data_config['std'], device=device, rank=args.rank,
+                  world_size=args.world_size, input_size=data_config['input_size'])
+    loader_train = DeviceDataLoader.from_dataset(
+        dataset_train, args.batch_size, is_training=True, seed=args.seed,
+        padding=0 if args.no_aug else DEFAULT_CROP_PADDING, hflip=0. if args.no_aug else args.hflip, **common)
+    eval_batch = args.validation_batch_size or args.batch_size
+    loader_eval = DeviceDataLoader.from_dataset(dataset_eval, eval_batch, **common)
+    if len(loader_train) == 0:
+        raise ValueError(f'the training split has fewer images ({loader_train.num_samples}) than one batch '
                          f'({args.batch_size}, incomplete batches are dropped): lower --batch-size.')
     probe_batches = math.ceil(args.probe_samples / eval_batch) if args.probe_samples > 0 else 0
     return Loaders(train=loader_train, eval=loader_eval, mixup_fn=mixup_fn, mixup_active=mixup_active,
