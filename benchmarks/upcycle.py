@@ -1,0 +1,276 @@
+#!/usr/bin/env python
+"""Sparse upcycling on Fashion-MNIST (issue 14): a dense DeiT trained with ``train_tgr.py``, upcycled to
+``vmoe_deit_tiny`` / ``tgr_moe_deit_tiny`` (E=8, the quickstart's size), measured
+
+- at step 0: top-1 of the upcycled model in eval mode against the dense model, with the eval capacity that drops
+  nothing (``eval_capacity_factor=E/K``, what the ``*.fb_in1k_upcycled`` tags use) and with V-MoE's 1.05, and the
+  largest logit difference relative to the largest dense logit;
+- after 1 epoch of fine-tuning (``train_tgr.py --upcycle-from``), without teacher (V-MoE) and with teacher-guided
+  routing (the dense parent is the frozen teacher: upcycle from it and guide with it);
+- against 3 epochs from scratch with the same recipe (the CPU tier of ``benchmarks/reproduce.py`` when
+  ``--scratch-runs`` points at its ``runs/`` folder, else trained here).
+
+    python benchmarks/upcycle.py --data-dir data --output output/upcycle --scratch-runs output/cpu_tier/runs
+    python benchmarks/upcycle.py --quick --output /tmp/upcycle     # CI smoke run on synthetic data (numbers mean nothing)
+
+Runs are ordinary ``train_tgr.py`` folders under ``<output>/runs``; finished ones are skipped on a second call.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Dict, List, Optional
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _env import cpu_model_name  # noqa: E402
+
+EXPERTS = 8
+DENSE_MODEL = 'deit_tiny_patch16_224'
+QUICK_DIMS = {'embed_dim': 32, 'num_heads': 2, 'patch_size': 7}
+QUICK_TRAIN = ['-b', '16', '--probe-samples', '16', '--no-plot', '--log-interval', '1000']
+VARIANTS = {  # label, model, whether the dense parent guides routing
+    'vmoe': ('V-MoE', 'vmoe_deit_tiny', False),
+    'tgr': ('TGR (first half)', 'tgr_moe_deit_tiny', True),
+}
+SCRATCH_RUN = {'vmoe': 'vmoe-E8-s{seed}', 'tgr': 'tgr_first-E8-s{seed}'}  # reproduce.py's run folder names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='python benchmarks/upcycle.py', description=__doc__.split('\n\n')[0])
+    p.add_argument('--data-dir', default=None, help='Fashion-MNIST root (default: data; --quick: synthetic)')
+    p.add_argument('--output', default='output/upcycle')
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='fine-tuning / scratch seeds')
+    p.add_argument('--dense-epochs', type=int, default=3, help='epochs of the dense parent (default 3)')
+    p.add_argument('--finetune-epochs', type=int, default=1, help='fine-tuning epochs (default 1)')
+    p.add_argument('--finetune-lr', type=float, default=5e-4,
+                   help='fine-tuning lr (default 5e-4: a quarter of the from-scratch 2e-3, as fine-tuning a trained '
+                        'model is usually run lower)')
+    p.add_argument('--scratch-runs', default=None,
+                   help="reproduce.py's runs/ folder with vmoe-E8-s<seed> / tgr_first-E8-s<seed> (else trained here)")
+    p.add_argument('--scratch-epochs', type=int, default=3)
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--quick', action='store_true', help='CI: synthetic data, width 32, 1 epoch everywhere')
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# runs
+# ---------------------------------------------------------------------------------------------------------------
+def _config(name: str) -> str:
+    from timm_tgr.quickstart import config_path
+    return config_path(name)
+
+
+def _dims(args) -> Dict[str, object]:
+    import yaml
+    with open(_config('fmnist_quick_tgr.yaml')) as f:
+        dims = dict(yaml.safe_load(f)['model_kwargs'])
+    dims.pop('num_experts')
+    return {**dims, **(QUICK_DIMS if args.quick else {})}
+
+
+def _kv(d: Dict[str, object]) -> List[str]:
+    return [f'{k}={v}' for k, v in d.items()]
+
+
+def _finished(run_dir: str, epochs: int) -> bool:
+    from timm_tgr.utils import read_metrics
+    path = os.path.join(run_dir, 'metrics.jsonl')
+    return os.path.isfile(path) and len(read_metrics(path)) >= epochs
+
+
+def _train(args, name: str, argv: List[str], epochs: int) -> str:
+    """One train_tgr.py run in ``<output>/runs/<name>`` (skipped when already finished)."""
+    from timm_tgr.train import main as train_main
+    run_dir = os.path.join(args.output, 'runs', name)
+    if not _finished(run_dir, epochs):
+        common = ['--data-dir', args.data_dir, '--output', os.path.join(args.output, 'runs'), '--experiment', name,
+                  '--epochs', str(epochs), '--device', args.device, '--no-progress', '--checkpoint-hist', '1']
+        train_main(argv + common + (QUICK_TRAIN if args.quick else []))
+    return run_dir
+
+
+def train_dense(args) -> str:
+    dims = _dims(args)
+    argv = ['-c', _config('fmnist_quick_teacher.yaml'), '--model', DENSE_MODEL, '--seed', '0',
+            '--model-kwargs', *_kv(dims)]
+    run_dir = _train(args, 'dense', argv, args.dense_epochs)
+    return os.path.join(run_dir, 'model_best.pth.tar')
+
+
+def _student_argv(args, variant: str, seed: int) -> List[str]:
+    label, model, guided = VARIANTS[variant]
+    argv = ['-c', _config('fmnist_quick_tgr.yaml'), '--model', model, '--seed', str(seed),
+            '--model-kwargs', *_kv({**_dims(args), 'num_experts': EXPERTS})]
+    return argv + (['--teacher-kwargs', *_kv({**_dims(args), 'img_size': 28, 'in_chans': 1, 'num_classes': 10})]
+                   if guided else ['--teacher', 'none'])
+
+
+def finetune(args, dense_ckpt: str, variant: str, seed: int) -> str:
+    argv = _student_argv(args, variant, seed) + ['--upcycle-from', dense_ckpt, '--lr', str(args.finetune_lr),
+                                                 '--min-lr', str(args.finetune_lr / 20)]
+    if VARIANTS[variant][2]:
+        argv += ['--teacher', DENSE_MODEL, '--teacher-checkpoint', dense_ckpt]
+    return _train(args, f'upcycled-{variant}-s{seed}', argv, args.finetune_epochs)
+
+
+def scratch(args, variant: str, seed: int, teacher_ckpt: str) -> str:
+    """The from-scratch run: reproduce.py's CPU tier when given (same recipe), else trained here."""
+    if args.scratch_runs:
+        run_dir = os.path.join(args.scratch_runs, SCRATCH_RUN[variant].format(seed=seed))
+        if not _finished(run_dir, args.scratch_epochs):
+            raise FileNotFoundError(f'{run_dir} has no finished {args.scratch_epochs}-epoch run: run the CPU tier '
+                                    f'of benchmarks/reproduce.py first, or drop --scratch-runs to train it here.')
+        return run_dir
+    argv = _student_argv(args, variant, seed)
+    if VARIANTS[variant][2]:
+        argv += ['--teacher', DENSE_MODEL, '--teacher-checkpoint', teacher_ckpt]
+    return _train(args, f'scratch-{variant}-s{seed}', argv, args.scratch_epochs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# step 0: the upcycled model against its dense parent, no training
+# ---------------------------------------------------------------------------------------------------------------
+def _test_loader(args):
+    from timm_tgr.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    from timm_tgr.data.device_loader import DeviceDataLoader
+    return DeviceDataLoader.from_fashion_mnist(args.data_dir, train=False, batch_size=500, mean=FASHION_MNIST_MEAN,
+                                              std=FASHION_MNIST_STD, device=args.device)
+
+
+@torch.no_grad()
+def _logits(model, loader):
+    """Logits and targets of the whole split, and (MoE) the mean fraction of dropped choices over its batches."""
+    out, targets, dropped = [], [], []
+    for x, y in loader:
+        out.append(model(x).float().cpu())
+        targets.append(y.cpu())
+        if hasattr(model, 'routing_infos'):
+            dropped.append(_dropped(model))
+    return torch.cat(out), torch.cat(targets), (statistics.fmean(dropped) if dropped else None)
+
+
+def _top1(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    return 100.0 * (logits.argmax(-1) == targets).float().mean().item()
+
+
+def _dropped(model) -> float:
+    infos = model.routing_infos().values()
+    return float(torch.stack([info.dropped_fraction for info in infos]).mean())
+
+
+def step0(args, dense_ckpt: str) -> dict:
+    """Eval-mode top-1 of the dense parent and of the upcycled MoE at two eval capacities, on the test split."""
+    import timm
+    from timm_tgr.models import load_dense_state_dict, upcycle_from, upcycled_eval_capacity_factor
+    kw = dict(_dims(args), img_size=28, in_chans=1, num_classes=10)
+    loader = _test_loader(args)
+    dense = timm.create_model(DENSE_MODEL, **kw)
+    dense.load_state_dict(load_dense_state_dict(dense_ckpt))
+    ref, targets, _ = _logits(dense.to(args.device).eval(), loader)
+    result = {'dense_top1': _top1(ref, targets), 'test_images': len(targets), 'upcycled': {}}
+    for cf in (upcycled_eval_capacity_factor(EXPERTS), 1.05):
+        moe = timm.create_model('vmoe_deit_tiny', num_experts=EXPERTS, eval_capacity_factor=cf, **kw)
+        moe = upcycle_from(dense_ckpt, moe).to(args.device).eval()
+        logits, _, dropped = _logits(moe, loader)
+        result['upcycled'][str(cf)] = {
+            'eval_capacity_factor': cf, 'top1': _top1(logits, targets),
+            'max_abs_logit_diff_rel': float((logits - ref).abs().max() / ref.abs().max()),
+            'dropped_fraction': dropped}
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------------------------
+def _final(run_dir: str) -> dict:
+    from timm_tgr.utils import read_metrics
+    rows = read_metrics(os.path.join(run_dir, 'metrics.jsonl'))
+    return {'top1': rows[-1]['eval_top1'], 'best_top1': max(r['eval_top1'] for r in rows), 'epochs': len(rows),
+            'time_s': sum(r.get('time_s', 0.) for r in rows)}
+
+
+def _stat(values: List[float]) -> dict:
+    return {'mean': statistics.fmean(values), 'std': statistics.stdev(values) if len(values) > 1 else None,
+            'values': values}
+
+
+def _fmt(stat: dict) -> str:
+    return f"{stat['mean']:.2f}" + (f" ± {stat['std']:.2f}" if stat['std'] is not None else '')
+
+
+def summarize(runs: Dict[str, Dict[str, List[str]]]) -> dict:
+    return {kind: {v: {k: _stat([_final(d)[k] for d in dirs]) for k in ('top1', 'time_s')}
+                   for v, dirs in by_variant.items()} for kind, by_variant in runs.items()}
+
+
+def render(result: dict) -> str:
+    s0 = result['step0']
+    lines = [f"# Sparse upcycling on Fashion-MNIST ({result['environment']['device_name']})", '',
+             f"Command: `{result['environment']['command']}`  ", f"Date: {result['environment']['date']}", '',
+             f"| model (eval mode, {s0['test_images']:,} test images) | eval capacity factor | top-1 | "
+             'max abs Δlogit / max abs dense logit | choices dropped |',
+             '|---|---|---|---|---|', f"| dense parent ({DENSE_MODEL}, {result['dense_epochs']} epoch(s)) | | "
+             f"{s0['dense_top1']:.2f} | | |"]
+    for r in s0['upcycled'].values():
+        lines.append(f"| upcycled vmoe_deit_tiny, E={EXPERTS}, step 0 | {r['eval_capacity_factor']:g} | {r['top1']:.2f} "
+                     f"| {r['max_abs_logit_diff_rel']:.1e} | {100 * r['dropped_fraction']:.1f} % |")
+    lines += ['', f"Seeds {result['seeds']}, mean ± std of the last epoch's top-1 (eval capacity 1.05):", '',
+              '| start | epochs | V-MoE | TGR (first half) | wall time per run (V-MoE / TGR) |', '|---|---|---|---|---|']
+    for kind, label, ep in (('finetune', 'upcycled', result['finetune_epochs']),
+                            ('scratch', 'from scratch', result['scratch_epochs'])):
+        s = result['summary'][kind]
+        lines.append(f"| {label} | {ep} | {_fmt(s['vmoe']['top1'])} | {_fmt(s['tgr']['top1'])} | "
+                     f"{s['vmoe']['time_s']['mean']:.0f} s / {s['tgr']['time_s']['mean']:.0f} s |")
+    return '\n'.join(lines) + '\n'
+
+
+def _environment(argv: List[str], device: str) -> dict:
+    import platform
+    import timm
+    name = torch.cuda.get_device_name() if device.startswith('cuda') else f'CPU: {cpu_model_name()}, ' \
+        f'{os.cpu_count()} cores, torch threads {torch.get_num_threads()}'
+    return {'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), 'device_name': name,
+            'command': 'python benchmarks/upcycle.py ' + ' '.join(argv), 'torch': torch.__version__,
+            'timm': timm.__version__, 'python': platform.python_version()}
+
+
+def _prepare(args) -> None:
+    from timm_tgr.data import prepare_fashion_mnist
+    from timm_tgr.data.idx import write_synthetic_fashion_mnist
+    if args.quick:
+        args.data_dir = write_synthetic_fashion_mnist(args.data_dir or os.path.join(args.output, 'data'), 64, 32)
+        args.dense_epochs = args.finetune_epochs = args.scratch_epochs = 1
+        args.seeds, args.scratch_runs = args.seeds[:1], None
+    else:
+        args.data_dir = prepare_fashion_mnist(args.data_dir or 'data')
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    os.makedirs(args.output, exist_ok=True)
+    _prepare(args)
+    dense_ckpt = train_dense(args)
+    result = {'environment': _environment(argv, args.device), 'seeds': args.seeds, 'experts': EXPERTS,
+              'dense_epochs': args.dense_epochs, 'finetune_epochs': args.finetune_epochs,
+              'finetune_lr': args.finetune_lr, 'scratch_epochs': args.scratch_epochs,
+              'scratch_runs': args.scratch_runs, 'step0': step0(args, dense_ckpt)}
+    runs = {'finetune': {v: [finetune(args, dense_ckpt, v, s) for s in args.seeds] for v in VARIANTS},
+            'scratch': {v: [scratch(args, v, s, dense_ckpt) for s in args.seeds] for v in VARIANTS}}
+    result['runs'] = runs
+    result['summary'] = summarize(runs)
+    with open(os.path.join(args.output, 'results.json'), 'w') as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(args.output, 'results.md'), 'w') as f:
+        f.write(render(result))
+    print(render(result))
+    return result
+
+
+if __name__ == '__main__':
+    main()
