@@ -22,3 +22,18 @@ def device_name(device: str) -> str:
     if device.startswith('cuda') and torch.cuda.is_available():
         return f'{torch.cuda.get_device_name(torch.device(device))} (CUDA {torch.version.cuda})'
     return f'CPU: {cpu_model_name()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}'
+
+
+def start_study(parser, argv=None):
+    """A study script's start: ``(argv, args)`` parsed by ``parser``, timm's logging set up, the models registered,
+    ``args.output`` created."""
+    import logging
+    import sys
+    from timm.utils import setup_default_logging
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    if not logging.root.handlers:
+        setup_default_logging()
+    import timm_tgr  # noqa: F401  (registers the models)
+    os.makedirs(args.output, exist_ok=True)
+    return argv, args

@@ -45,7 +45,7 @@ from typing import Optional, Sequence
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _env import device_name  # noqa: E402
+from _env import device_name, start_study  # noqa: E402
 from _files import read_json, write_json  # noqa: E402
 from estimate import estimate_study, format_estimate  # noqa: E402
 from export_check import export_best_student  # noqa: E402
@@ -193,13 +193,7 @@ def _estimate(args, plan: Plan, runs, device: str, tier: Tier) -> dict:
 
 def _train(args, plan: Plan, runs, device: str) -> dict:
     t0 = time.time()
-    threads_before = torch.get_num_threads()
-    try:
-        if plan.threads and plan.jobs == 1:
-            torch.set_num_threads(plan.threads)
-        status, spans = run_all(runs, plan.runs_dir, plan.jobs, plan.threads)
-    finally:
-        torch.set_num_threads(threads_before)
+    status, spans = run_all(runs, plan.runs_dir, plan.jobs, plan.threads)
     timing = {'wall_s': round(time.time() - t0, 2), 'jobs': plan.jobs, 'run_spans_s': spans,
               'trained': sum(1 for s in status.values() if s in ('trained', 'resumed'))}
     write_json(os.path.join(args.output, 'timing.json'), timing)
@@ -214,13 +208,7 @@ def _train(args, plan: Plan, runs, device: str) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    from timm.utils import setup_default_logging
-    if not logging.root.handlers:
-        setup_default_logging()
-    import timm_tgr  # noqa: F401  (registers the models)
-    os.makedirs(args.output, exist_ok=True)
+    argv, args = start_study(build_parser(), argv)
     if args.report_only:
         report = build_report(args.output, {'command': 'python benchmarks/reproduce.py ' + shlex.join(argv),
                                             'date': utc_now()})

@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import torch
+
 from _files import read_json, read_metrics, write_json
 
 _logger = logging.getLogger('reproduce')
@@ -150,11 +152,17 @@ def run_all(runs: List[dict], runs_dir: str, jobs: int, threads: Optional[int]) 
     if jobs > 1:
         return ConcurrentRunner(runs_dir, jobs, threads).run(runs)
     status, spans, origin = {}, {}, time.time()
-    for run in runs:
-        t0 = time.time() - origin
-        status[run['name']] = ensure_run(run, runs_dir)
-        if status[run['name']] != 'skipped':
-            spans[run['name']] = [round(t0, 2), round(time.time() - origin, 2)]
+    threads_before = torch.get_num_threads()
+    try:  # in this process: its torch threads for the runs, then back to what they were
+        if threads:
+            torch.set_num_threads(threads)
+        for run in runs:
+            t0 = time.time() - origin
+            status[run['name']] = ensure_run(run, runs_dir)
+            if status[run['name']] != 'skipped':
+                spans[run['name']] = [round(t0, 2), round(time.time() - origin, 2)]
+    finally:
+        torch.set_num_threads(threads_before)
     return status, spans
 
 

@@ -302,15 +302,10 @@ def _compile(fn, args):
 
 
 # --- rows ----------------------------------------------------------------------------------------
-def run_row(bench: Bench, size: str, variant: str, phase: str, compiled: bool,
-            num_experts: Optional[int] = None, impl: Optional[str] = None) -> Dict[str, object]:
+def _build_model(bench: Bench, size: str, variant: str, num_experts: Optional[int], impl: Optional[str]):
+    """``(name, module, teacher name)`` of one row: the dense DeiT, the V-MoE, the TGR task or the teacher alone."""
     args, dev = bench.args, bench.device
-    bench.clear()
-    torch.manual_seed(args.seed)
-    rss_before = _rss_bytes()
     common = dict(img_size=args.img_size, num_classes=args.num_classes)
-    criterion = nn.CrossEntropyLoss()
-    x, y = bench.x, bench.y
     teacher = None
     if variant == 'dense':
         name = f'deit_{size}_patch16_224'
@@ -332,6 +327,18 @@ def run_row(bench: Bench, size: str, variant: str, phase: str, compiled: bool,
                                device=dev).to(dev)
     else:
         raise ValueError(variant)
+    return name, model, teacher
+
+
+def run_row(bench: Bench, size: str, variant: str, phase: str, compiled: bool,
+            num_experts: Optional[int] = None, impl: Optional[str] = None) -> Dict[str, object]:
+    args, dev = bench.args, bench.device
+    bench.clear()
+    torch.manual_seed(args.seed)
+    rss_before = _rss_bytes()
+    criterion = nn.CrossEntropyLoss()
+    x, y = bench.x, bench.y
+    name, model, teacher = _build_model(bench, size, variant, num_experts, impl)
 
     if phase == 'train':
         if variant == 'dense':
@@ -481,21 +488,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
         torch.set_num_threads(threads)  # main() may be called in-process (tests)
 
 
-def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> Dict[str, object]:
+def _setup_device(args: argparse.Namespace) -> torch.device:
     device = torch.device(args.device)
     if device.type == 'cuda':
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    bench = Bench(args)
-    env = environment(device)
-    date = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-    print(f"# {env['device_name']} | torch {env['torch']} | timm {env['timm']} | {date}")
-    print(f"# batch {args.batch_size}, img {args.img_size}, amp {args.amp_dtype}, steps {args.steps} x "
-          f"{args.repeats} repeats (median), warmup {args.warmup}; memory: {bench.memory_metric}")
-    _header(bench)
+    return device
 
+
+def _run_rows(args: argparse.Namespace, bench: Bench) -> List[Dict[str, object]]:
+    """Every row the flags ask for, printed as it comes, with its ratio to the dense row of the same setting."""
     rows: List[Dict[str, object]] = []
 
     def record(row):
@@ -524,14 +528,30 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> Dict[str, o
             if 'tgr' in args.variants and 'teacher' in args.variants and 'infer' not in args.modes:
                 # the TGR goal needs the teacher forward even when only training is benchmarked
                 record(run_row(bench, size, 'teacher', 'infer', compiled))
+    return rows
 
-    overheads = tgr_overhead(rows)
+
+def _print_overheads(overheads: List[Dict[str, object]]) -> None:
     if overheads:
         print('\nTGR overhead: t(TGR step) / (t(V-MoE step) + t(teacher fwd)), goal <= 1.05')
         for o in overheads:
             print(f"  {o['size']:>5} E={o['num_experts']:<4} {o['expert_impl']:>10} "
                   f"{'compile' if o['compile'] else 'eager':>7}: {o['tgr_step_ms']:.2f} / "
                   f"({o['vmoe_step_ms']:.2f} + {o['teacher_forward_ms']:.2f}) ms = {o['ratio']:.3f}")
+
+
+def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> Dict[str, object]:
+    device = _setup_device(args)
+    bench = Bench(args)
+    env = environment(device)
+    date = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    print(f"# {env['device_name']} | torch {env['torch']} | timm {env['timm']} | {date}")
+    print(f"# batch {args.batch_size}, img {args.img_size}, amp {args.amp_dtype}, steps {args.steps} x "
+          f"{args.repeats} repeats (median), warmup {args.warmup}; memory: {bench.memory_metric}")
+    _header(bench)
+    rows = _run_rows(args, bench)
+    overheads = tgr_overhead(rows)
+    _print_overheads(overheads)
     goals = evaluate_goals(rows, overheads, bench.cuda)
     print_goals(goals, bench.cuda)
 

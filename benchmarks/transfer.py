@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _env import device_name  # noqa: E402
+from _env import device_name, start_study  # noqa: E402
 from _files import read_json, write_json  # noqa: E402
 from collect import block_label, mean_std  # noqa: E402
 from estimate import estimate_study, format_estimate  # noqa: E402
@@ -397,24 +397,11 @@ def _record_invocation(args, argv: Sequence[str], plan: TransferPlan, device: st
 
 
 def _train(plan: TransferPlan, runs: List[dict]) -> Dict[str, str]:
-    threads = torch.get_num_threads()
-    try:
-        if plan.threads and plan.jobs == 1:
-            torch.set_num_threads(plan.threads)
-        status, _ = run_all(runs, plan.runs_dir, plan.jobs, plan.threads)
-    finally:
-        torch.set_num_threads(threads)
-    return status
+    return run_all(runs, plan.runs_dir, plan.jobs, plan.threads)[0]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    from timm.utils import setup_default_logging
-    if not logging.root.handlers:
-        setup_default_logging()
-    import timm_tgr  # noqa: F401  (registers the models)
-    os.makedirs(args.output, exist_ok=True)
+    argv, args = start_study(build_parser(), argv)
     if args.report_only:
         return build_report(args.output)
     plan = TransferPlan(args, prepare_data(args))

@@ -21,7 +21,7 @@ import json
 import logging
 import pickle
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import safetensors.torch
 import torch
@@ -214,6 +214,25 @@ def _shape_hints(sd: Dict[str, torch.Tensor]) -> str:
     return f' The weights look like {", ".join(hints)}.' if hints else ''
 
 
+def state_dict_mismatches(state_dict: Dict[str, torch.Tensor], reference: Dict[str, torch.Tensor],
+                          ignore: Sequence[str] = ()) -> List[str]:
+    """What keeps ``state_dict`` from loading strictly into a model whose state_dict is ``reference``: missing and
+    unexpected tensors and shape mismatches, each with up to three examples (empty when it fits). Keys in
+    ``ignore`` may be absent."""
+    missing = [k for k in reference if k not in state_dict and k not in ignore]
+    unexpected = [k for k in state_dict if k not in reference]
+    shapes = [f'{k} {tuple(state_dict[k].shape)} vs {tuple(reference[k].shape)}'
+              for k in reference if k in state_dict and state_dict[k].shape != reference[k].shape]
+    parts = []
+    if missing:
+        parts.append(f'{len(missing)} missing tensors (e.g. {", ".join(missing[:3])})')
+    if unexpected:
+        parts.append(f'{len(unexpected)} unexpected tensors (e.g. {", ".join(unexpected[:3])})')
+    if shapes:
+        parts.append(f'{len(shapes)} shape mismatches (checkpoint vs model, e.g. {"; ".join(shapes[:3])})')
+    return parts
+
+
 def build_student(
         arch: str,
         model_args: Dict[str, Any],
@@ -223,25 +242,14 @@ def build_student(
 ) -> nn.Module:
     """``timm.create_model(arch, **model_args)`` with ``state_dict`` loaded strictly, in eval mode."""
     model = timm.create_model(arch, **model_args)
-    ref = model.state_dict()
-    missing = [k for k in ref if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in ref]
-    mismatched = [f'{k} {tuple(state_dict[k].shape)} vs {tuple(ref[k].shape)}'
-                  for k in ref if k in state_dict and state_dict[k].shape != ref[k].shape]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f'{len(missing)} missing keys (e.g. {", ".join(missing[:3])})')
-        if unexpected:
-            parts.append(f'{len(unexpected)} unexpected keys (e.g. {", ".join(unexpected[:3])})')
-        if mismatched:
-            parts.append(f'{len(mismatched)} shape mismatches (checkpoint vs model, e.g. {"; ".join(mismatched[:3])})')
+    parts = state_dict_mismatches(state_dict, model.state_dict())
+    if parts:
         if checkpoint_arch and checkpoint_arch != arch and timm.is_model(checkpoint_arch):
             fix = (f"The checkpoint was saved for architecture '{checkpoint_arch}': export it with "
                    f'--model {checkpoint_arch} (or without --model).')
         else:
-            fix = (f'Pass the architecture and model args the weights were trained with '
-                   f'(--model NAME --model-kwargs k=v ...).' + _shape_hints(state_dict))
+            fix = ('Pass the architecture and model args the weights were trained with '
+                   '(--model NAME --model-kwargs k=v ...).' + _shape_hints(state_dict))
         raise RuntimeError(
             f"{source} does not fit '{arch}' built with {model_args}: {'; '.join(parts)}. {fix}")
     model.load_state_dict(state_dict, strict=True)

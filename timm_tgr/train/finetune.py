@@ -22,7 +22,7 @@ import torch.nn as nn
 from timm.models import load_model_config_from_hf, parse_model_name
 from timm.models._hub import load_model_config_from_path
 
-from ..export import _as_dict, load_checkpoint_file, resolve_model_args, student_state_dict
+from ..export import _as_dict, load_checkpoint_file, resolve_model_args, state_dict_mismatches, student_state_dict
 
 __all__ = [
     'model_source', 'classifier_names', 'log_pretrained_head', 'load_initial_checkpoint', 'reset_classifier',
@@ -150,17 +150,7 @@ def _check_layout(model: nn.Module, state_dict: Dict[str, torch.Tensor], left_ou
     """Every tensor of the model but the reset classifier is in ``state_dict`` with its shape, and nothing else."""
     ref = model.state_dict()
     fresh = {k for k in ref if k.split('.')[0] in classifier_names(model)} if left_out else set()
-    missing = [k for k in ref if k not in state_dict and k not in fresh]
-    unexpected = [k for k in state_dict if k not in ref]
-    shapes = [f'{k} {tuple(state_dict[k].shape)} vs {tuple(ref[k].shape)}'
-              for k in ref if k in state_dict and state_dict[k].shape != ref[k].shape]
-    parts = []
-    if missing:
-        parts.append(f'{len(missing)} missing tensors (e.g. {", ".join(missing[:3])})')
-    if unexpected:
-        parts.append(f'{len(unexpected)} unexpected tensors (e.g. {", ".join(unexpected[:3])})')
-    if shapes:
-        parts.append(f'{len(shapes)} shape mismatches (checkpoint vs model, e.g. {"; ".join(shapes[:3])})')
+    parts = state_dict_mismatches(state_dict, ref, ignore=fresh)
     if parts:
         raise _Mismatch('; '.join(parts))
 

@@ -297,12 +297,7 @@ def create_loaders(args: argparse.Namespace, data_config: dict, device: torch.de
         interpolation=data_config['interpolation'], mean=data_config['mean'], std=data_config['std'],
         num_workers=args.workers, distributed=args.distributed, crop_pct=data_config['crop_pct'],
         pin_memory=args.pin_mem, device=device, use_prefetcher=args.prefetcher, persistent_workers=False)
-    if len(loader_train) == 0:
-        raise ValueError(f'the training split has fewer images ({len(dataset_train)}) than one batch '
-                         f'({args.batch_size}, incomplete batches are dropped): lower --batch-size.')
-    probe_batches = math.ceil(args.probe_samples / eval_batch) if args.probe_samples > 0 else 0
-    return Loaders(train=loader_train, eval=loader_eval, mixup_fn=mixup_fn, mixup_active=mixup_active,
-                   probe_batches=probe_batches)
+    return _loaders(args, loader_train, loader_eval, len(dataset_train), eval_batch, mixup_active, mixup_fn)
 
 
 def create_device_loaders(args: argparse.Namespace, data_config: dict, device: torch.device,
@@ -318,8 +313,14 @@ def create_device_loaders(args: argparse.Namespace, data_config: dict, device: t
         padding=0 if args.no_aug else DEFAULT_CROP_PADDING, hflip=0. if args.no_aug else args.hflip, **common)
     eval_batch = args.validation_batch_size or args.batch_size
     loader_eval = DeviceDataLoader.from_dataset(dataset_eval, eval_batch, **common)
+    return _loaders(args, loader_train, loader_eval, loader_train.num_samples, eval_batch, mixup_active, mixup_fn)
+
+
+def _loaders(args: argparse.Namespace, loader_train, loader_eval, num_train: int, eval_batch: int,
+             mixup_active: bool, mixup_fn: Optional[Mixup]) -> Loaders:
+    """Both loaders with the probe-set size; a training split smaller than one batch is an error."""
     if len(loader_train) == 0:
-        raise ValueError(f'the training split has fewer images ({loader_train.num_samples}) than one batch '
+        raise ValueError(f'the training split has fewer images ({num_train}) than one batch '
                          f'({args.batch_size}, incomplete batches are dropped): lower --batch-size.')
     probe_batches = math.ceil(args.probe_samples / eval_batch) if args.probe_samples > 0 else 0
     return Loaders(train=loader_train, eval=loader_eval, mixup_fn=mixup_fn, mixup_active=mixup_active,
