@@ -7,9 +7,9 @@ ratios compare like with like (same device, batch, image size, autocast dtype, c
 Rows (``--variants``):
 
 - ``dense``: timm ``deit_{size}_patch16_224``; train step = forward + cross-entropy + backward + AdamW step.
-- ``vmoe``: ``vmoe_deit_{size}`` with E experts (``--experts``), through :class:`timm_tgr.task.tasks.VMoETask`
+- ``vmoe``: ``vmoe_deit_{size}`` with E experts (``--experts``), through :class:`timm_tgr.task.vmoe_task.VMoETask`
   (task loss + MoE auxiliary loss), same step.
-- ``tgr``: ``tgr_moe_deit_{size}`` student in :class:`timm_tgr.task.tasks.TGRTask` with a randomly initialised
+- ``tgr``: ``tgr_moe_deit_{size}`` student in :class:`timm_tgr.task.tgr_task.TGRTask` with a randomly initialised
   frozen teacher (``--teacher``, ``teacher_pretrained=False``; truncated at the deepest routed block as
   TGRTask does); step = ``task(x, y)['loss'].backward()`` + AdamW over student + teacher routers.
   Training only: at inference a TGR-MoE model is a plain V-MoE (the ``vmoe`` infer row).

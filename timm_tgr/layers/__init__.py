@@ -7,9 +7,9 @@ all experts at once; ``sparse_moe`` (SparseMoE) strings them together. ``soft_mo
 ``expert_choice`` are the baselines' layers, built from the same experts.
 """
 from .router import RouterOutput, TopKRouter, resolve_noise_std
-from .dispatch import assign_slots, expert_capacity
+from .dispatch import assign_slots, check_capacity, expert_capacity
 from .experts import EXPERT_IMPLS, GroupedExperts, grouped_mm_available
-from .sparse_moe import RoutingInfo, SparseMoE
+from .sparse_moe import RoutingInfo, SparseMoE, check_mlp_replacement
 from .soft_moe import SoftMoE, SoftMoERouter, soft_moe_slots
 from .expert_choice import ExpertChoiceMoE, expert_choice_capacity, expert_choice_select
 from . import losses

@@ -1,8 +1,8 @@
 """timm-tgr's trainer (``train_tgr.py``, ``python -m timm_tgr.train``, ``timm-tgr-train``).
 
 Dense models train with timm's ``ClassificationTask``, timm_tgr MoE models with
-:class:`~timm_tgr.task.tasks.VMoETask`, and with a teacher (the default for ``tgr_moe_*`` models, or
-``--teacher`` for any MoE model) with :class:`~timm_tgr.task.tasks.TGRTask`.
+:class:`~timm_tgr.task.vmoe_task.VMoETask`, and with a teacher (the default for ``tgr_moe_*`` models, or
+``--teacher`` for any MoE model) with :class:`~timm_tgr.task.tgr_task.TGRTask`.
 
 Modules: ``args`` (flags, ``-c`` YAML configs, checks), ``setup`` (data, model, teacher, task,
 optimizer, scheduler, resume, run folder), ``finetune`` (starting from trained weights: hf-hub: /
@@ -12,6 +12,9 @@ routing_consistency.json), ``run`` (main: setup, the starting weights' routing, 
 """
 from ..utils.metrics_log import read_metrics
 from .args import build_parser, parse_args
+from .loop import train_one_epoch, validate
+from .report import plot_routing_consistency
 from .run import main, train
 
-__all__ = ['main', 'train', 'build_parser', 'parse_args', 'read_metrics']
+__all__ = ['main', 'train', 'build_parser', 'parse_args', 'read_metrics', 'train_one_epoch', 'validate',
+           'plot_routing_consistency']
