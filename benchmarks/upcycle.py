@@ -26,7 +26,10 @@ from typing import Dict, List, Optional
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _env import cpu_model_name  # noqa: E402
+from _env import device_name  # noqa: E402
+from _files import read_metrics  # noqa: E402
+from collect import mean_std  # noqa: E402
+from report import fmt  # noqa: E402
 
 EXPERTS = 8
 DENSE_MODEL = 'deit_tiny_patch16_224'
@@ -78,9 +81,7 @@ def _kv(d: Dict[str, object]) -> List[str]:
 
 
 def _finished(run_dir: str, epochs: int) -> bool:
-    from timm_tgr.utils import read_metrics
-    path = os.path.join(run_dir, 'metrics.jsonl')
-    return os.path.isfile(path) and len(read_metrics(path)) >= epochs
+    return len(read_metrics(os.path.join(run_dir, 'metrics.jsonl'))) >= epochs
 
 
 def _train(args, name: str, argv: List[str], epochs: int) -> str:
@@ -188,23 +189,13 @@ def step0(args, dense_ckpt: str) -> dict:
 # report
 # ---------------------------------------------------------------------------------------------------------------
 def _final(run_dir: str) -> dict:
-    from timm_tgr.utils import read_metrics
     rows = read_metrics(os.path.join(run_dir, 'metrics.jsonl'))
     return {'top1': rows[-1]['eval_top1'], 'best_top1': max(r['eval_top1'] for r in rows), 'epochs': len(rows),
             'time_s': sum(r.get('time_s', 0.) for r in rows)}
 
 
-def _stat(values: List[float]) -> dict:
-    return {'mean': statistics.fmean(values), 'std': statistics.stdev(values) if len(values) > 1 else None,
-            'values': values}
-
-
-def _fmt(stat: dict) -> str:
-    return f"{stat['mean']:.2f}" + (f" ± {stat['std']:.2f}" if stat['std'] is not None else '')
-
-
 def summarize(runs: Dict[str, Dict[str, List[str]]]) -> dict:
-    return {kind: {v: {k: _stat([_final(d)[k] for d in dirs]) for k in ('top1', 'time_s')}
+    return {kind: {v: {k: mean_std([_final(d)[k] for d in dirs]) for k in ('top1', 'time_s')}
                    for v, dirs in by_variant.items()} for kind, by_variant in runs.items()}
 
 
@@ -224,7 +215,7 @@ def render(result: dict) -> str:
     for kind, label, ep in (('finetune', 'upcycled', result['finetune_epochs']),
                             ('scratch', 'from scratch', result['scratch_epochs'])):
         s = result['summary'][kind]
-        lines.append(f"| {label} | {ep} | {_fmt(s['vmoe']['top1'])} | {_fmt(s['tgr']['top1'])} | "
+        lines.append(f"| {label} | {ep} | {fmt(s['vmoe']['top1'])} | {fmt(s['tgr']['top1'])} | "
                      f"{s['vmoe']['time_s']['mean']:.0f} s / {s['tgr']['time_s']['mean']:.0f} s |")
     return '\n'.join(lines) + '\n'
 
@@ -232,9 +223,7 @@ def render(result: dict) -> str:
 def _environment(argv: List[str], device: str) -> dict:
     import platform
     import timm
-    name = torch.cuda.get_device_name() if device.startswith('cuda') else f'CPU: {cpu_model_name()}, ' \
-        f'{os.cpu_count()} cores, torch threads {torch.get_num_threads()}'
-    return {'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), 'device_name': name,
+    return {'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), 'device_name': device_name(device),
             'command': 'python benchmarks/upcycle.py ' + ' '.join(argv), 'torch': torch.__version__,
             'timm': timm.__version__, 'python': platform.python_version()}
 
