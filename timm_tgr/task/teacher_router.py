@@ -5,7 +5,7 @@
 - :func:`teacher_router_loss`: L_teacher = sum_i lambda_load L_load(p_t^i) + lambda_ent L_ent(p_t^i),
   the teacher routers' only objective (no task loss).
 - :func:`routing_distillation_loss`: 1/|S| sum_i KL(stopgrad(p_t^i) || p^i), the student's
-  L_distill before the lambda_distill weight.
+  L_distill before the lambda_distill weight (``reduction='sum'``: sum_i, Eq. S2 of the upper bound).
 - :func:`read_teacher_routers` / :func:`check_teacher_router_state`: teacher routers carried over
   from another run's checkpoint (``task_state['teacher_routers']``), e.g. to continue TGR while
   fine-tuning; they must route the same MoE blocks over the same experts from the same teacher width.
@@ -59,8 +59,15 @@ def teacher_router_loss(
 def routing_distillation_loss(
         teacher_probs: Mapping[int, torch.Tensor],
         student_probs: Mapping[int, torch.Tensor],
+        reduction: str = 'mean',
 ) -> torch.Tensor:
-    """1/|S| sum_i KL(stopgrad(p_t^i) || p^i): the mean over MoE layers (multiply by lambda_distill)."""
+    """1/|S| sum_i KL(stopgrad(p_t^i) || p^i) (multiply by lambda_distill).
+
+    ``reduction='mean'`` averages over the MoE layers as the main paper's L_student does; ``'sum'`` sums them,
+    as Eq. S2 of the teacher-route upper bound does.
+    """
+    if reduction not in ('mean', 'sum'):
+        raise ValueError(f"reduction must be 'mean' (main paper) or 'sum' (Eq. S2), got {reduction!r}.")
     if set(teacher_probs) != set(student_probs):
         raise ValueError(f'teacher routes blocks {sorted(teacher_probs)}, student {sorted(student_probs)}.')
     kls = []
@@ -71,7 +78,8 @@ def routing_distillation_loss(
                 f'token-grid mismatch at block {i}: teacher probabilities {tuple(pt.shape)} vs student '
                 f'{tuple(p.shape)}; teacher and student must see the same image size and patch grid.')
         kls.append(routing_kl_divergence(pt, p))
-    return torch.stack(kls).mean()
+    kls = torch.stack(kls)
+    return kls.sum() if reduction == 'sum' else kls.mean()
 
 
 def _one(values: list):

@@ -9,18 +9,24 @@
 - the loss: L = L_task + L_teacher (+ lambda_load L_load of the student in ``'tgr'`` mode)
   + lambda_distill L_distill while the :class:`~timm_tgr.task.schedule.DistillSchedule` is on.
 
-Modes for the paper's ablations: ``'tgr'`` (the method), ``'distill_only'`` (the student router
-learns only from the distillation term: its combine weights are detached from the task loss and its
-load loss is dropped), ``'teacher_route'`` (the upper bound of Table 5 / supplement Sec. B: the
-teacher router chooses the experts and is trained by the task loss + lambda_load L_load (Eq. S1),
-the student router learns only by distillation (Eq. S2); :meth:`TGRTask.forward_teacher_route`
-evaluates with teacher routing, the plain student gives student-route inference).
+Modes for the paper's ablations:
+
+- ``'tgr'``: the method, L_student = L_task + lambda_distill/|S| sum_i KL_i (main paper).
+- ``'distill_only'``: the student router learns only from the distillation term: its combine weights
+  are detached from the task loss and its load loss is dropped.
+- ``'teacher_route'``: the upper bound of Table 5 / supplement Sec. B. The teacher router chooses the
+  experts and its probabilities are the combine weights, so it is trained by L_task + lambda_load
+  sum_i L_load(p_t^i) (Eq. S1; no entropy term). The student router is not in the forward's routing:
+  it learns only from lambda_distill sum_i KL_i (Eq. S2, summed over the MoE layers, not averaged).
+  :meth:`TGRTask.forward_teacher_route` evaluates with teacher routing; the plain student gives
+  student-route inference.
 
 Checkpoints: the student is the ``state_dict``; ``task_state`` holds ``'teacher_routers'`` (the
 :class:`TGRTrainableModule` ``teacher_routers`` state_dict, keys ``'{block}.proj.weight'``),
 ``'distill_schedule'`` and, when a trainer registered any, ``'trainer'``.
 """
 import logging
+from contextlib import nullcontext
 from typing import Dict, Mapping, Optional, Tuple, Union
 
 import torch
@@ -140,7 +146,9 @@ class TGRTask(TrainerStateMixin, TrainingTask):
             schedule = DistillSchedule(schedule, total_steps=total_steps, fraction=distill_fraction)
         self.schedule = schedule
         for moe in student.get_moe_layers().values():
-            moe.detach_gates = mode in ('distill_only', 'teacher_route')
+            # distill_only: the student's own gates must not carry the task loss to its router. In
+            # teacher_route the gates are p_t, and their task gradient is what trains the teacher router.
+            moe.detach_gates = mode == 'distill_only'
         if verbose:
             _logger.info(f'TGRTask: {self.extra_repr()}')
 
@@ -198,12 +206,14 @@ class TGRTask(TrainerStateMixin, TrainingTask):
 
     def _distillation(self, teacher_probs: Mapping[str, torch.Tensor],
                       student_probs: Mapping[str, torch.Tensor]) -> Tuple[torch.Tensor, bool]:
-        """L_distill and whether the schedule has it on now; when off it is computed for logging only."""
+        """L_distill and whether the schedule has it on now; when off it is computed for logging only.
+
+        The mean over MoE layers (main paper, lambda_distill/|S| sum_i), the sum in teacher_route mode (Eq. S2).
+        """
         active = self.schedule.active()
-        if active:
-            return routing_distillation_loss(teacher_probs, student_probs), active
-        with torch.no_grad():
-            return routing_distillation_loss(teacher_probs, student_probs), active
+        reduction = 'sum' if self.mode == 'teacher_route' else 'mean'
+        with nullcontext() if active else torch.no_grad():
+            return routing_distillation_loss(teacher_probs, student_probs, reduction=reduction), active
 
     def _total_loss(self, task_loss: torch.Tensor, moe_aux_loss: torch.Tensor, teacher_loss: torch.Tensor,
                     distill: torch.Tensor, active: bool) -> torch.Tensor:
