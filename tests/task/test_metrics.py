@@ -1,5 +1,6 @@
 """Routing metrics against hand computations, and TGR's consistency gain on a tiny training run."""
 import math
+from types import SimpleNamespace
 
 import pytest
 import timm
@@ -59,20 +60,41 @@ def test_routing_stats_accumulate():
     model = timm.create_model('vmoe_deit_tiny', img_size=32, num_classes=3, capacity_factor=0.5)
     model.eval()
     stats = RoutingStats()
-    counts = torch.zeros(16)
+    counts, chosen = torch.zeros(16), torch.zeros(16)
     dropped, total = 0., 0
     for _ in range(3):
         with torch.no_grad():
             model(torch.randn(2, 3, 32, 32))
         info = model.routing_infos()[9]
         counts += info.expert_counts.float()
+        for e in info.expert_index.reshape(-1).tolist():
+            chosen[e] += 1
         dropped += float((~info.kept).sum())
         total += info.kept.numel()
         stats.update(model.routing_infos())
     s = stats.summary()[9]
     assert s['load'] == pytest.approx((counts / counts.sum()).tolist())
     assert s['dropped_fraction'] == pytest.approx(dropped / total)
-    assert s['entropy'] == pytest.approx(float(normalized_utilization_entropy(counts)))
+    assert s['entropy'] == pytest.approx(float(normalized_utilization_entropy(chosen)))
+    assert s['entropy_kept'] == pytest.approx(float(normalized_utilization_entropy(counts)))
+    assert dropped > 0 and s['entropy_kept'] != pytest.approx(s['entropy'])
+
+
+def test_routing_entropy_counts_the_router_choices_not_the_kept_tokens():
+    """Six tokens, E=2: the router sends 5 to expert 0 and 1 to expert 1; capacity keeps 2 of expert 0's.
+    Table S2's entropy is of (5, 1); the kept assignments (2, 1) look far more balanced."""
+    index = torch.tensor([0, 0, 0, 0, 0, 1]).view(1, 6, 1)
+    kept = torch.tensor([True, True, False, False, False, True]).view(1, 6, 1)
+    info = SimpleNamespace(probs=torch.zeros(1, 6, 2), expert_index=index, kept=kept,
+                           expert_counts=torch.tensor([2, 1]), dropped_fraction=torch.tensor(3 / 6))
+    stats = RoutingStats()
+    stats.update({7: info})
+    s = stats.summary()[7]
+    h = lambda *u: -sum(x * math.log(x) for x in u) / math.log(2)  # noqa: E731
+    assert s['entropy'] == pytest.approx(h(5 / 6, 1 / 6))  # 0.650
+    assert s['entropy_kept'] == pytest.approx(h(2 / 3, 1 / 3))  # 0.918
+    assert s['dropped_fraction'] == pytest.approx(0.5)
+    assert s['load'] == pytest.approx([2 / 3, 1 / 3])
 
 
 def test_record_assignments_is_eval_and_restores_mode():

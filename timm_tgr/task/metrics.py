@@ -1,8 +1,10 @@
 """Routing metrics of the TGR-MoE paper, computed from what the MoE layers record (no hooks).
 
-- Per MoE layer over a pass: normalized expert-utilization entropy (supplement Table S2),
-  per-expert load (share of kept assignments) and the dropped-choice fraction:
-  :class:`RoutingStats`.
+- Per MoE layer over a pass (:class:`RoutingStats`): normalized routing entropy of the router's
+  choices (supplement Table S2: every top-K choice counts, kept or dropped), the same entropy of the
+  assignments that survived the capacity cut (``entropy_kept``: a full expert's overflow is dropped,
+  so this one looks more balanced than the router is), per-expert load (share of kept assignments)
+  and the dropped-choice fraction.
 - Routing consistency on a fixed probe set (paper's Key Findings): the top-1 expert of every probe
   token is recorded each epoch (:func:`record_assignments`, eval mode, so without router noise);
   *adjacent-epoch* consistency is the fraction of tokens whose expert is the same as in the
@@ -21,38 +23,54 @@ from timm.utils import unwrap_model
 from ..layers.losses import normalized_utilization_entropy
 
 __all__ = [
-    'RoutingStats', 'record_assignments', 'routing_consistency', 'ConsistencyTracker', 'RoutingReference',
+    'RoutingStats', 'choice_counts', 'record_assignments', 'routing_consistency', 'ConsistencyTracker', 'RoutingReference',
     'mean_over_layers',
 ]
 
 
+def choice_counts(info) -> torch.Tensor:
+    """How many of the router's top-K choices went to each expert, kept or dropped: ``[E]`` int64."""
+    num_experts = info.probs.shape[-1]
+    return torch.bincount(info.expert_index.detach().reshape(-1), minlength=num_experts)
+
+
 class RoutingStats:
-    """Accumulates expert counts and drops per MoE layer over many forwards (e.g. one epoch)."""
+    """Accumulates per MoE layer, over many forwards (e.g. one epoch): the router's choices per expert,
+    the kept assignments per expert and the dropped choices."""
 
     def __init__(self):
+        self.choice_counts: Dict[int, torch.Tensor] = {}
         self.counts: Dict[int, torch.Tensor] = {}
         self.dropped: Dict[int, torch.Tensor] = {}
         self.choices: Dict[int, int] = {}
 
     def update(self, routing_infos: Mapping[int, object]) -> None:
         for i, info in routing_infos.items():
+            chosen = choice_counts(info).to('cpu', torch.float64)
             counts = info.expert_counts.detach().to('cpu', torch.float64)
             num_choices = info.kept.numel()
             dropped = info.dropped_fraction.detach().to('cpu', torch.float64) * num_choices
             if i in self.counts:
+                self.choice_counts[i] += chosen
                 self.counts[i] += counts
                 self.dropped[i] += dropped
                 self.choices[i] += num_choices
             else:
-                self.counts[i], self.dropped[i], self.choices[i] = counts, dropped, num_choices
+                self.choice_counts[i], self.counts[i], self.dropped[i], self.choices[i] = \
+                    chosen, counts, dropped, num_choices
 
     def summary(self) -> Dict[int, Dict[str, object]]:
-        """``{block: {'entropy': float, 'load': [E floats], 'dropped_fraction': float}}``."""
+        """``{block: {'entropy', 'entropy_kept': float, 'load': [E floats], 'dropped_fraction': float}}``.
+
+        ``entropy`` is Table S2's normalized routing entropy, of the router's choices; ``entropy_kept`` that
+        of the assignments left after the capacity cut; ``load`` each expert's share of the kept assignments.
+        """
         out = {}
         for i, counts in self.counts.items():
             total = counts.sum().clamp_min(1.)
             out[i] = {
-                'entropy': float(normalized_utilization_entropy(counts)),
+                'entropy': float(normalized_utilization_entropy(self.choice_counts[i])),
+                'entropy_kept': float(normalized_utilization_entropy(counts)),
                 'load': (counts / total).tolist(),
                 'dropped_fraction': float(self.dropped[i] / max(self.choices[i], 1)),
             }

@@ -184,12 +184,12 @@ def validate(
 
 
 def reduce_routing_stats(stats: RoutingStats, args: argparse.Namespace) -> None:
-    """Sum the expert counts, drops and choices of all processes (in place; nothing when not distributed)."""
+    """Sum the choice and kept counts, drops and choices of all processes (in place; nothing when not distributed)."""
     if not args.distributed:
         return
     import torch.distributed as dist
     for i in sorted(stats.counts):
-        for table in (stats.counts, stats.dropped):
+        for table in (stats.choice_counts, stats.counts, stats.dropped):
             t = table[i].clone()
             dist.all_reduce(t)
             table[i] = t

@@ -3,8 +3,9 @@ and at the end ``routing_consistency.json`` with its plot.
 
 A row holds ``epoch``, ``lr``, ``train_<component>`` for every scalar loss component of the task,
 ``eval_loss/top1/top5`` (plus the EMA's and, in teacher_route mode, the teacher-routed top-1), and for
-MoE models per MoE block (``routing``, 0-based block index): expert-utilization entropy, load, dropped
-fraction and adjacent-epoch routing consistency on the probe set, with their means over blocks; for
+MoE models per MoE block (``routing``, 0-based block index): normalized routing entropy of the router's
+choices (``entropy``, Table S2) and of the kept assignments (``entropy_kept``), load, dropped fraction and
+adjacent-epoch routing consistency on the probe set, with their means over blocks; for
 runs started from trained weights also ``consistency_pretrained`` (to the starting weights' routing).
 """
 import argparse
@@ -45,12 +46,15 @@ def routing_row(summary: Dict[int, dict], adjacent: Optional[Dict[int, float]],
     per block and its mean; without it the keys are absent.
     """
     routing = {
-        str(i): {'entropy': s['entropy'], 'load': s['load'], 'dropped_fraction': s['dropped_fraction'],
+        str(i): {'entropy': s['entropy'], 'entropy_kept': s['entropy_kept'], 'load': s['load'],
+                 'dropped_fraction': s['dropped_fraction'],
                  'consistency_prev': adjacent[i] if adjacent is not None else None}
         for i, s in summary.items()}
     row = {
         'routing': routing,
         'entropy': mean_over_layers({i: s['entropy'] for i, s in summary.items()}),
+        'entropy_kept': mean_over_layers({i: s['entropy_kept'] for i, s in summary.items()}),
+        'dropped_fraction': mean_over_layers({i: s['dropped_fraction'] for i, s in summary.items()}),
         'consistency_prev': mean_over_layers(adjacent),
     }
     if pretrained is not None:
