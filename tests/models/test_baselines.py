@@ -390,9 +390,36 @@ def test_freeze_routers_stops_router_gradients(name):
     assert freeze_routers(model) == names  # idempotent
 
 
+def test_frozen_router_routes_deterministically():
+    """StableMoE's stage 2 has fixed routing: after the freeze (default) two training-mode forwards of the same
+    input choose the same experts, where the noisy router (std 1.0) before it does not."""
+    model = _small_model(router_noise_std=1.0).train()
+    x = torch.randn(4, 3, 32, 32)
+
+    def choices():
+        model(x)
+        return torch.cat([i.expert_index.reshape(-1) for i in model.routing_infos().values()])
+    torch.manual_seed(0)
+    assert not torch.equal(choices(), choices())
+    RouterFreezeSchedule(switch_step=0).maybe_freeze(model, 0)
+    assert torch.equal(choices(), choices())
+    assert torch.equal(choices(), torch.cat([i.expert_index.reshape(-1) for i in _eval_routing(model, x)]))
+    kept_noise = _small_model(router_noise_std=1.0)
+    freeze_routers(kept_noise, disable_noise=False)
+    assert kept_noise.blocks[1].mlp.router.noise_std == 1.0
+
+
+def _eval_routing(model, x):
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    model.train()
+    return list(model.routing_infos().values())
+
+
 def test_router_freeze_schedule():
     model = _small_model(router_noise_std=1.0)
-    sched = RouterFreezeSchedule(fraction=0.5, total_steps=10, disable_noise=True)
+    sched = RouterFreezeSchedule(fraction=0.5, total_steps=10)
     assert sched.switch_step == 5
     assert sched.maybe_freeze(model, 4) is None and not routers_frozen(model)
     names = sched.maybe_freeze(model, 5)

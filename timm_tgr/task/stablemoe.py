@@ -4,6 +4,12 @@ Stage 1 trains the model as usual (V-MoE: router, load loss and all). At the swi
 routers are frozen where they are (the learned router is "copied" and kept fixed) and stage 2
 trains everything else with that fixed routing, so token-to-expert assignments stop drifting.
 
+What still differs from StableMoE: its stage 2 routes on a fixed, distilled word embedding (a token's
+expert depends on the token alone); here the frozen router keeps reading the hidden states of its
+block, which change while the layers below it train, so a token's expert can still move. Images have
+no token vocabulary to embed, which is also how the TGR-MoE paper's C.3 ran it ("copying the routing
+network, which is then frozen without distillation"). The load loss is V-MoE's, not StableMoE's.
+
 A training loop calls one function at the switch step::
 
     from timm_tgr.task.stablemoe import RouterFreezeSchedule, freeze_routers
@@ -21,8 +27,8 @@ or simply ``freeze_routers(model)`` at the chosen step. What freezing does:
   ``.grad`` is set to None, so it receives no gradient from any loss (task, load loss, z-loss,
   TGR distillation). The optimizer may keep the parameters: torch and timm optimizers skip a
   parameter whose ``.grad`` is None, so no update, momentum or weight decay moves it;
-- ``disable_noise=True`` also turns off the routers' training noise so the assignment of a token
-  is deterministic (StableMoE's fixed routing); by default the noise stays as configured;
+- the routers' training noise is turned off (std 0), so a token's assignment is deterministic as in
+  StableMoE's frozen stage-2 routing; ``disable_noise=False`` keeps the noise as configured;
 - the load / z losses still appear in ``moe_aux_loss()`` (they then only log; no parameter gets
   their gradient). Drop them from the loss if you prefer.
 
@@ -60,11 +66,11 @@ def router_parameters(model: nn.Module) -> dict:
     return params
 
 
-def freeze_routers(model: nn.Module, disable_noise: bool = False) -> List[str]:
+def freeze_routers(model: nn.Module, disable_noise: bool = True) -> List[str]:
     """Freeze the routers of all MoE layers (StableMoE stage 2); returns the frozen parameter names.
 
     Sets ``requires_grad = False`` and ``grad = None`` on them (see the module docstring). Idempotent.
-    ``disable_noise=True`` also sets the routers' training noise std to 0.
+    ``disable_noise`` (default) also sets the routers' training noise std to 0: frozen routing is deterministic.
     """
     params = router_parameters(model)
     for p in params.values():
@@ -91,7 +97,7 @@ class RouterFreezeSchedule:
     """
 
     def __init__(self, switch_step: Optional[int] = None, fraction: Optional[float] = None,
-                 total_steps: Optional[int] = None, disable_noise: bool = False):
+                 total_steps: Optional[int] = None, disable_noise: bool = True):
         if (switch_step is None) == (fraction is None):
             raise ValueError(
                 'RouterFreezeSchedule needs exactly one of switch_step (an optimizer step) or fraction '
