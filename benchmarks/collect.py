@@ -10,7 +10,7 @@ from study import PAPER, SWEEP_VARIANTS, VARIANTS
 
 STAT_KEYS = ('top1_final', 'top1_best', 'ema_top1_final', 'ema_top1_best', 'teacher_route_top1_final',
              'teacher_route_top1_best', 'adjacent_last', 'adjacent_mean', 'to_final_25pct', 'to_final_sixth',
-             'entropy', 'distill_epochs')
+             'entropy', 'entropy_kept', 'dropped_train', 'dropped_eval', 'distill_epochs', 'wall_s')
 
 
 def finite(v) -> bool:
@@ -51,7 +51,8 @@ def discover_runs(runs_dir: str) -> List[dict]:
 # --------------------------------------------------------------------------------------------------
 def _accuracy(rows: List[dict]) -> dict:
     last, top1 = rows[-1], [r['eval_top1'] for r in rows]
-    s = {'top1_final': last['eval_top1'], 'top1_best': max(top1), 'best_epoch': rows[int(np.argmax(top1))]['epoch']}
+    s = {'top1_final': last['eval_top1'], 'top1_best': max(top1), 'best_epoch': rows[int(np.argmax(top1))]['epoch'],
+         'wall_s': float(sum(r.get('time_s', 0.) for r in rows))}
     if any('eval_ema_top1' in r for r in rows):
         s['ema_top1_final'] = last.get('eval_ema_top1')
         s['ema_top1_best'] = max(r['eval_ema_top1'] for r in rows if 'eval_ema_top1' in r)
@@ -70,7 +71,8 @@ def _routing(rows: List[dict], epochs: int, cons: Optional[dict]) -> dict:
     vals = [v for v in (r.get('consistency_prev') for r in rows) if finite(v)]
     layers = sorted(last.get('routing', {}).items(), key=lambda kv: int(kv[0]))
     s = {'adjacent_last': last.get('consistency_prev'), 'adjacent_mean': float(np.mean(vals)) if vals else None,
-         'entropy': last.get('entropy'),
+         'entropy': last.get('entropy'), 'entropy_kept': last.get('entropy_kept'),
+         'dropped_train': last.get('train_dropped_fraction'), 'dropped_eval': last.get('dropped_fraction'),
          'entropy_per_layer': {block_label(b): v['entropy'] for b, v in layers},
          'dropped_fraction_per_layer': {block_label(b): v['dropped_fraction'] for b, v in layers}}
     if cons is not None:
@@ -95,7 +97,7 @@ def summarize_run(record: dict, runs_dir: str) -> dict:
         return {**s, 'rows': [], 'routing_consistency': None}
     s.update(_accuracy(rows))
     cons = None
-    if record['kind'] == 'student':
+    if record['kind'] == 'student' and record['experts'] is not None:  # MoE students (dense ones route nothing)
         cpath = os.path.join(d, 'routing_consistency.json')
         cons = read_json(cpath) if os.path.isfile(cpath) else None
         s.update(_routing(rows, epochs, cons))
@@ -167,10 +169,13 @@ def diff(a: Optional[dict], b: Optional[dict]) -> Optional[dict]:
 # the paper's findings
 # --------------------------------------------------------------------------------------------------
 def _claim(claim: str, paper_value, ours: Optional[dict], direction: Optional[int] = None) -> dict:
-    item = {'claim': claim, 'paper': paper_value, 'ours': ours}
-    if ours is not None and direction is not None:
-        item['same_direction'] = (ours['diff'] > 0) == (direction > 0) if ours['diff'] != 0 else False
+    """A finding: the paper's value (None where the paper has no number), ours, and, where the paper or the method
+    predicts a sign (``direction``), whether ours has it; ``beyond_2se`` whenever ours has a standard error."""
+    item = {'claim': claim, 'paper': paper_value, 'ours': ours, 'direction': direction}
+    if ours is not None:
         item['beyond_2se'] = ours['se'] is not None and abs(ours['diff']) > 2 * ours['se']
+        if direction is not None:
+            item['same_direction'] = (ours['diff'] > 0) == (direction > 0) if ours['diff'] != 0 else False
     return item
 
 
@@ -196,26 +201,55 @@ def _sweep_claim(groups: List[dict]) -> Optional[dict]:
             'beyond_2se': None, 'gains': {str(e): gains[e] for e in es}}
 
 
+def find_row(groups: List[dict], variant: str, main_e: int) -> Optional[dict]:
+    """The group of a table row: the variant at ``main_e`` experts (a dense variant has none)."""
+    return find(groups, variant, main_e if VARIANTS[variant].get('moe', True) else None)
+
+
+# (finding, variant a, variant b, direction the paper or the method predicts for a - b, its paper value)
+_TOP1_CLAIMS = (
+    ('V-MoE - dense student', 'vmoe', 'dense', +1, 'main'),
+    ('TGR (full) - V-MoE', 'tgr', 'vmoe', +1, 'e8'),
+    ('TGR (first half) - TGR (full)', 'tgr_first', 'tgr', +1, 'e8'),
+    ('TGR (first half) - V-MoE', 'tgr_first', 'vmoe', +1, 'e8'),
+    ('TGR (adaptive switch) - TGR (full)', 'tgr_adaptive', 'tgr', None, None),
+    ('distillation only - V-MoE', 'distill_only', 'vmoe', +1, 'e8'),
+    ('TGR (full), aligned teacher layers - last teacher layer', 'tgr', 'tgr_last', +1, 'e8'),
+    ('StableMoE - V-MoE', 'stablemoe', 'vmoe', -1, 'e8'),
+    ('TGR (full) - StableMoE', 'tgr', 'stablemoe', +1, 'e8'),
+    ('TGR (full) - Soft-MoE', 'tgr', 'soft_moe', -1, 'main'),
+    ('TGR (full) - Expert-Choice', 'tgr', 'expert_choice', None, None),
+    ('V-MoE: noise 1/E - noise 1.0', 'vmoe_inv_e', 'vmoe', None, None),
+    ('TGR (full) - V-MoE, both at noise 1/E', 'tgr_inv_e', 'vmoe_inv_e', +1, None),
+)
+
+
+def _paper_diff(a: str, b: str, table: Optional[str]):
+    """The paper's a - b from the E=8 ablations or the main table (E=16 for Tiny); None when it has no number."""
+    values = {'e8': PAPER['top1_e8'], 'main': PAPER['top1_main_e16']}.get(table)
+    if values is None or a not in values or b not in values:
+        return None
+    return round(values[a] - values[b], 2)
+
+
 def claims(groups: List[dict], main_e: int) -> List[dict]:
     """The paper's findings, each with this run's counterpart (difference of seed means, its standard error)."""
-    g = {v: find(groups, v, main_e) for v in VARIANTS}
+    g = {v: find_row(groups, v, main_e) for v in VARIANTS}
 
     def st(variant, key='top1_final'):
         return (g.get(variant) or {}).get(key)
 
     p = PAPER['top1_e8']
-    top1 = [('TGR (full) - V-MoE', 'tgr', 'vmoe', +1), ('TGR (first half) - TGR (full)', 'tgr_first', 'tgr', +1),
-            ('TGR (first half) - V-MoE', 'tgr_first', 'vmoe', +1),
-            ('distillation only - V-MoE', 'distill_only', 'vmoe', +1)]
-    out = [_claim(f'{name}, top-1 at E={main_e}', round(p[a] - p[b], 2), diff(st(a), st(b)), d)
-           for name, a, b, d in top1]
-    out.append(_claim(f'teacher route - student route (same model), top-1 at E={main_e}',
-                      round(p['teacher_route'] - p['student_route'], 2),
-                      diff(st('teacher_route', 'teacher_route_top1_final'), st('teacher_route')), +1))
-    out += [_claim(f'{name}, top-1 at E={main_e}', round(p[a] - p[b], 2), diff(st(a), st(b)), d) for name, a, b, d in
-            [('StableMoE - V-MoE', 'stablemoe', 'vmoe', -1), ('TGR (full) - StableMoE', 'tgr', 'stablemoe', +1)]]
-    out.append(_claim(f'TGR (full) - V-MoE, adjacent-epoch consistency (mean over epochs) at E={main_e}',
-                      'about 0.8 vs 0.5-0.6', diff(st('tgr', 'adjacent_mean'), st('vmoe', 'adjacent_mean')), +1))
+    out = []
+    for name, a, b, d, table in _TOP1_CLAIMS:
+        where = ' (paper: main table, E=16)' if table == 'main' else ''
+        out.append(_claim(f'{name}, top-1 at E={main_e}{where}', _paper_diff(a, b, table), diff(st(a), st(b)), d))
+    out.insert(7, _claim(f'teacher route - student route (same model), top-1 at E={main_e}',
+                         round(p['teacher_route'] - p['student_route'], 2),
+                         diff(st('teacher_route', 'teacher_route_top1_final'), st('teacher_route')), +1))
+    for a, b, what in (('tgr', 'vmoe', 'noise 1.0'), ('tgr_inv_e', 'vmoe_inv_e', 'noise 1/E')):
+        out.append(_claim(f'TGR (full) - V-MoE, adjacent-epoch consistency (mean over epochs), {what}, E={main_e}',
+                          'about 0.8 vs 0.5-0.6', diff(st(a, 'adjacent_mean'), st(b, 'adjacent_mean')), +1))
     out.append(_claim(f'TGR (full) - V-MoE, to-final consistency after 1/6 of training at E={main_e}',
                       'TGR > 0.70 within the first sixth',
                       diff(st('tgr', 'to_final_sixth'), st('vmoe', 'to_final_sixth')), +1))

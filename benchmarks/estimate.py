@@ -27,7 +27,8 @@ from study import TWO_EVAL_VARIANTS
 def kind_key(run: dict, spec: dict) -> str:
     if run['kind'] == 'teacher':
         return f"teacher {spec['model']}"
-    return f"{spec['model']} E={run['experts']}" + (' + teacher' if spec['teacher'] else '')
+    experts = '' if run['experts'] is None else f" E={run['experts']}"
+    return spec['model'] + experts + (' + teacher' if spec['teacher'] else '')
 
 
 def _build_task(spec: dict, student: bool, device: torch.device):
@@ -42,7 +43,7 @@ def _build_task(spec: dict, student: bool, device: torch.device):
         teacher = build_teacher(name, checkpoint=None, pretrained=False, **kwargs).to(device)
         task = TGRTask(model, teacher_model=teacher, criterion=criterion, schedule='full', total_steps=10 ** 6,
                        mode=spec['mode'], device=device, verbose=False)
-    elif student:
+    elif student and hasattr(model, 'routing_infos'):
         task = VMoETask(model, criterion=criterion, device=device, verbose=False)
     else:
         task = ClassificationTask(model, criterion=criterion, device=device, verbose=False)

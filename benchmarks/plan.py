@@ -7,6 +7,11 @@ import yaml
 from study import QUICK_EPOCHS, QUICK_MODEL, QUICK_TEACHER_EPOCHS, QUICK_TRAIN, SWEEP_VARIANTS, VARIANTS
 
 
+# model kwargs that only an MoE model takes (left out for a dense variant)
+MOE_KWARGS = ('num_experts', 'top_k', 'moe_layers', 'capacity_factor', 'eval_capacity_factor', 'router_noise_std',
+              'capacity_group', 'load_loss_weight', 'z_loss_weight', 'batch_prioritized_routing')
+
+
 def config_path(name: str) -> str:
     from timm_tgr.quickstart import config_path as _config_path
     return _config_path(name)
@@ -90,21 +95,36 @@ class Plan:
                     epochs=self.teacher_epochs, argv=argv + self.common() + list(self.args.extra))
 
     def student_runs(self) -> List[dict]:
+        """Seed-major (every variant of the first seed, then the next seed) or, with ``order='variant'``,
+        variant-major (all seeds of a row before the next row); the sweep after the main comparison."""
         a = self.args
         wanted = [(v, a.main_experts) for v in a.variants] + [(v, e) for e in a.experts for v in SWEEP_VARIANTS]
-        seen, runs = set(), []
-        for seed in a.seeds:
-            for variant, experts in wanted:
-                if (variant, experts, seed) in seen:
-                    continue
-                seen.add((variant, experts, seed))
-                runs.append(self.student_run(variant, experts, seed))
+        if getattr(a, 'order', 'seed') == 'variant':
+            keys = [(v, e, seed) for v, e in wanted for seed in a.seeds]
+        else:
+            keys = [(v, e, seed) for seed in a.seeds for v, e in wanted]
+        runs, seen = [], set()
+        for variant, experts, seed in keys:
+            run = self.student_run(variant, experts, seed)
+            if run['name'] not in seen:
+                seen.add(run['name'])
+                runs.append(run)
         return runs
+
+    def _student_kwargs(self, variant: str, experts: Optional[int]) -> dict:
+        """The recipe's student model kwargs for a variant: with its experts and extra kwargs, or without any
+        MoE kwargs for a dense variant."""
+        spec = VARIANTS[variant]
+        if spec.get('moe', True):
+            return dict(self.student_model_kwargs, num_experts=experts, **spec.get('model_kwargs', {}))
+        return {k: v for k, v in self.student_model_kwargs.items() if k not in MOE_KWARGS}
 
     def student_run(self, variant: str, experts: int, seed: int) -> dict:
         spec = VARIANTS[variant]
-        name = f'{variant}-E{experts}-s{seed}'
-        kwargs = dict(self.student_model_kwargs, num_experts=experts)
+        if not spec.get('moe', True):
+            experts = None
+        name = f'{variant}-s{seed}' if experts is None else f'{variant}-E{experts}-s{seed}'
+        kwargs = self._student_kwargs(variant, experts)
         argv = ['-c', self.student_cfg, '--experiment', name, '--seed', str(seed), '--model', spec['model'],
                 '--model-kwargs', *_kv(kwargs), '--epochs', str(self.epochs)]
         teacher = self.teacher_run(self.teacher_for(seed))['name'] if spec['teacher'] else None
@@ -133,7 +153,7 @@ class Plan:
         else:
             spec = VARIANTS[run['variant']]
             model = spec['model']
-            kwargs = dict(self.student_model_kwargs, num_experts=run['experts'], **data)
+            kwargs = dict(self._student_kwargs(run['variant'], run['experts']), **data)
             teacher = (self.teacher_name, dict(self.teacher_kwargs)) if spec['teacher'] else None
         batch = int(QUICK_TRAIN[QUICK_TRAIN.index('-b') + 1]) if self.args.quick else int(cfg.get('batch_size', 128))
         mixup = bool(cfg.get('mixup', 0.) or cfg.get('cutmix', 0.)) and not cfg.get('no_aug', False)

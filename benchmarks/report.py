@@ -8,15 +8,17 @@ from typing import List, Optional
 import numpy as np
 
 from _files import read_json, write_json
-from collect import aggregate, block_label, claims, diff, discover_runs, find, summarize_run
-from study import PAPER, SWEEP_VARIANTS, TIERS, VARIANTS
+from collect import aggregate, block_label, claims, diff, discover_runs, find, find_row, summarize_run
+from study import PAPER, SWEEP_VARIANTS, TIERS, VARIANTS, paper_top1
 
 _logger = logging.getLogger('reproduce')
 
 SCHEMA = 'timm_tgr.reproduce/1'
 _STYLES = {'vmoe': ('tab:orange', '-'), 'tgr': ('tab:blue', '-'), 'tgr_first': ('tab:green', '--'),
            'tgr_adaptive': ('tab:olive', '--'), 'distill_only': ('tab:purple', ':'),
-           'stablemoe': ('tab:red', '-.'), 'teacher_route': ('tab:gray', ':')}
+           'stablemoe': ('tab:red', '-.'), 'teacher_route': ('tab:gray', ':'), 'tgr_last': ('tab:cyan', '-.'),
+           'soft_moe': ('tab:pink', '--'), 'expert_choice': ('tab:brown', '--'), 'vmoe_inv_e': ('gold', '-'),
+           'tgr_inv_e': ('navy', '-')}
 
 
 def utc_now() -> str:
@@ -95,51 +97,79 @@ def _md_header(report: dict) -> List[str]:
     return L
 
 
-def _routing_cells(g: dict) -> List[str]:
-    ent = g.get('entropy_per_layer', {})
+def _pct(stat: Optional[dict]) -> str:
+    return 'n/a' if not stat or stat.get('mean') is None else f"{100 * stat['mean']:.1f}"
 
-    def at(key):
-        return fmt(g.get(key), 3) + (f" (ep {g[key + '_epoch']})" if key + '_epoch' in g else '')
-    return [fmt(g.get('adjacent_last'), 3), fmt(g.get('adjacent_mean'), 3), at('to_final_25pct'),
-            at('to_final_sixth'), ' / '.join(fmt(v, 3) for v in ent.values()) or 'n/a',
+
+def _routing_cells(g: dict) -> List[str]:
+    """adj. last / mean, to-final @1/6, entropy per layer (router choices), entropy of the kept tokens, dropped
+    % train / eval, wall time, distill epochs; '–' for a model without routing."""
+    if g['experts'] is None:  # a dense model: nothing routed
+        return ['–'] * 6 + [fmt(g.get('wall_s'), 0), '–']
+    ent = g.get('entropy_per_layer', {})
+    to_final = fmt(g.get('to_final_sixth'), 3) + (f" (ep {g['to_final_sixth_epoch']})" if 'to_final_sixth_epoch' in g
+                                                  else '')
+    return [fmt(g.get('adjacent_last'), 3), fmt(g.get('adjacent_mean'), 3), to_final,
+            ' / '.join(fmt(v, 3) for v in ent.values()) or 'n/a', fmt(g.get('entropy_kept'), 3),
+            f"{_pct(g.get('dropped_train'))} / {_pct(g.get('dropped_eval'))}", fmt(g.get('wall_s'), 0),
             fmt(g.get('distill_epochs'), 2) if 'distill_epochs' in g else '–']
 
 
-def _main_rows(groups: List[dict], main_e: int) -> List[List[str]]:
-    paper, rows = PAPER['top1_e8'], []
-    for g in (g for g in groups if g['variant'] == 'teacher'):
-        rows.append([g['label'], '(DeiT-III, pretrained)', str(len(g['seeds'])), fmt(g.get('top1_final')),
-                     fmt(g.get('top1_best'))] + ['–'] * 6)
+def _paper_cell(variant: str) -> str:
+    value = paper_top1(variant)
+    if value is None:
+        return '–'
+    return f'{value[0]:.2f}' + ('' if value[1] == 'E=8' else f' ({value[1]})')
+
+
+def table_rows(groups: List[dict], main_e: int) -> List[tuple]:
+    """``(label, group, top-1 key, paper cell)`` per table row, in the table's order (the teacher first; the
+    teacher-route runs give two rows: teacher route and student route)."""
+    rows = [(g['label'], g, 'top1', '(DeiT-III, pretrained)') for g in groups if g['variant'] == 'teacher']
     for variant in VARIANTS:
-        g = find(groups, variant, main_e)
+        g = find_row(groups, variant, main_e)
         if g is None:
             continue
-        common, n = _routing_cells(g), str(len(g['seeds']))
         if variant == 'teacher_route':
-            rows.append([g['label'] + ' (upper bound)', f"{paper['teacher_route']:.2f}", n,
-                         fmt(g.get('teacher_route_top1_final')), fmt(g.get('teacher_route_top1_best'))]
-                        + ['same run'] * 5 + [common[-1]])
-            rows.append(['student route (same run)', f"{paper['student_route']:.2f}", n, fmt(g.get('top1_final')),
-                         fmt(g.get('top1_best'))] + common)
+            rows.append((g['label'] + ' (upper bound)', g, 'teacher_route_top1', _paper_cell('teacher_route')))
+            rows.append(('student route (same run)', g, 'top1', _paper_cell('student_route')))
         else:
-            pv = paper.get(variant)
-            rows.append([g['label'], f'{pv:.2f}' if pv is not None else '–', n, fmt(g.get('top1_final')),
-                         fmt(g.get('top1_best'))] + common)
+            rows.append((g['label'], g, 'top1', _paper_cell(variant)))
     return rows
+
+
+def _main_rows(groups: List[dict], main_e: int) -> List[List[str]]:
+    out = []
+    for label, g, key, paper in table_rows(groups, main_e):
+        cells = [label, paper, str(len(g['seeds'])), fmt(g.get(key + '_final')), fmt(g.get(key + '_best'))]
+        if g['variant'] == 'teacher':
+            cells += ['–'] * 6 + [fmt(g.get('wall_s'), 0), '–']
+        elif key == 'teacher_route_top1':
+            cells += ['same run'] * 7 + [_routing_cells(g)[-1]]
+        else:
+            cells += _routing_cells(g)
+        out.append(cells)
+    return out
 
 
 def _md_main(groups: List[dict], main_e: int) -> List[str]:
     header = ['variant', 'paper (IN-1K)', 'seeds', 'top-1 final', 'top-1 best', 'adj. cons. last',
-              'adj. cons. mean', 'to-final @25%', 'to-final @1/6', 'entropy L8 / L10 / L12', 'distill epochs']
+              'adj. cons. mean', 'to-final @1/6', 'entropy L8 / L10 / L12', 'entropy of kept tokens',
+              '% dropped train / eval', 'wall s per run', 'distill epochs']
     L = [f'## Main comparison (E = {main_e})', ''] + md_table(header, _main_rows(groups, main_e)) + ['']
     L += ['Columns: *top-1 final* = last epoch, *best* = best epoch (per run, then averaged); *adj. cons.* = '
           'fraction of probe tokens whose top-1 expert equals the previous epoch\'s, mean over the MoE layers, at the '
-          'last epoch and averaged over epochs; *to-final @x* = agreement with the run\'s final routing at the epoch '
-          'ending x of training (0-based epoch index in brackets); *entropy* = normalized expert-utilization entropy '
-          'per MoE layer at the last epoch (Table S2 metric); *distill epochs* = epochs with the distillation term on. '
-          'Routing metrics come from the validation pass in eval mode (student router; for the teacher-route run '
-          'too). The adaptive switch is this package\'s rule, not in the paper. Paper column: ImageNet-1K, '
-          'DeiT-Tiny, E=8 (Table 5, supplement C.3).', '']
+          'last epoch and averaged over epochs; *to-final @1/6* = agreement with the run\'s final routing at the '
+          'epoch ending 1/6 of training (0-based epoch index in brackets); *entropy* = normalized routing entropy '
+          'of the router\'s choices per MoE layer at the last epoch (Table S2 metric: every token\'s top-1 choice, '
+          'kept or dropped); *entropy of kept tokens* = the same over the assignments left after the capacity cut '
+          '(mean over layers); *% dropped* = share of top-K choices dropped by capacity, mean over the MoE layers, '
+          'in the last training epoch (noisy router, training capacity) and in its evaluation; *wall s per run* = '
+          'training + evaluation seconds of a run, summed over its epochs (runs shared the cores: a cost, not a '
+          'speed comparison); *distill epochs* = epochs with the distillation term on. Routing metrics come from '
+          'the validation pass in eval mode (student router; for the teacher-route run too). The adaptive switch '
+          'is this package\'s rule, not in the paper. Paper column: ImageNet-1K, DeiT-Tiny, E=8 (Table 5, '
+          'supplement C.3) unless marked "main, E=16" (main table).', '']
     ema = [g for g in groups if g.get('ema_top1_final')]
     if ema:
         L += ['EMA weights (the checkpoint metric of EMA runs):', '']
@@ -175,11 +205,13 @@ def _md_claims(report: dict) -> List[str]:
         ours = 'not run' if o is None else f"{o['diff']:+.3f}" + (f" ± {o['se']:.3f} (SE)" if o.get('se') else '')
         same = {True: 'yes', False: 'no', None: '–'}[c.get('same_direction')] if o is not None else '–'
         beyond = {True: 'yes', False: 'no', None: '–'}[c.get('beyond_2se')] if o is not None else '–'
-        paper_value = f"{c['paper']:+.2f}" if isinstance(c['paper'], float) else str(c['paper'])
+        paper_value = f"{c['paper']:+.2f}" if isinstance(c['paper'], float) else (
+            'no number' if c['paper'] is None else str(c['paper']))
         rows.append([c['claim'], paper_value, ours, same, beyond])
     L = ['## The paper\'s findings next to this run', '']
     L += md_table(['finding', 'paper', 'this run (difference of seed means)', 'same direction', '> 2 SE'], rows)
-    return L + ['', '*same direction*: the sign agrees with the paper\'s; *> 2 SE*: the difference exceeds twice its '
+    return L + ['', '*same direction*: the sign agrees with the paper\'s (where the paper has no number: with the sign '
+                    'the method predicts; "–" where neither predicts one); *> 2 SE*: the difference exceeds twice its '
                     'standard error over seeds (needs >= 2 seeds; otherwise "no"/"–"). Consistency claims are compared '
                     'as differences TGR - V-MoE.', '']
 
@@ -230,7 +262,8 @@ def _md_environment(report: dict) -> List[str]:
     if L[-1] == '':
         L.pop()
     return L + ['```', '', 'Files: results.csv / results.json (every per-epoch metric of every run), consistency.png, '
-                           'accuracy_vs_experts.png, runs/<variant>-E<E>-s<seed>/ (train_tgr.py run folders).', '']
+                           'accuracy_vs_experts.png, top1_rows.png, runs/<variant>-E<E>-s<seed>/ (train_tgr.py run '
+                           'folders).', '']
 
 
 def render_markdown(report: dict) -> str:
@@ -327,6 +360,40 @@ def plot_accuracy_vs_experts(path: str, groups: List[dict]) -> bool:
     return drew
 
 
+def plot_top1_rows(path: str, groups: List[dict], main_e: int) -> bool:
+    """Top-1 per table row: mean ± std over seeds with each seed's value (left), the paper's number (right)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    rows = [(label, g[key + '_final'], paper) for label, g, key, paper in table_rows(groups, main_e)
+            if (g.get(key + '_final') or {}).get('mean') is not None]
+    if not rows:
+        return False
+    y = np.arange(len(rows))[::-1]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.42 * len(rows) + 1.4), sharey=True,
+                             gridspec_kw={'width_ratios': [3, 2]})
+    for yi, (_, stat, _) in zip(y, rows):
+        axes[0].errorbar(stat['mean'], yi, xerr=stat['std'] or 0., fmt='o', color='tab:blue', capsize=3)
+        axes[0].plot(stat['values'], [yi] * len(stat['values']), 'x', color='k', ms=4, alpha=0.6)
+    for yi, (_, _, paper) in zip(y, rows):
+        try:
+            axes[1].plot(float(paper.split()[0]), yi, 's', color='tab:gray')
+        except ValueError:  # no paper number for this row
+            pass
+    axes[0].set_yticks(y)
+    axes[0].set_yticklabels([r[0] for r in rows], fontsize=8)
+    axes[0].set_xlabel('Fashion-MNIST test top-1 (%), final epoch: mean ± std, x = each seed')
+    axes[1].set_xlabel("paper's ImageNet-1K top-1 (%), DeiT-Tiny")
+    axes[0].set_title(f'this study (E={main_e})', fontsize=9)
+    axes[1].set_title('the paper (E=8 ablations; dense and Soft-MoE: main table, E=16)', fontsize=9)
+    for ax in axes:
+        ax.grid(alpha=0.3, axis='x')
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 # --------------------------------------------------------------------------------------------------
 # all outputs
 # --------------------------------------------------------------------------------------------------
@@ -365,6 +432,7 @@ def build_report(output: str, report_command: Optional[dict] = None) -> dict:
     try:
         plot_consistency(os.path.join(output, 'consistency.png'), groups, settings['main_experts'])
         plot_accuracy_vs_experts(os.path.join(output, 'accuracy_vs_experts.png'), groups)
+        plot_top1_rows(os.path.join(output, 'top1_rows.png'), groups, settings['main_experts'])
     except ImportError:
         _logger.warning('matplotlib is not installed: no plots (pip install "timm-tgr[plot]")')
     return report

@@ -10,6 +10,7 @@ loop of its own) the dense teacher and the student variants of a *tier* (study.p
 
 Tiers (each states its epochs, widths and why they fit its budget; flags override any part):
   cpu        V-MoE, TGR (full), TGR (first half) at E=8, 3 seeds, quickstart recipe: <= 75 min on 2 CPU cores
+  cpu-all    every row (13 variants) at E=8, 3 seeds, then V-MoE vs TGR at E=4, 16, 32: <= 150 min on 2 CPU cores
   gpu-main   teacher; V-MoE, TGR full / first half, distillation only, teacher route at E=8; 3 seeds: <= 10 min H100
   gpu-sweep  V-MoE vs TGR at E = 4, 8, 16, 32; 3 seeds: <= 10 more minutes (same --output as gpu-main)
   full       (default) every variant and the sweep at 100 epochs: hours of GPU time
@@ -18,6 +19,7 @@ Before training it times a few steps of each model kind on the device and prints
 (also in results.json; ``--estimate-only`` stops there).
 
     python benchmarks/reproduce.py --tier cpu --data-dir data --output output/cpu_tier --device cpu
+    python benchmarks/reproduce.py --tier cpu-all --data-dir data --output output/cpu_all --device cpu
     python benchmarks/reproduce.py --tier gpu-main --data-dir data --output output/gpu_study
     python benchmarks/reproduce.py --tier gpu-sweep --data-dir data --output output/gpu_study
     # continue an interrupted study: the same command (completed runs are skipped, partial ones resumed)
@@ -78,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--main-experts', type=int, default=None, help='E of the main comparison (paper ablation: 8)')
     p.add_argument('--experts', type=int, nargs='*', default=None,
                    help='expert sweep, V-MoE vs TGR (default: the tier\'s; give no value to skip the sweep)')
+    p.add_argument('--order', default=None, choices=('seed', 'variant'),
+                   help="run order: 'seed' (every variant of a seed, then the next seed) or 'variant' (all seeds of "
+                        "a row, then the next row: the table's priority when time runs out); default: the tier's")
     p.add_argument('--epochs', type=int, default=None, help="student epochs (default: the tier's or recipe's)")
     p.add_argument('--teacher-epochs', type=int, default=None, help="teacher epochs (default: the tier's or recipe's)")
     p.add_argument('--teacher-per-seed', action='store_true',
@@ -116,7 +121,7 @@ def resolve_tier(args: argparse.Namespace) -> Tier:
     args.tier = tier.name
     defaults = dict(recipe=tier.recipe, variants=list(tier.variants), main_experts=tier.main_experts,
                     experts=list(tier.experts), seeds=list(tier.seeds), epochs=tier.epochs,
-                    teacher_epochs=tier.teacher_epochs, jobs=tier.jobs, device_data=tier.device_data)
+                    teacher_epochs=tier.teacher_epochs, jobs=tier.jobs, device_data=tier.device_data, order=tier.order)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -157,7 +162,7 @@ def _settings(args, plan: Plan, synthetic: bool, tier: Tier) -> dict:
             'teacher_per_seed': args.teacher_per_seed, 'stablemoe_freeze_at': args.stablemoe_freeze_at,
             'student_model_kwargs': plan.student_model_kwargs, 'teacher_kwargs': plan.teacher_kwargs,
             'extra': list(args.extra), 'tier': tier.name, 'jobs': plan.jobs, 'threads_per_job': plan.threads,
-            'device_data': plan.device_data, 'budget_s': tier.budget_s}
+            'device_data': plan.device_data, 'budget_s': tier.budget_s, 'order': args.order}
 
 
 def _record_invocation(args, argv, device: str, plan: Plan, synthetic: bool, tier: Tier) -> None:

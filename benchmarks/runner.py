@@ -63,7 +63,7 @@ def run_status(run: dict, runs_dir: str) -> dict:
     while contiguous in epochs:
         contiguous += 1
     complete = contiguous >= run['epochs'] and os.path.isfile(os.path.join(d, 'model_best.pth.tar'))
-    if run['kind'] == 'student':
+    if run['kind'] == 'student' and run.get('experts') is not None:  # an MoE student (a dense one has no routing)
         complete = complete and os.path.isfile(os.path.join(d, 'routing_consistency.json'))
     return {'dir': d, 'rows': rows, 'contiguous': contiguous, 'complete': complete}
 

@@ -13,8 +13,12 @@ from typing import Dict, Optional, Tuple
 # (frozen vs. still learning). Override with --stablemoe-freeze-at.
 STABLEMOE_FREEZE_AT = 0.5
 
-# variant -> label, model, whether a teacher guides it, train_tgr.py flags
+# variant -> label, model, whether a teacher guides it, train_tgr.py flags; optional: model_kwargs (added to the
+# recipe's), moe=False (a dense model: no experts). The order is the row order of the tables and the priority
+# order of the variant-major tiers (what runs first when time runs out).
 VARIANTS = {
+    'dense': dict(label='dense student (no MoE)', model='deit_tiny_patch16_224', teacher=False, moe=False,
+                  argv=['--teacher', 'none']),
     'vmoe': dict(label='V-MoE', model='vmoe_deit_tiny', teacher=False, argv=['--teacher', 'none']),
     'tgr': dict(label='TGR (full)', model='tgr_moe_deit_tiny', teacher=True, argv=['--distill-schedule', 'full']),
     'tgr_first': dict(label='TGR (first half)', model='tgr_moe_deit_tiny', teacher=True,
@@ -23,22 +27,32 @@ VARIANTS = {
                          argv=['--distill-schedule', 'adaptive']),
     'distill_only': dict(label='distillation only', model='tgr_moe_deit_tiny', teacher=True,
                          argv=['--tgr-mode', 'distill_only', '--distill-schedule', 'full']),
-    'stablemoe': dict(label='StableMoE (frozen router)', model='vmoe_deit_tiny', teacher=False,
-                      argv=['--teacher', 'none', '--freeze-router-at', None]),  # None: filled from the flag
     'teacher_route': dict(label='teacher route', model='tgr_moe_deit_tiny', teacher=True,
                           argv=['--tgr-mode', 'teacher_route', '--distill-schedule', 'full']),
+    'tgr_last': dict(label='TGR (full), last teacher layer', model='tgr_moe_deit_tiny', teacher=True,
+                     argv=['--distill-schedule', 'full', '--layer-map', 'last']),
+    'stablemoe': dict(label='StableMoE (frozen router)', model='vmoe_deit_tiny', teacher=False,
+                      argv=['--teacher', 'none', '--freeze-router-at', None]),  # None: filled from the flag
+    'soft_moe': dict(label='Soft-MoE', model='soft_moe_deit_tiny', teacher=False, argv=['--teacher', 'none']),
+    'expert_choice': dict(label='Expert-Choice', model='ec_moe_deit_tiny', teacher=False, argv=['--teacher', 'none']),
+    'vmoe_inv_e': dict(label='V-MoE, noise 1/E', model='vmoe_deit_tiny', teacher=False, argv=['--teacher', 'none'],
+                       model_kwargs={'router_noise_std': '1/E'}),
+    'tgr_inv_e': dict(label='TGR (full), noise 1/E', model='tgr_moe_deit_tiny', teacher=True,
+                      argv=['--distill-schedule', 'full'], model_kwargs={'router_noise_std': '1/E'}),
 }
 SWEEP_VARIANTS = ('vmoe', 'tgr')
 # TGR students that route with their own router at inference (candidates for the export check)
-EXPORT_CANDIDATES = ('tgr', 'tgr_first', 'tgr_adaptive', 'distill_only')
+EXPORT_CANDIDATES = ('tgr', 'tgr_first', 'tgr_adaptive', 'distill_only', 'tgr_last', 'tgr_inv_e')
 # variants that run a second validation pass per epoch (teacher routing)
 TWO_EVAL_VARIANTS = ('teacher_route',)
 
-# The paper's numbers (ImageNet-1K, DeiT-Tiny, K=1; Table 5 / ablations at E=8, supplement C.3).
+# The paper's numbers (ImageNet-1K, DeiT-Tiny, K=1; Table 5 / ablations at E=8, supplement C.3; the dense ViT
+# and Soft-MoE only appear in the main table, whose Tiny MoEs have E=16: ``top1_main_e16``).
 PAPER = {
     'dataset': 'ImageNet-1K, DeiT-Tiny, K=1 (TGR-MoE, CVPR 2026, arXiv 2604.21330)',
     'top1_e8': {'vmoe': 77.39, 'tgr': 77.81, 'tgr_first': 78.13, 'distill_only': 77.83, 'stablemoe': 77.19,
-                'teacher_route': 80.19, 'student_route': 74.84},
+                'teacher_route': 80.19, 'student_route': 74.84, 'tgr_last': 75.83},
+    'top1_main_e16': {'dense': 74.62, 'vmoe': 77.85, 'soft_moe': 79.31, 'tgr': 78.78},
     'sweep': {'experts': [4, 8, 16, 32, 64, 128],
               'vmoe': [76.18, 77.39, 77.85, 78.41, 78.74, 79.38],
               'tgr': [76.59, 77.81, 78.78, 79.35, 79.95, 80.36]},
@@ -46,6 +60,17 @@ PAPER = {
                 'to_final_tgr_first_sixth': '>0.70 within 50 of 300 epochs'},
     'entropy_table_s2': {'vmoe_tiny': [0.9098, 0.7776, 0.9489], 'tgr_tiny': [0.9701, 0.9627, 0.9420]},
 }
+
+
+def paper_top1(variant: str) -> Optional[tuple]:
+    """The paper's top-1 for a row and where it comes from: ``(value, 'E=8')`` (ablations) or
+    ``(value, 'main, E=16')``; None where the paper has no number."""
+    if variant in PAPER['top1_e8']:
+        return PAPER['top1_e8'][variant], 'E=8'
+    if variant in PAPER['top1_main_e16']:
+        return PAPER['top1_main_e16'][variant], 'main, E=16'
+    return None
+
 
 # tiny dims for --quick (CI): every model 28x28, patch 7 (16 tokens), width 32
 QUICK_MODEL = {'embed_dim': 32, 'num_heads': 2, 'patch_size': 7}
@@ -68,6 +93,7 @@ class Tier:
     jobs: int = 1  # runs at once (1: in this process, one after the other)
     device_data: bool = False  # add train_tgr.py's --device-data (data and augmentation on the GPU)
     budget_s: Optional[float] = None  # wall-time budget of the whole tier
+    order: str = 'seed'  # 'seed': every variant of seed 0, then seed 1, ...; 'variant': all seeds of a row in turn
     why: str = ''
 
 
@@ -94,6 +120,14 @@ TIERS: Dict[str, Tier] = {t.name: t for t in (
              'students, 2 runs at once with 1 thread each. One 2-thread process collapses as soon as anything else '
              'uses a core (OpenMP threads wait on each other: 2.2-3.0 s per step measured here under load, against '
              '0.24-0.32 s with 1 thread), two 1-thread processes do not.'),
+    Tier('cpu-all', 'every row of the paper\'s comparison at E=8 (13 variants, 3 seeds), then the V-MoE vs TGR '
+                    'sweep at E = 4, 16, 32, on a 2-core CPU',
+         recipe='quick', variants=tuple(VARIANTS), main_experts=8, experts=(4, 16, 32), jobs=2, budget_s=150 * 60,
+         order='variant',
+         why='the CPU tier\'s recipe (configs/fmnist_quick_*.yaml: width 64, patch 7, 17 tokens, batch 128, no '
+             'augmentation; teacher 2 epochs, students 3) for every row, one teacher, 2 runs at once with 1 thread '
+             'each. Runs go row by row in the table\'s order (all seeds of a row, then the next row), so when time '
+             'runs out the rows that matter most are complete; the same command resumes.'),
     Tier('gpu-main', 'the main table: teacher; V-MoE, TGR full, TGR first-half, distillation only, teacher route '
                      'at E=8; 3 seeds; one H100',
          recipe='gpu', variants=('vmoe', 'tgr', 'tgr_first', 'distill_only', 'teacher_route'), main_experts=8,

@@ -1,6 +1,6 @@
 """benchmarks/reproduce.py (issue 7) end to end in --quick mode: tiny models on synthetic Fashion-MNIST-format data.
 
-One module-scoped run (teacher, V-MoE, TGR, teacher-route at E=4, 1 seed, 2 epochs) feeds every test:
+One module-scoped run (teacher; dense student; V-MoE, TGR, teacher-route at E=4; 1 seed, 2 epochs) feeds every test:
 outputs and their fields, --report-only rebuilding the same table, skipping completed runs, resuming
 a partial one, refusing to mix budgets, and the exported student matching the training-time evaluation.
 """
@@ -25,7 +25,7 @@ def repro():
 
 
 def _argv(out):
-    return ['--quick', '--output', str(out), '--seeds', '0', '--variants', 'vmoe', 'tgr', 'teacher_route',
+    return ['--quick', '--output', str(out), '--seeds', '0', '--variants', 'dense', 'vmoe', 'tgr', 'teacher_route',
             '--main-experts', '4', '--experts', '4', '--device', 'cpu']
 
 
@@ -48,10 +48,10 @@ def _finite(v):
 def test_quick_run_writes_every_output(quick_run):
     out, report, seconds = quick_run
     for name in ('results.md', 'results.csv', 'results.json', 'consistency.png', 'accuracy_vs_experts.png',
-                 'environment.json', 'settings.json', 'export_check.json'):
+                 'top1_rows.png', 'environment.json', 'settings.json', 'export_check.json'):
         assert os.path.getsize(out / name) > 0, name
-    assert report['run_status'] == {'teacher-s0': 'trained', 'vmoe-E4-s0': 'trained', 'tgr-E4-s0': 'trained',
-                                    'teacher_route-E4-s0': 'trained'}
+    assert report['run_status'] == {'teacher-s0': 'trained', 'dense-s0': 'trained', 'vmoe-E4-s0': 'trained',
+                                    'tgr-E4-s0': 'trained', 'teacher_route-E4-s0': 'trained'}
     assert seconds < 60, seconds
 
 
@@ -65,13 +65,18 @@ def test_results_json_fields_are_finite(quick_run):
     assert inv['command'].startswith('python benchmarks/reproduce.py --quick')
     assert data['settings']['quick'] and data['settings']['synthetic_data'] and data['settings']['epochs'] == 2
     groups = {(g['variant'], g['experts']): g for g in data['aggregates']}
-    assert set(groups) == {('teacher', None), ('vmoe', 4), ('tgr', 4), ('teacher_route', 4)}
+    assert set(groups) == {('teacher', None), ('dense', None), ('vmoe', 4), ('tgr', 4), ('teacher_route', 4)}
+    assert _finite(groups[('dense', None)]['top1_final']['mean']) and 'adjacent_last' not in groups[('dense', None)]
     for key in ('vmoe', 'tgr', 'teacher_route'):
         g = groups[(key, 4)]
         for stat in ('top1_final', 'top1_best', 'adjacent_last', 'adjacent_mean', 'to_final_25pct', 'to_final_sixth',
-                     'entropy'):
+                     'entropy', 'entropy_kept', 'dropped_train', 'dropped_eval', 'wall_s'):
             assert _finite(g[stat]['mean']) and g[stat]['n'] == 1, (key, stat)
         assert 0. <= g['adjacent_last']['mean'] <= 1.
+        assert 0. <= g['dropped_train']['mean'] <= 1. and 0. <= g['dropped_eval']['mean'] <= 1.
+        run = next(r for r in data['runs'] if r['name'] == f'{key}-E4-s0')
+        assert g['wall_s']['mean'] == pytest.approx(sum(r['time_s'] for r in run['rows']))
+        assert g['dropped_eval']['mean'] == pytest.approx(run['rows'][-1]['dropped_fraction'])
         assert set(g['entropy_per_layer']) == {'L8', 'L10', 'L12'}
         assert all(0. <= v['mean'] <= 1. for v in g['entropy_per_layer'].values())
         assert g['to_final_25pct_epoch'] == 0 and len(g['curves']['consistency_prev']) == 2
@@ -94,7 +99,8 @@ def test_results_csv_has_every_epoch_of_every_run(quick_run):
     with open(out / 'results.csv') as f:
         rows = list(csv.DictReader(f))
     assert sorted((r['run'], r['epoch']) for r in rows) == sorted(
-        [('teacher-s0', '0')] + [(f'{v}-E4-s0', e) for v in ('vmoe', 'tgr', 'teacher_route') for e in ('0', '1')])
+        [('teacher-s0', '0'), ('dense-s0', '0'), ('dense-s0', '1')]
+        + [(f'{v}-E4-s0', e) for v in ('vmoe', 'tgr', 'teacher_route') for e in ('0', '1')])
     tgr = [r for r in rows if r['run'] == 'tgr-E4-s0']
     assert all(float(r['routing_L8_entropy']) >= 0 for r in tgr) and tgr[-1]['to_final_mean'] == '1.0'
     assert len(tgr[0]['routing_L8_load'].split()) == 4  # per-expert load, E = 4
@@ -135,8 +141,8 @@ def test_rerun_skips_completed_and_resumes_a_partial_run(repro, quick_run, tmp_p
     untouched = _mtime(work / 'runs' / 'tgr-E4-s0' / 'metrics.jsonl')
     argv = _argv(work) + ['--data-dir', str(out / 'synthetic-fashion-mnist'), '--no-export']
     report = repro.main(argv)
-    assert report['run_status'] == {'teacher-s0': 'skipped', 'vmoe-E4-s0': 'resumed', 'tgr-E4-s0': 'skipped',
-                                    'teacher_route-E4-s0': 'skipped'}
+    assert report['run_status'] == {'teacher-s0': 'skipped', 'dense-s0': 'skipped', 'vmoe-E4-s0': 'resumed',
+                                    'tgr-E4-s0': 'skipped', 'teacher_route-E4-s0': 'skipped'}
     assert _mtime(work / 'runs' / 'tgr-E4-s0' / 'metrics.jsonl') == untouched
     resumed = [json.loads(x) for x in (run / 'metrics.jsonl').read_text().splitlines()]
     assert [r['epoch'] for r in resumed] == [0, 1]
@@ -150,14 +156,14 @@ def test_rerun_skips_completed_and_resumes_a_partial_run(repro, quick_run, tmp_p
 
 
 # --------------------------------------------------------------------------------------------------
-# issue 16: --jobs N concurrent runs, the estimate printed before training
+# --jobs N concurrent runs, the estimate printed before training
 # --------------------------------------------------------------------------------------------------
 def test_two_jobs_train_the_same_runs_concurrently(repro, quick_run, tmp_path):
     out, _, _ = quick_run
     work = tmp_path / 'jobs2'
     argv = _argv(work) + ['--data-dir', str(out / 'synthetic-fashion-mnist'), '--jobs', '2', '--no-export']
     report = repro.main(argv)
-    names = ['teacher-s0', 'vmoe-E4-s0', 'tgr-E4-s0', 'teacher_route-E4-s0']
+    names = ['teacher-s0', 'dense-s0', 'vmoe-E4-s0', 'tgr-E4-s0', 'teacher_route-E4-s0']
     assert report['run_status'] == {n: 'trained' for n in names}
     spans = json.loads((work / 'timing.json').read_text())['run_spans_s']
     assert sorted(spans) == sorted(names)
@@ -186,7 +192,8 @@ def test_estimate_is_printed_before_training(repro, quick_run, tmp_path, capsys)
     assert json.loads((work / 'estimate.json').read_text()) == est
     assert not os.path.isdir(work / 'runs') and not os.path.isfile(work / 'settings.json')  # nothing trained
     kinds = est['step_times']
-    assert set(kinds) == {'teacher deit3_small_patch16_224', 'vmoe_deit_tiny E=4', 'tgr_moe_deit_tiny E=4 + teacher'}
+    assert set(kinds) == {'teacher deit3_small_patch16_224', 'deit_tiny_patch16_224', 'vmoe_deit_tiny E=4',
+                          'tgr_moe_deit_tiny E=4 + teacher'}
     assert all(_finite(k['train_s_per_step']) and k['train_s_per_step'] > 0 and k['batch_size'] == 16
                for k in kinds.values())
     # 64 training images / batch 16 = 4 steps, 32 test images = 2 eval batches; 1 teacher / 2 student epochs;
@@ -206,7 +213,7 @@ def test_finished_runs_are_not_estimated(repro, quick_run, capsys):
     before = (out / 'results.md').read_text()
     est = repro.main(_argv(out) + ['--data-dir', str(out / 'synthetic-fashion-mnist'), '--estimate-only'])['estimate']
     assert set(est['run_seconds'].values()) == {0.} and est['step_times'] == {} and est['scheduled_s'] == 0.
-    assert '0 of 4 runs to train' in capsys.readouterr().out
+    assert '0 of 5 runs to train' in capsys.readouterr().out
     assert (out / 'results.md').read_text() == before  # an estimate rewrites no table
 
 

@@ -91,7 +91,34 @@ def test_gpu_tiers_add_device_data_and_flags_override(bench):
 def test_default_tier_is_the_pre_split_default(bench):
     tier, plan = _plan(bench, [])
     assert tier.name == 'full' and plan.recipe == 'full' and plan.jobs == 1 and not plan.device_data
-    assert plan.epochs == 100 and len(plan.runs()) == 1 + 3 * (7 + 3 * 2)  # 7 variants at E=8; E=4/16/32 x 2
+    assert plan.epochs == 100 and len(plan.runs()) == 1 + 3 * (13 + 3 * 2)  # 13 variants at E=8; E=4/16/32 x 2
+
+
+def test_cpu_all_tier_runs_every_row_in_priority_order(bench):
+    tier, plan = _plan(bench, ['--tier', 'cpu-all', '--device', 'cpu'])
+    assert tier.budget_s == 150 * 60 and plan.jobs == 2 and plan.recipe == 'quick'
+    names = [r['name'] for r in plan.runs()]
+    rows = ['dense', 'vmoe', 'tgr', 'tgr_first', 'tgr_adaptive', 'distill_only', 'teacher_route', 'tgr_last',
+            'stablemoe', 'soft_moe', 'expert_choice', 'vmoe_inv_e', 'tgr_inv_e']
+    main = ['dense-s0', 'dense-s1', 'dense-s2'] + [f'{v}-E8-s{s}' for v in rows[1:] for s in range(3)]
+    sweep = [f'{v}-E{e}-s{s}' for e in (4, 16, 32) for v in ('vmoe', 'tgr') for s in range(3)]
+    assert names == ['teacher-s0'] + main + sweep  # all seeds of a row before the next row; the sweep last
+    runs = {r['name']: r for r in plan.runs()}
+    strip = bench.runner.strip_neutral
+    assert strip(runs['dense-s1']['argv']) == [
+        '-c', 'fmnist_quick_tgr.yaml', '--experiment', 'dense-s1', '--seed', '1', '--model', 'deit_tiny_patch16_224',
+        '--model-kwargs', 'embed_dim=64', 'num_heads=2', 'patch_size=7', '--epochs', '3', '--teacher', 'none']
+    assert runs['dense-s1']['experts'] is None and runs['dense-s1']['teacher'] is None
+    assert strip(runs['tgr_inv_e-E8-s0']['argv'])[9:16] == [
+        'embed_dim=64', 'num_heads=2', 'patch_size=7', 'num_experts=8', 'router_noise_std=1/E', '--epochs', '3']
+    assert runs['tgr_last-E8-s2']['argv'][-len(plan.common()) - 4:-len(plan.common())] == [
+        '--distill-schedule', 'full', '--layer-map', 'last']
+    assert runs['soft_moe-E8-s0']['argv'][runs['soft_moe-E8-s0']['argv'].index('--model') + 1] == 'soft_moe_deit_tiny'
+    assert plan.model_spec(runs['dense-s0'])['kwargs'] == dict(
+        embed_dim=64, num_heads=2, patch_size=7, img_size=28, in_chans=1, num_classes=10)
+    # seed-major by flag
+    _, seed_major = _plan(bench, ['--tier', 'cpu-all', '--order', 'seed', '--experts'])
+    assert [r['name'] for r in seed_major.runs()][1:4] == ['dense-s0', 'vmoe-E8-s0', 'tgr-E8-s0']
 
 
 def test_threads_are_divided_among_jobs(bench):

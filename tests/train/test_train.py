@@ -108,8 +108,8 @@ def test_two_epoch_tgr_run_writes_metrics_checkpoints_and_plot(image_folder, tmp
     rows = read_metrics(os.path.join(out, 'metrics.jsonl'))
     assert [r['epoch'] for r in rows] == [0, 1]
     for key in ('train_loss', 'train_task_loss', 'train_moe_aux_loss', 'train_load_loss', 'train_distill_loss',
-                'train_teacher_router_loss', 'train_teacher_entropy', 'train_dropped_fraction', 'eval_top1', 'eval_loss',
-                'entropy', 'entropy_kept', 'dropped_fraction'):
+                'train_teacher_router_loss', 'train_teacher_entropy', 'train_dropped_fraction', 'eval_top1',
+                'eval_loss', 'entropy', 'entropy_kept', 'dropped_fraction'):
         assert np.isfinite(rows[-1][key]), key
     # the total is the sum of its parts: task + aux + teacher-router loss + lambda_distill * KL
     r = rows[0]
@@ -120,7 +120,8 @@ def test_two_epoch_tgr_run_writes_metrics_checkpoints_and_plot(image_folder, tmp
     for block in rows[1]['routing'].values():
         assert sum(block['load']) == pytest.approx(1.0)
         assert 0. <= block['entropy'] <= 1. and 0. <= block['entropy_kept'] <= 1.
-    assert rows[1]['dropped_fraction'] == pytest.approx(np.mean([b['dropped_fraction'] for b in rows[1]['routing'].values()]))
+    per_layer = [b['dropped_fraction'] for b in rows[1]['routing'].values()]
+    assert rows[1]['dropped_fraction'] == pytest.approx(np.mean(per_layer))
     cons = json.load(open(os.path.join(out, 'routing_consistency.json')))
     assert cons['to_final_mean'][-1] == 1.0 and len(cons['adjacent']) == 2
     assert os.path.isfile(os.path.join(out, 'summary.csv')) and os.path.isfile(os.path.join(out, 'args.yaml'))

@@ -81,8 +81,9 @@ class SparseMoE(nn.Module):
     ``self.routing_override`` to a ``[B, N, E]`` probability tensor makes the next forwards choose
     experts (and gates) from it instead of the router (the paper's teacher-route experiment); the
     recorded ``probs`` stay the router's own, and the override's gates keep their autograd graph, so
-    the task loss trains whatever produced it (the teacher router, supplement Eq. S1). ``self.detach_gates = True`` stops the task loss from
-    reaching the router through the combine weights (the paper's distillation-only ablation).
+    the task loss trains whatever produced it (the teacher router, supplement Eq. S1).
+    ``self.detach_gates = True`` stops the task loss from reaching the router through the combine
+    weights (the paper's distillation-only ablation).
     """
 
     def __init__(

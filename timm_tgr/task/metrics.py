@@ -23,8 +23,8 @@ from timm.utils import unwrap_model
 from ..layers.losses import normalized_utilization_entropy
 
 __all__ = [
-    'RoutingStats', 'choice_counts', 'record_assignments', 'routing_consistency', 'ConsistencyTracker', 'RoutingReference',
-    'mean_over_layers',
+    'RoutingStats', 'choice_counts', 'record_assignments', 'routing_consistency', 'ConsistencyTracker',
+    'RoutingReference', 'mean_over_layers',
 ]
 
 
