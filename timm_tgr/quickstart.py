@@ -11,8 +11,9 @@ Steps (each a ``train_tgr.py`` run with a shipped config, ``timm_tgr/configs/fmn
    through ``timm.create_model('local-dir:...')`` and evaluate it on the 10k test images, which must
    reproduce the training-time evaluation of that checkpoint.
 
-Data: Debian's ``dataset-fashion-mnist`` files if installed, else ``--dataset-download``
-(torchvision); otherwise a clear error says how to get them. Writes ``<output>/quickstart.json``.
+Data: Debian's ``dataset-fashion-mnist`` files (or ``TIMM_TGR_FASHION_MNIST``) if present, else
+torchvision's download (``--no-download`` turns it off); when neither works (offline) a clear error says
+how to get them. Writes ``<output>/quickstart.json``.
 """
 import argparse
 import json
@@ -42,7 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--recipe', default='quick', choices=RECIPES, help='quick (CPU, ~15 min) or full (GPU)')
     p.add_argument('--data-dir', default='data', help='where Fashion-MNIST is (or is prepared)')
     p.add_argument('--output', default='output/quickstart', help='runs, checkpoints and export go here')
-    p.add_argument('--dataset-download', action='store_true', help='let torchvision download Fashion-MNIST')
+    p.add_argument('--no-download', action='store_true',
+                   help='never download Fashion-MNIST (default: torchvision downloads it when no local copy exists)')
+    p.add_argument('--dataset-download', action='store_true',
+                   help='accepted for compatibility: downloading is already the default')
     p.add_argument('--device', default=None, help='cuda / cpu (default: cuda if available)')
     p.add_argument('--teacher-epochs', type=int, default=None, help='override the recipe\'s teacher epochs')
     p.add_argument('--epochs', type=int, default=None, help='override the recipe\'s student epochs')
@@ -55,8 +59,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _common(args) -> List[str]:
     argv = ['--data-dir', args.data_dir, '--output', args.output, '--seed', str(args.seed)]
-    if args.dataset_download:
-        argv.append('--dataset-download')
     if args.device:
         argv += ['--device', args.device]
     if args.no_progress:
@@ -86,9 +88,14 @@ def evaluate_exported(export_dir: str, data_dir: str, device: str, batch_size: i
 
 def main(argv: Optional[List[str]] = None) -> dict:
     from timm.utils import setup_default_logging
+    from .data import prepare_fashion_mnist
     from .train import main as train_main
     setup_default_logging()
     args = _parser().parse_args(argv)
+    if args.no_download and args.dataset_download:
+        raise SystemExit('--no-download and --dataset-download contradict each other: pass one of them.')
+    source = prepare_fashion_mnist(args.data_dir, download=not args.no_download)
+    _logger.info(f'Fashion-MNIST in {args.data_dir} (from {source})')
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     os.makedirs(args.output, exist_ok=True)
     t_start = time.time()

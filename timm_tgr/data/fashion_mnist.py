@@ -9,7 +9,8 @@ which expects the decompressed idx files in ``<root>/FashionMNIST/raw/``.
    or any directory given by ``TIMM_TGR_FASHION_MNIST`` holding the four ``*-ubyte.gz`` files;
 3. torchvision's download, only when ``download=True``.
 
-When none applies it raises an error that lists the three ways to get the data.
+When none applies, or the download fails (offline), it raises an error that lists the three ways to get
+the data.
 """
 import gzip
 import os
@@ -70,11 +71,20 @@ def prepare_fashion_mnist(root: str, download: bool = False, source_dir: Optiona
         return src
     if download:
         from torchvision.datasets import FashionMNIST
-        FashionMNIST(root, train=True, download=True)
-        FashionMNIST(root, train=False, download=True)
+        try:
+            FashionMNIST(root, train=True, download=True)
+            FashionMNIST(root, train=False, download=True)
+        except Exception as e:  # offline, proxy, server down: say how else to get the files
+            raise FileNotFoundError(
+                f'downloading Fashion-MNIST into {raw} failed ({type(e).__name__}: {e}). {_ways_to_get_it()}') from e
         return 'download'
-    raise FileNotFoundError(
-        f'Fashion-MNIST not found in {raw}. Get it one of three ways: '
+    raise FileNotFoundError(f'Fashion-MNIST not found in {raw}. {_ways_to_get_it()}')
+
+
+def _ways_to_get_it() -> str:
+    return (
+        f'Get it one of three ways: '
         f'(1) apt-get install dataset-fashion-mnist (Debian/Ubuntu; files in {DEBIAN_FASHION_MNIST_DIR}); '
         f'(2) set TIMM_TGR_FASHION_MNIST to a directory holding {", ".join(f + ".gz" for f in FASHION_MNIST_FILES)}; '
-        f'(3) pass --dataset-download to let torchvision download it (needs internet).')
+        f'(3) download it with torchvision (needs internet): train_tgr.py --dataset-download, or the quickstart '
+        f'without --no-download.')
