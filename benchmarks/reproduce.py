@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Reproduce the TGR-MoE paper's findings at small scale on Fashion-MNIST (issues 7, 16).
+"""Reproduce the TGR-MoE paper's findings at small scale on Fashion-MNIST.
 
 One command trains, for every seed and with identical budgets, through ``train_tgr.py`` (no training
 loop of its own) the dense teacher and the student variants of a *tier* (study.py), then writes
@@ -25,6 +25,8 @@ Before training it times a few steps of each model kind on the device and prints
     # continue an interrupted study: the same command (completed runs are skipped, partial ones resumed)
     # rebuild tables and plots from the runs on disk
     python benchmarks/reproduce.py --output output/gpu_study --report-only
+    # copy the tables, JSON and plots (not the runs) into benchmarks/results/cpu_all/ to commit them
+    python benchmarks/reproduce.py --output output/cpu_all --report-only --publish cpu_all
     # CI smoke test (tiny model, synthetic Fashion-MNIST-format data, CPU, well under a minute)
     python benchmarks/reproduce.py --quick --output /tmp/repro --variants vmoe tgr --experts 4 --main-experts 4
 
@@ -39,23 +41,21 @@ import logging
 import os
 import platform
 import shlex
-import subprocess
-import sys
 import time
 from typing import Optional, Sequence
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _env import device_name, start_study  # noqa: E402
-from _files import read_json, write_json  # noqa: E402
-from estimate import estimate_study, format_estimate  # noqa: E402
-from export_check import export_best_student  # noqa: E402
-from plan import Plan  # noqa: E402
-from report import SCHEMA, build_report, utc_now  # noqa: E402
-from runner import ROOT, check_record, run_all  # noqa: E402
-from study import DEFAULT_TIER, STABLEMOE_FREEZE_AT, TIERS, VARIANTS, Tier  # noqa: E402
-from timm_tgr.data import write_synthetic_fashion_mnist  # noqa: E402,F401  (kept importable from here)
+from harness.env import device_name, git_revision, start_study
+from harness.estimate import estimate_study, format_estimate
+from harness.export_check import export_best_student
+from harness.files import read_json, write_json
+from harness.plan import Plan
+from harness.publish import publish
+from harness.runner import ROOT, check_record, run_all
+from harness.study import DEFAULT_TIER, STABLEMOE_FREEZE_AT, TIERS, VARIANTS, Tier
+from harness.tables import SCHEMA, build_report, utc_now
+from timm_tgr.data import write_synthetic_fashion_mnist
 
 __all__ = ['main', 'build_parser', 'resolve_tier', 'SCHEMA']
 
@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--report-only', action='store_true',
                    help='train nothing: rebuild results.md/csv/json and the plots from the runs in --output')
     p.add_argument('--no-export', action='store_true', help='skip exporting and re-evaluating the best TGR student')
+    p.add_argument('--publish', default=None, metavar='NAME',
+                   help='afterwards copy the tables, JSON and plots of --output (not the run folders) to '
+                        'benchmarks/results/NAME/, the committed results')
     p.add_argument('--extra', nargs=argparse.REMAINDER, default=[],
                    help='further train_tgr.py flags for every run (everything after --extra)')
     return p
@@ -131,17 +134,6 @@ def resolve_tier(args: argparse.Namespace) -> Tier:
 # --------------------------------------------------------------------------------------------------
 # what an invocation records
 # --------------------------------------------------------------------------------------------------
-def _git_revision() -> Optional[str]:
-    try:
-        rev = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return (rev + ('+uncommitted changes' if dirty else '')) if rev else None
-    except Exception:
-        return None
-
-
 def _environment(argv: Sequence[str], device: str) -> dict:
     import timm
     from timm_tgr.version import __version__
@@ -149,7 +141,7 @@ def _environment(argv: Sequence[str], device: str) -> dict:
         'date': utc_now(), 'command': 'python benchmarks/reproduce.py ' + shlex.join(list(argv)),
         'device': device, 'device_name': device_name(device),
         'torch': torch.__version__, 'timm': timm.__version__, 'timm_tgr': __version__,
-        'python': platform.python_version(), 'platform': platform.platform(), 'git': _git_revision(),
+        'python': platform.python_version(), 'platform': platform.platform(), 'git': git_revision(ROOT),
     }
 
 
@@ -218,6 +210,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         report = build_report(args.output, {'command': 'python benchmarks/reproduce.py ' + shlex.join(argv),
                                             'date': utc_now()})
         _logger.info(f"report rebuilt from {len(report['runs'])} runs: {os.path.join(args.output, 'results.md')}")
+        publish(args.output, args.publish)
         return report
     tier = resolve_tier(args)
     if not 0. <= args.stablemoe_freeze_at <= 1.:
@@ -232,7 +225,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.estimate_only:
         return {'estimate': json.loads(json.dumps(est))}
     _record_invocation(args, argv, device, plan, synthetic, tier)
-    return _train(args, plan, runs, device)
+    report = _train(args, plan, runs, device)
+    publish(args.output, args.publish)
+    return report
 
 
 if __name__ == '__main__':

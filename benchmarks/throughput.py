@@ -49,8 +49,7 @@ import torch.nn as nn
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, _ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _env import cpu_model_name  # noqa: E402
+from harness.env import cpu_model_name  # noqa: E402
 
 import timm  # noqa: E402
 import timm_tgr  # noqa: E402,F401  (registers the models)
@@ -69,7 +68,7 @@ PAPER_EXPERTS = {'tiny': 16, 'small': 8, 'base': 8}
 AMP_DTYPES = {'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16, 'float16': torch.float16, 'fp16': torch.float16,
               'float32': None, 'fp32': None, 'none': None}
 
-# Issue 6's goals, evaluated on CUDA only: (name, check) pairs are built in evaluate_goals().
+# The throughput goals, evaluated on CUDA only: (name, check) pairs are built in evaluate_goals().
 TRAIN_GOALS = {('small', 8): 0.90, ('tiny', 16): 0.85}
 TRAIN_GOAL_E128 = 0.75
 INFER_GOAL = 0.95

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Transfer study (issue 13): pre-train on Fashion-MNIST classes 0-4, fine-tune on classes 5-9.
+"""Transfer study: pre-train on Fashion-MNIST classes 0-4, fine-tune on classes 5-9.
 
 The paper ("Stable Transfer") fine-tunes ImageNet-trained models on CIFAR-100 and Pets: routing consistency
 between the pre-trained and the fine-tuned model is 50.56 % for V-MoE and 73.75 % for TGR-MoE, and
@@ -24,6 +24,7 @@ consistency, beside the paper's numbers.
     python benchmarks/transfer.py --data-dir data --output output/transfer            # the study
     python benchmarks/transfer.py --data-dir data --output output/transfer --plan-only  # plan + estimate only
     python benchmarks/transfer.py --output output/transfer --report-only                # tables from the runs
+    python benchmarks/transfer.py --output output/transfer --report-only --publish transfer  # commit them
     python benchmarks/transfer.py --quick --output /tmp/transfer                        # CI: tiny, synthetic
 
 Interrupted? The same command continues: finished runs are skipped, partial ones resumed (``runner.py``).
@@ -33,20 +34,19 @@ import logging
 import os
 import platform
 import shlex
-import sys
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _env import device_name, start_study  # noqa: E402
-from _files import read_json, write_json  # noqa: E402
-from collect import block_label, mean_std  # noqa: E402
-from estimate import estimate_study, format_estimate  # noqa: E402
-from plan import _kv, config_path, read_yaml, threads_per_job  # noqa: E402
-from report import fmt, md_table, utc_now  # noqa: E402
-from runner import check_record, run_all, run_status  # noqa: E402
-from study import QUICK_MODEL, QUICK_TRAIN  # noqa: E402
+from harness.collect import block_label, discover_runs, mean_std
+from harness.env import device_name, git_revision, start_study
+from harness.estimate import estimate_study, format_estimate
+from harness.files import read_json, write_json
+from harness.plan import config_path, kv_args, read_yaml, threads_per_job
+from harness.publish import publish
+from harness.runner import ROOT, check_record, run_all, run_status
+from harness.study import QUICK_MODEL, QUICK_TRAIN
+from harness.tables import fmt, md_table, utc_now
 
 _logger = logging.getLogger('reproduce')
 
@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--plan-only', action='store_true', help='print the plan and the time estimate, train nothing')
     p.add_argument('--estimate-steps', type=int, default=3, help='timed training steps per model kind (default 3)')
     p.add_argument('--report-only', action='store_true', help='train nothing: rebuild results.md/json from the runs')
+    p.add_argument('--publish', default=None, metavar='NAME',
+                   help='afterwards copy results.md/json (not the runs) to benchmarks/results/NAME/')
     p.add_argument('--extra', nargs=argparse.REMAINDER, default=[],
                    help='further train_tgr.py flags for every run (everything after --extra)')
     return p
@@ -166,13 +168,13 @@ class TransferPlan:
 
     def _teacher_flags(self) -> List[str]:
         ckpt = os.path.join(self.runs_dir, 'teacher', 'model_best.pth.tar')
-        return ['--teacher', self.teacher_name, '--teacher-kwargs', *_kv(self.teacher_kwargs),
+        return ['--teacher', self.teacher_name, '--teacher-kwargs', *kv_args(self.teacher_kwargs),
                 '--teacher-checkpoint', ckpt]
 
     def teacher_run(self) -> dict:
         seed = self.args.seeds[0]
         argv = ['-c', self.teacher_cfg, '--experiment', 'teacher', '--seed', str(seed),
-                '--model-kwargs', *_kv(self.teacher_model_kwargs), '--epochs', str(self.epochs['teacher'])]
+                '--model-kwargs', *kv_args(self.teacher_model_kwargs), '--epochs', str(self.epochs['teacher'])]
         return dict(name='teacher', kind='teacher', variant='teacher', label='dense teacher (classes 0-4)',
                     experts=None, seed=seed, epochs=self.epochs['teacher'], teacher=None,
                     argv=argv + self._common(self.data['pre']))
@@ -180,7 +182,7 @@ class TransferPlan:
     def pretrain_run(self, variant: str, seed: int) -> dict:
         spec, name = PRETRAIN[variant], f'pre-{variant}-s{seed}'
         argv = ['-c', self.student_cfg, '--experiment', name, '--seed', str(seed), '--model', spec['model'],
-                '--model-kwargs', *_kv(self.student_kwargs), '--epochs', str(self.epochs['pretrain'])]
+                '--model-kwargs', *kv_args(self.student_kwargs), '--epochs', str(self.epochs['pretrain'])]
         argv += self._teacher_flags() if spec['teacher'] else ['--teacher', 'none']
         return dict(name=name, kind='student', variant=f'pre_{variant}', label=f"{spec['label']} (pre-training)",
                     experts=self.args.experts, seed=seed, epochs=self.epochs['pretrain'],
@@ -191,7 +193,7 @@ class TransferPlan:
         source = f"pre-{spec['source']}-s{seed}"
         start = os.path.join(self.runs_dir, source, 'last.pth.tar')  # the end of pre-training
         argv = ['-c', self.finetune_cfg, '--experiment', name, '--seed', str(seed), '--model', spec['model'],
-                '--model-kwargs', *_kv(self.student_kwargs), '--epochs', str(self.epochs['finetune']),
+                '--model-kwargs', *kv_args(self.student_kwargs), '--epochs', str(self.epochs['finetune']),
                 '--initial-checkpoint', start]
         argv += self._teacher_flags() + ['--teacher-routers-from', start] if spec['teacher'] else ['--teacher', 'none']
         return dict(name=name, kind='student', variant=variant, label=spec['label'], experts=self.args.experts,
@@ -359,7 +361,6 @@ def render_markdown(report: dict) -> str:
 # --------------------------------------------------------------------------------------------------
 def build_report(output: str) -> dict:
     """results.json / results.md from the run folders in ``output`` (finished runs only)."""
-    from collect import discover_runs
     runs_dir = os.path.join(output, 'runs')
     records = discover_runs(runs_dir)
     summaries = [s for s in (summarize(r, runs_dir) for r in records) if s is not None]
@@ -378,14 +379,13 @@ def build_report(output: str) -> dict:
 def _record_invocation(args, argv: Sequence[str], plan: TransferPlan, device: str) -> None:
     """Append this command and its environment to environment.json; write settings.json."""
     import timm
-    from reproduce import _git_revision
     from timm_tgr.version import __version__
     path = os.path.join(args.output, 'environment.json')
     env = read_json(path) if os.path.isfile(path) else {'invocations': []}
     env['invocations'].append({
         'date': utc_now(), 'command': 'python benchmarks/transfer.py ' + shlex.join(list(argv)), 'device': device,
         'device_name': device_name(device), 'torch': torch.__version__, 'timm': timm.__version__,
-        'timm_tgr': __version__, 'python': platform.python_version(), 'git': _git_revision()})
+        'timm_tgr': __version__, 'python': platform.python_version(), 'git': git_revision(ROOT)})
     write_json(path, env)
     write_json(os.path.join(args.output, 'settings.json'), {
         'quick': args.quick, 'synthetic_data': plan.data['synthetic'], 'data_dir': plan.data['source_dir'],
@@ -403,7 +403,9 @@ def _train(plan: TransferPlan, runs: List[dict]) -> Dict[str, str]:
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     argv, args = start_study(build_parser(), argv)
     if args.report_only:
-        return build_report(args.output)
+        report = build_report(args.output)
+        publish(args.output, args.publish)
+        return report
     plan = TransferPlan(args, prepare_data(args))
     runs = plan.runs()
     for run in runs:  # every conflict before any training
@@ -420,6 +422,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     report = build_report(args.output)
     report['run_status'] = status
     _logger.info(f"done: {os.path.join(args.output, 'results.md')}")
+    publish(args.output, args.publish)
     return report
 
 

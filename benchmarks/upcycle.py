@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Sparse upcycling on Fashion-MNIST (issue 14): a dense DeiT trained with ``train_tgr.py``, upcycled to
+"""Sparse upcycling on Fashion-MNIST: a dense DeiT trained with ``train_tgr.py``, upcycled to
 ``vmoe_deit_tiny`` / ``tgr_moe_deit_tiny`` (E=8, the quickstart's size), measured
 
 - at step 0: top-1 of the upcycled model in eval mode against the dense model, with the eval capacity that drops
@@ -25,11 +25,10 @@ from typing import Dict, List, Optional
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _env import device_name  # noqa: E402
-from _files import read_metrics  # noqa: E402
-from collect import mean_std  # noqa: E402
-from report import fmt  # noqa: E402
+from harness.collect import mean_std
+from harness.env import device_name
+from harness.files import read_metrics
+from harness.tables import fmt
 
 EXPERTS = 8
 DENSE_MODEL = 'deit_tiny_patch16_224'

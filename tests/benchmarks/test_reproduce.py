@@ -1,4 +1,4 @@
-"""benchmarks/reproduce.py (issue 7) end to end in --quick mode: tiny models on synthetic Fashion-MNIST-format data.
+"""benchmarks/reproduce.py end to end in --quick mode: tiny models on synthetic Fashion-MNIST-format data.
 
 One module-scoped run (teacher; dense student; V-MoE, TGR, teacher-route at E=4; 1 seed, 2 epochs) feeds every test:
 outputs and their fields, --report-only rebuilding the same table, skipping completed runs, resuming
@@ -218,7 +218,7 @@ def test_finished_runs_are_not_estimated(repro, quick_run, capsys):
 
 
 def test_report_only_reads_folders_of_the_pre_split_script(repro, quick_run, tmp_path):
-    """Output folders written before issue 16 have no estimate.json / timing.json / train.log and fewer settings."""
+    """Older output folders have no estimate.json / timing.json / train.log and fewer settings."""
     out, report, _ = quick_run
     work = tmp_path / 'old'
     shutil.copytree(out, work)
@@ -233,3 +233,17 @@ def test_report_only_reads_folders_of_the_pre_split_script(repro, quick_run, tmp
     assert '## Budget' not in md and '## Main comparison (E = 4)' in md
     assert rebuilt['estimate'] is None and rebuilt['timing'] is None
     assert json.loads(json.dumps(rebuilt['aggregates'])) == json.loads(json.dumps(report['aggregates']))
+
+
+def test_publish_copies_the_results_not_the_runs(repro, quick_run, tmp_path, monkeypatch):
+    out, _, _ = quick_run
+    import harness.publish
+    monkeypatch.setattr(harness.publish, 'RESULTS_DIR', str(tmp_path / 'results'))
+    repro.main(['--report-only', '--output', str(out), '--publish', 'quick'])
+    published = sorted(os.listdir(tmp_path / 'results' / 'quick'))
+    expected = sorted(f for f in os.listdir(out) if os.path.isfile(out / f) and f.rsplit('.', 1)[-1] in
+                      ('md', 'json', 'csv', 'png'))
+    assert published == expected and 'results.md' in published and 'top1_rows.png' in published
+    assert (tmp_path / 'results' / 'quick' / 'results.json').read_bytes() == (out / 'results.json').read_bytes()
+    with pytest.raises(SystemExit, match='folder name'):
+        repro.main(['--report-only', '--output', str(out), '--publish', '../elsewhere'])

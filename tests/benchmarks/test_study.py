@@ -3,7 +3,6 @@ records the pre-split reproduce.py wrote (hand-copied), plus the estimate's sche
 import argparse
 import importlib.util
 import os
-import sys
 
 import pytest
 
@@ -12,13 +11,13 @@ _BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.ab
 
 @pytest.fixture(scope='module')
 def bench():
-    """reproduce.py loaded from its path (it puts benchmarks/ on sys.path for its siblings)."""
+    """reproduce.py loaded from its path and its harness modules (conftest.py puts benchmarks/ on sys.path)."""
+    from harness import estimate, plan, runner, study
     spec = importlib.util.spec_from_file_location('timm_tgr_bench_reproduce_study',
                                                   os.path.join(_BENCH, 'reproduce.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return argparse.Namespace(reproduce=module, study=sys.modules['study'], plan=sys.modules['plan'],
-                              runner=sys.modules['runner'], estimate=sys.modules['estimate'])
+    return argparse.Namespace(reproduce=module, study=study, plan=plan, runner=runner, estimate=estimate)
 
 
 def _plan(bench, argv, output='/out', data_dir='/data'):

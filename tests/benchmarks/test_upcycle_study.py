@@ -1,4 +1,4 @@
-"""benchmarks/upcycle.py (issue 14) end to end in --quick mode: synthetic Fashion-MNIST, width 32, 1 epoch."""
+"""benchmarks/upcycle.py end to end in --quick mode: synthetic Fashion-MNIST, width 32, 1 epoch."""
 import importlib.util
 import json
 import os

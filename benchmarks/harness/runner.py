@@ -15,11 +15,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from _files import read_json, read_metrics, write_json
+from .files import read_json, read_metrics, write_json
 
 _logger = logging.getLogger('reproduce')
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 LOG_NAME = 'train.log'
 DONE = ('skipped', 'trained', 'resumed')
 # flags whose value does not change what a run computes (paths, device, threads): ignored when a later
@@ -175,7 +175,6 @@ class ConcurrentRunner:
         self.spans: Dict[str, List[float]] = {}
         self.origin = time.time()
         self.active: Dict[str, tuple] = {}  # name -> (process, run, resumed, start time, log file)
-
 
     def _ready(self, run: dict) -> Optional[bool]:
         """True: can start; False: its teacher is still to finish; None: its teacher failed."""

@@ -1,7 +1,7 @@
 """The Fashion-MNIST study of benchmarks/reproduce.py: what is compared, at which budget, against which paper numbers.
 
 Nothing here runs anything: ``plan.py`` turns a tier into ``train_tgr.py`` command lines, ``runner.py``
-runs them, ``collect.py`` and ``report.py`` turn their run folders into tables and plots.
+runs them, ``collect.py`` and ``tables.py`` turn their run folders into tables and plots.
 """
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple

@@ -4,7 +4,7 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from study import QUICK_EPOCHS, QUICK_MODEL, QUICK_TEACHER_EPOCHS, QUICK_TRAIN, SWEEP_VARIANTS, VARIANTS
+from .study import QUICK_EPOCHS, QUICK_MODEL, QUICK_TEACHER_EPOCHS, QUICK_TRAIN, SWEEP_VARIANTS, VARIANTS
 
 
 # model kwargs that only an MoE model takes (left out for a dense variant)
@@ -22,7 +22,8 @@ def read_yaml(path: str) -> dict:
         return yaml.safe_load(f) or {}
 
 
-def _kv(d: dict) -> List[str]:
+def kv_args(d: dict) -> List[str]:
+    """``{k: v}`` as ``--model-kwargs``-style ``k=v`` arguments."""
     return [f'{k}={v}' for k, v in d.items()]
 
 
@@ -90,7 +91,7 @@ class Plan:
     def teacher_run(self, seed: int) -> dict:
         name = f'teacher-s{seed}'
         argv = ['-c', self.teacher_cfg, '--experiment', name, '--seed', str(seed),
-                '--model-kwargs', *_kv(self.teacher_model_kwargs), '--epochs', str(self.teacher_epochs)]
+                '--model-kwargs', *kv_args(self.teacher_model_kwargs), '--epochs', str(self.teacher_epochs)]
         return dict(name=name, kind='teacher', variant='teacher', label='dense teacher', experts=None, seed=seed,
                     epochs=self.teacher_epochs, argv=argv + self.common() + list(self.args.extra))
 
@@ -126,10 +127,10 @@ class Plan:
         name = f'{variant}-s{seed}' if experts is None else f'{variant}-E{experts}-s{seed}'
         kwargs = self._student_kwargs(variant, experts)
         argv = ['-c', self.student_cfg, '--experiment', name, '--seed', str(seed), '--model', spec['model'],
-                '--model-kwargs', *_kv(kwargs), '--epochs', str(self.epochs)]
+                '--model-kwargs', *kv_args(kwargs), '--epochs', str(self.epochs)]
         teacher = self.teacher_run(self.teacher_for(seed))['name'] if spec['teacher'] else None
         if teacher:
-            argv += ['--teacher', self.teacher_name, '--teacher-kwargs', *_kv(self.teacher_kwargs),
+            argv += ['--teacher', self.teacher_name, '--teacher-kwargs', *kv_args(self.teacher_kwargs),
                      '--teacher-checkpoint', os.path.join(self.runs_dir, teacher, 'model_best.pth.tar')]
         argv += [str(self.args.stablemoe_freeze_at) if x is None else x for x in spec['argv']]
         return dict(name=name, kind='student', variant=variant, label=spec['label'], experts=experts, seed=seed,

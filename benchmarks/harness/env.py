@@ -1,6 +1,8 @@
-"""What the benchmark scripts record about the machine they ran on."""
+"""What the benchmark scripts record about the machine and the code they ran on."""
 import os
 import platform
+import subprocess
+from typing import Optional
 
 
 def cpu_model_name() -> str:
@@ -37,3 +39,15 @@ def start_study(parser, argv=None):
     import timm_tgr  # noqa: F401  (registers the models)
     os.makedirs(args.output, exist_ok=True)
     return argv, args
+
+
+def git_revision(root: str) -> Optional[str]:
+    """The checkout's short commit, with ``+uncommitted changes`` when tracked files differ; None outside git."""
+    try:
+        rev = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (rev + ('+uncommitted changes' if dirty else '')) if rev else None
+    except Exception:
+        return None

@@ -7,9 +7,9 @@ from typing import List, Optional
 
 import numpy as np
 
-from _files import read_json, write_json
-from collect import aggregate, block_label, claims, diff, discover_runs, find, find_row, summarize_run
-from study import PAPER, SWEEP_VARIANTS, TIERS, VARIANTS, paper_top1
+from .files import read_json, write_json
+from .collect import aggregate, block_label, claims, diff, discover_runs, find, find_row, summarize_run
+from .study import PAPER, SWEEP_VARIANTS, TIERS, VARIANTS, paper_top1
 
 _logger = logging.getLogger('reproduce')
 

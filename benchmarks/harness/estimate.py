@@ -19,9 +19,9 @@ from typing import Dict, List, Optional
 
 import torch
 
-from _env import device_name
-from runner import child_env, run_status
-from study import TWO_EVAL_VARIANTS
+from .env import device_name
+from .runner import child_env, run_status
+from .study import TWO_EVAL_VARIANTS
 
 
 def kind_key(run: dict, spec: dict) -> str:

@@ -5,8 +5,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from _files import read_json, read_metrics
-from study import PAPER, SWEEP_VARIANTS, VARIANTS
+from .files import read_json, read_metrics
+from .study import PAPER, SWEEP_VARIANTS, VARIANTS
 
 STAT_KEYS = ('top1_final', 'top1_best', 'ema_top1_final', 'ema_top1_best', 'teacher_route_top1_final',
              'teacher_route_top1_best', 'adjacent_last', 'adjacent_mean', 'to_final_25pct', 'to_final_sixth',

@@ -3,9 +3,9 @@ import os
 import shutil
 from typing import Optional
 
-from _files import write_json
-from collect import discover_runs, summarize_run
-from study import EXPORT_CANDIDATES
+from .files import write_json
+from .collect import discover_runs, summarize_run
+from .study import EXPORT_CANDIDATES
 
 
 def _best_student(runs_dir: str) -> Optional[dict]:
