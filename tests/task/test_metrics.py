@@ -14,15 +14,6 @@ from timm_tgr.task.metrics import (
 from timm_tgr.task.tgr_task import TGRTask
 
 
-def test_normalized_entropy_by_hand():
-    counts = torch.tensor([10., 30., 0., 60.])
-    u = counts / 100
-    ref = -sum(float(p) * math.log(float(p)) for p in u if p > 0) / math.log(4)
-    assert float(normalized_utilization_entropy(counts)) == pytest.approx(ref)
-    assert float(normalized_utilization_entropy(torch.ones(8))) == pytest.approx(1.0)
-    assert float(normalized_utilization_entropy(torch.tensor([0., 5., 0., 0.]))) == pytest.approx(0.0)
-
-
 def test_consistency_by_hand():
     a = {7: torch.tensor([0, 1, 2, 3]), 9: torch.tensor([1, 1, 1, 1])}
     b = {7: torch.tensor([0, 1, 3, 3]), 9: torch.tensor([0, 0, 1, 1])}
