@@ -44,3 +44,18 @@ def brute_force_moe(moe, x: torch.Tensor, capacity_factor: float, group: str = '
                     kept[b, n, k] = True
                     out[b, n] += probs[b, n, e] * expert_mlp(moe, e, x[b, n])
     return out, kept
+
+
+def architecture_kwargs(kwargs: dict, keys) -> dict:
+    """The kwargs among ``keys`` that define a ViT's architecture, in one form whatever timm version wrote them:
+    sequences as tuples, ``img_size`` and ``patch_size`` as (h, w) (timm 1.0.31's ``save_for_hf`` writes
+    ``img_size`` as a list; 1.0.29 as the int it was given)."""
+    out = {}
+    for k in keys:
+        v = kwargs.get(k)
+        if isinstance(v, (list, tuple)):
+            v = tuple(v)
+        if k in ('img_size', 'patch_size') and isinstance(v, int):
+            v = (v, v)
+        out[k] = v
+    return out

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 import timm_tgr  # noqa: F401
+from reference import architecture_kwargs
 from timm_tgr.export import export_checkpoint
 from timm_tgr.train import main as train_main, parse_args, read_metrics
 from timm_tgr.train.setup import create_model, setup_training
@@ -92,8 +93,10 @@ def test_local_dir_pretrained_resets_the_head_and_keeps_every_other_tensor(pre):
     _assert_all_but_head_equal(model, safetensors.torch.load_file(os.path.join(pre.export, 'model.safetensors')))
     # the run records the architecture and every kwarg that rebuilds it (config.json's, then the flags')
     assert args.model_arch == 'tgr_moe_deit_tiny'
-    assert args.model_kwargs_resolved == dict(embed_dim=32, num_heads=2, patch_size=7, num_experts=4, num_classes=2,
-                                              img_size=14, in_chans=1)
+    expected = dict(embed_dim=32, num_heads=2, patch_size=7, num_experts=4, num_classes=2, img_size=14, in_chans=1)
+    assert architecture_kwargs(args.model_kwargs_resolved, expected) == architecture_kwargs(expected, expected)
+    rebuilt = timm.create_model(args.model_arch, **args.model_kwargs_resolved)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
 
 
 def test_distilled_layout_resets_both_heads(pre, tmp_path):
