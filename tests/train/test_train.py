@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import timm_tgr  # noqa: F401
-from timm_tgr.data import FASHION_MNIST_FILES, prepare_fashion_mnist
+from timm_tgr.data import FASHION_MNIST_FILES, prepare_fashion_mnist, write_class_subset
 from timm_tgr.train import main as train_main, parse_args, read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -74,10 +74,36 @@ def test_yaml_unknown_key_is_an_error(tmp_path, capsys):
     assert "unknown keys ['epochz']" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize('name', sorted(os.listdir(os.path.join(ROOT, 'timm_tgr', 'configs'))))
-def test_shipped_configs_parse(name):
-    args = parse_args(['-c', os.path.join(ROOT, 'timm_tgr', 'configs', name)])
-    assert args.epochs >= 1 and args.lr > 0
+CONFIGS = sorted(os.listdir(os.path.join(ROOT, 'timm_tgr', 'configs')))
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_shipped_config_trains_an_epoch_on_synthetic_data(name, image_folder, fake_fashion_mnist, tmp_path):
+    """Each shipped recipe as written (model, augmentation, Mixup, AMP, schedule, teacher layout) for one short
+    epoch; only the data, its size, the batch and the teacher's pretrained weights are swapped for tiny ones."""
+    config = os.path.join(ROOT, 'timm_tgr', 'configs', name)
+    args = parse_args(['-c', config])
+    tiny = ['-c', config, '--epochs', '1', '--warmup-epochs', '0', '-b', '8', '-j', '0', '--threads', '1',
+            '--no-progress', '--probe-samples', '8', '--output', str(tmp_path), '--experiment', 'run']
+    if args.dataset == 'torch/fashion_mnist':  # the recipe's own dataset, 64 fake images
+        data = str(tmp_path / 'data')
+        prepare_fashion_mnist(data, source_dir=fake_fashion_mnist)
+        if args.num_classes < 10:  # the fine-tuning recipe: a class subset, relabelled 0..n-1
+            data = str(tmp_path / 'subset')
+            write_class_subset(str(tmp_path / 'data'), data, list(range(10 - args.num_classes, 10)))
+        tiny += ['--data-dir', data]
+    else:  # ImageNet / CIFAR-100 recipes: a 3-class image folder at 32x32
+        tiny += ['--dataset', '', '--data-dir', image_folder, '--num-classes', '3', '--img-size', '32']
+        if args.teacher not in (None, 'none'):
+            tiny += ['--teacher-kwargs', 'img_size=32']
+    if args.teacher not in (None, 'none'):
+        tiny += ['--no-teacher-pretrained']
+    result = train_main(tiny)
+    row = result['rows'][-1]
+    assert np.isfinite(row['train_loss']) and 0. <= row['eval_top1'] <= 100.
+    assert os.path.isfile(os.path.join(result['output_dir'], 'last.pth.tar'))
+    if 'tgr' in name:
+        assert np.isfinite(row['train_distill_loss']) and set(row['routing']) == {'7', '9', '11'}
 
 
 @pytest.mark.parametrize('argv, message', [

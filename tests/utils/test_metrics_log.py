@@ -65,9 +65,3 @@ def test_metrics_row():
     assert metrics_row(rows, 1) == {'epoch': 1, 'a': 3}  # a resumed run may repeat an epoch: the later row
     assert metrics_row(rows, 7) is None
     assert metrics_row([]) is None and metrics_row([], 0) is None
-
-
-def test_trainer_and_export_use_this_reader():
-    import timm_tgr.export
-    import timm_tgr.train
-    assert timm_tgr.train.read_metrics is read_metrics and timm_tgr.export.read_metrics is read_metrics
