@@ -124,7 +124,7 @@ TIERS: Dict[str, Tier] = {t.name: t for t in (
                     'sweep at E = 4, 16, 32, on a 2-core CPU',
          recipe='quick', variants=tuple(VARIANTS), main_experts=8, experts=(4, 16, 32), jobs=2, budget_s=150 * 60,
          order='variant',
-         why='the CPU tier\'s recipe (configs/fmnist_quick_*.yaml: width 64, patch 7, 17 tokens, batch 128, no '
+         why='The CPU tier\'s recipe (configs/fmnist_quick_*.yaml: width 64, patch 7, 17 tokens, batch 128, no '
              'augmentation; teacher 2 epochs, students 3) for every row, one teacher, 2 runs at once with 1 thread '
              'each. Runs go row by row in the table\'s order (all seeds of a row, then the next row), so when time '
              'runs out the rows that matter most are complete; the same command resumes.'),

@@ -183,6 +183,11 @@ def _md_sweep(groups: List[dict], settings: dict) -> List[str]:
     sweep = sorted({g['experts'] for g in groups if g['variant'] in SWEEP_VARIANTS})
     if not (settings['experts'] or len(sweep) > 1):
         return []
+    missing = [e for e in settings['experts'] if e not in sweep]
+    if len(sweep) <= 1:
+        return ['## Expert sweep: V-MoE vs TGR (full schedule)', '',
+                f'Not run: no complete V-MoE / TGR runs at E = {", ".join(map(str, missing))} (the same command '
+                f'trains them; finished runs are skipped).', '']
     rows, pe = [], PAPER['sweep']
     for e in sweep:
         v, t = find(groups, 'vmoe', e) or {}, find(groups, 'tgr', e) or {}
@@ -300,7 +305,7 @@ def plot_consistency(path: str, groups: List[dict], main_e: int) -> bool:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
     drew = False
     for variant in VARIANTS:
         g = find(groups, variant, main_e)
@@ -319,10 +324,13 @@ def plot_consistency(path: str, groups: List[dict], main_e: int) -> bool:
         ax.set_xlabel('epoch')
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc='lower right')
+    handles = {}  # one legend for both panels, outside them: the curves stay visible
+    for ax in axes:
+        handles.update(zip(*reversed(ax.get_legend_handles_labels())))
+    fig.legend(list(handles.values()), list(handles), fontsize=7, loc='center left', bbox_to_anchor=(0.78, 0.5))
     axes[0].set_ylabel('fraction of probe tokens, mean over MoE layers')
     fig.suptitle('mean ± std over seeds', fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.78, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return drew
@@ -385,7 +393,7 @@ def plot_top1_rows(path: str, groups: List[dict], main_e: int) -> bool:
     axes[0].set_xlabel('Fashion-MNIST test top-1 (%), final epoch: mean ± std, x = each seed')
     axes[1].set_xlabel("paper's ImageNet-1K top-1 (%), DeiT-Tiny")
     axes[0].set_title(f'this study (E={main_e})', fontsize=9)
-    axes[1].set_title('the paper (E=8 ablations; dense and Soft-MoE: main table, E=16)', fontsize=9)
+    axes[1].set_title('the paper (E=8; dense, Soft-MoE: main table, E=16)', fontsize=9)
     for ax in axes:
         ax.grid(alpha=0.3, axis='x')
     fig.tight_layout()

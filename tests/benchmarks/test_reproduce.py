@@ -247,3 +247,22 @@ def test_publish_copies_the_results_not_the_runs(repro, quick_run, tmp_path, mon
     assert (tmp_path / 'results' / 'quick' / 'results.json').read_bytes() == (out / 'results.json').read_bytes()
     with pytest.raises(SystemExit, match='folder name'):
         repro.main(['--report-only', '--output', str(out), '--publish', '../elsewhere'])
+
+
+def test_eval_capacity_reproduces_training_eval_and_drops_nothing_at_e_over_k(quick_run, tmp_path):
+    out, _, _ = quick_run
+    spec = importlib.util.spec_from_file_location(
+        'timm_tgr_bench_eval_capacity', os.path.join(os.path.dirname(_SCRIPT), 'eval_capacity.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    work = tmp_path / 'study'
+    shutil.copytree(out, work)
+    report = module.main(['--output', str(work), '--data-dir', str(out / 'synthetic-fashion-mnist'),
+                          '--variants', 'vmoe', 'tgr'])
+    for variant in ('vmoe', 'tgr'):
+        (row,) = report['rows'][variant]
+        metrics = [json.loads(x) for x in (work / 'runs' / row['run'] / 'metrics.jsonl').read_text().splitlines()]
+        best = max(metrics, key=lambda r: r['eval_top1'])
+        assert row['top1'] == pytest.approx(best['eval_top1'])  # the trainer's own evaluation of that checkpoint
+        assert row['no_drop_capacity_factor'] == 4.0 and row['dropped_fraction_no_drop'] == 0.
+    assert (work / 'eval_capacity.md').read_text().count('\n| ') == 3
