@@ -28,6 +28,11 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 
 from ..layers import SparseMoE
 
+try:
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+except ImportError:  # huggingface_hub < 0.23 keeps them in utils
+    from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
 __all__ = [
     'UPCYCLE_ROUTER_LOGIT_STD', 'init_upcycled_router', 'is_dense_state_dict', 'load_dense_state_dict',
     'upcycle_checkpoint_filter_fn', 'upcycle_dense_state_dict', 'upcycle_from', 'upcycled_eval_capacity_factor',
@@ -38,6 +43,8 @@ _logger = logging.getLogger(__name__)
 UPCYCLE_ROUTER_LOGIT_STD = 1e-5
 _DEIT_WIDTHS = {192: 'tiny', 384: 'small', 768: 'base'}
 _FILE_SUFFIXES = ('.safetensors', '.pth', '.tar', '.pt', '.bin', '.ckpt')
+# what timm's hub download raises offline or for a repo it cannot reach
+_HUB_ERRORS = (LocalEntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled)
 
 
 def upcycled_eval_capacity_factor(num_experts: int, top_k: int = 1) -> float:
@@ -203,32 +210,29 @@ def upcycle_checkpoint_filter_fn(state_dict: Dict, model: nn.Module) -> Dict[str
     return checkpoint_filter_fn(state_dict, model)
 
 
-def _checkpoint_state_dict(path: Path, ema: bool) -> Dict[str, torch.Tensor]:
-    """The student state_dict of a file: bare state_dict (.safetensors / .pth) or a timm / train_tgr.py checkpoint."""
-    from ..export import load_checkpoint_file, student_state_dict
-    ckpt = load_checkpoint_file(path)
-    if not isinstance(ckpt, dict):
-        raise ValueError(f'{path} holds a {type(ckpt).__name__}, not a checkpoint dict or a state_dict.')
-    if not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        key = 'state_dict_ema' if ema else next((k for k in ('state_dict', 'model') if k in ckpt), None)
-        if not isinstance(ckpt.get(key), dict):
-            what = "no EMA weights ('state_dict_ema')" if ema else "no 'state_dict' or 'model'"
-            raise ValueError(f'{path} has {what} (keys: {sorted(ckpt)[:10]}): give a timm / train_tgr.py checkpoint '
-                             f'or a bare state_dict.')
-        ckpt = ckpt[key]
-    elif ema:
-        raise ValueError(f'{path} is a bare state_dict with no EMA weights: load it with ema=False.')
-    return student_state_dict(ckpt)[0]
+def _checkpoint_state_dict(path: Path, ema: Optional[bool], trust_checkpoint: bool = False) -> Dict[str, torch.Tensor]:
+    """The student state_dict of a file: bare state_dict (.safetensors / .pth) or a timm / train_tgr.py checkpoint,
+    its weights picked by :func:`timm_tgr.utils.checkpoint.select_weights`."""
+    from ..utils.checkpoint import check_finite, describe_weights, read_checkpoint, select_weights, student_state_dict
+    ckpt = read_checkpoint(path, trust_checkpoint=trust_checkpoint, what='dense checkpoint')
+    raw, key = select_weights(ckpt, path, ema=ema, what='dense checkpoint', ema_flag='ema=True')
+    sd = student_state_dict(raw)[0]
+    check_finite(sd, f'dense checkpoint {path} [{key or "state_dict"}]',
+                 'Upcycle an earlier checkpoint of that run (checkpoint-N.pth.tar of an epoch before it diverged).')
+    _logger.info(f'Upcycling {describe_weights(key)} of {path}')
+    return sd
 
 
-def load_dense_state_dict(source: Union[str, os.PathLike], ema: bool = False) -> Dict[str, torch.Tensor]:
+def load_dense_state_dict(source: Union[str, os.PathLike], ema: Optional[bool] = None,
+                          trust_checkpoint: bool = False) -> Dict[str, torch.Tensor]:
     """The state_dict of ``source``: a file (``.safetensors``, ``.pth`` state_dict, timm / train_tgr.py checkpoint
-    ``.pth.tar``; ``ema`` picks its 'state_dict_ema'), a folder saved by timm (``local-dir:``), or anything
-    ``timm.create_model(source, pretrained=True)`` takes (``deit_small_patch16_224.fb_in1k``, ``hf-hub:ORG/NAME``)."""
+    ``.pth.tar``; ``ema`` picks its weights as :func:`timm_tgr.utils.checkpoint.select_weights`), a folder saved by
+    timm (``local-dir:``), or anything ``timm.create_model(source, pretrained=True)`` takes
+    (``deit_small_patch16_224.fb_in1k``, ``hf-hub:ORG/NAME``; offline, from the Hugging Face cache)."""
     import timm
     path = Path(os.path.expanduser(str(source)))
     if path.is_file():
-        return _checkpoint_state_dict(path, ema)
+        return _checkpoint_state_dict(path, ema, trust_checkpoint)
     if path.is_dir():
         source = f'local-dir:{path}'
     elif str(source).endswith(_FILE_SUFFIXES):
@@ -241,6 +245,13 @@ def load_dense_state_dict(source: Union[str, os.PathLike], ema: bool = False) ->
         raise ValueError(
             f'{source!r} is neither a checkpoint file nor a timm model: give a .safetensors / .pth / .pth.tar file, '
             f"a saved folder, 'hf-hub:ORG/NAME' or a timm name such as 'deit_small_patch16_224.fb_in1k'.") from e
+    except _HUB_ERRORS as e:
+        reason = (str(e).strip().splitlines() or [''])[0][:200]
+        raise RuntimeError(
+            f'could not get the dense weights of {source!r} ({type(e).__name__}: {reason}): they are neither in the '
+            f'local Hugging Face cache nor downloadable (offline, or no such repo). Download them once online '
+            f'(HF_HUB_OFFLINE unset), or give a local file: e.g. save timm.create_model({str(source)!r}, '
+            f'pretrained=True).state_dict() with safetensors.torch.save_file and pass that .safetensors.') from e
 
 
 def _keep_own_head(sd: Dict[str, torch.Tensor], model: nn.Module) -> bool:
@@ -258,14 +269,15 @@ def _keep_own_head(sd: Dict[str, torch.Tensor], model: nn.Module) -> bool:
     return kept
 
 
-def upcycle_from(source: Union[str, os.PathLike], model: nn.Module, ema: bool = False, **kwargs) -> nn.Module:
+def upcycle_from(source: Union[str, os.PathLike], model: nn.Module, ema: Optional[bool] = None,
+                 trust_checkpoint: bool = False, **kwargs) -> nn.Module:
     """Load ``model`` (a V-MoE / TGR-MoE DeiT) in place from the dense checkpoint ``source`` by sparse upcycling.
 
     ``source`` is whatever :func:`load_dense_state_dict` takes; ``kwargs`` go to :func:`upcycle_dense_state_dict`.
     A classifier of another num_classes keeps the model's own init (as timm's pretrained loading does). In eval mode
     the model computes the dense function when no choice is dropped: ``eval_capacity_factor >= E/K`` guarantees it.
     """
-    sd = upcycle_dense_state_dict(load_dense_state_dict(source, ema), model, **kwargs)
+    sd = upcycle_dense_state_dict(load_dense_state_dict(source, ema, trust_checkpoint), model, **kwargs)
     if _keep_own_head(sd, model):
         _logger.info(f'Upcycling {source}: its classifier does not fit num_classes={model.num_classes}, kept new init.')
     try:
