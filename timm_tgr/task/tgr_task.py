@@ -186,6 +186,7 @@ class TGRTask(TrainerStateMixin, TrainingTask):
         feats = self.teacher_features(input)
         output, teacher_probs = self.trainable_module(
             input, feats, route_with_teacher=self.mode == 'teacher_route')
+        self.last_teacher_probs = {k: p.detach() for k, p in teacher_probs.items()}  # for the trainer's NaN watch
         task_loss = self.criterion(output, target)
         infos = self._student().routing_infos()
         moe = moe_loss_components(infos)

@@ -31,7 +31,7 @@ from timm.models import clean_state_dict
 __all__ = [
     'read_checkpoint', 'select_weights', 'student_state_dict', 'is_state_dict', 'as_dict', 'state_dict_mismatches',
     'non_finite_tensors', 'check_finite', 'NonFiniteError', 'CheckpointWriteError', 'write_error',
-    'RUN_CHECKPOINTS',
+    'RUN_CHECKPOINTS', 'RUN_OUTPUTS', 'run_outputs',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ _EMA_KEYS = ('state_dict_ema', 'model_ema')
 _MODEL_KEYS = ('state_dict', 'model')
 # the checkpoints train_tgr.py writes in a run folder, best first
 RUN_CHECKPOINTS = ('model_best.pth.tar', 'last.pth.tar')
+# the files that make a folder hold a run (a run that finished at least one epoch)
+RUN_OUTPUTS = ('metrics.jsonl', 'summary.csv', 'last.pth.tar', 'model_best.pth.tar', 'routing_consistency.json')
 _OTHER_CHECKPOINTS = ('another checkpoint of the run (last.pth.tar, model_best.pth.tar, checkpoint-N.pth.tar) '
                       'or copy it again')
 
@@ -55,6 +57,15 @@ class NonFiniteError(ValueError):
 
 class CheckpointWriteError(OSError):
     """A file could not be written (usually a full disk); the message names the file and its folder."""
+
+
+def run_outputs(folder: PathLike) -> List[str]:
+    """The files in ``folder`` that a run writes once an epoch is done (:data:`RUN_OUTPUTS`, ``checkpoint-N.pth.tar``),
+    sorted; empty for a missing folder or one with none of them."""
+    if not os.path.isdir(folder):
+        return []
+    names = os.listdir(folder)
+    return sorted(n for n in names if n in RUN_OUTPUTS or (n.startswith('checkpoint-') and n.endswith('.pth.tar')))
 
 
 def _fix_for(path: Path) -> str:
