@@ -607,3 +607,14 @@ def test_more_class_folders_than_classes(image_folder, tmp_path):
                                          r'built for 3 classes \(labels 0..2\): pass --num-classes 4'):
         train_main(TINY + ['--data-dir', str(data), '--output', str(tmp_path), '--experiment', 'x', '--epochs', '1'])
     assert not (tmp_path / 'x').exists()
+
+
+def test_quickstart_refuses_an_output_holding_an_earlier_quickstart(tmp_path, capsys):
+    from timm_tgr.quickstart import main as quickstart
+    (tmp_path / 'qs' / 'teacher').mkdir(parents=True)
+    (tmp_path / 'qs' / 'teacher' / 'metrics.jsonl').write_text('{"epoch": 0}\n')
+    before = _files(tmp_path / 'qs')
+    with pytest.raises(SystemExit):
+        quickstart(['--output', str(tmp_path / 'qs'), '--data-dir', str(tmp_path / 'data')])
+    assert f'--output {tmp_path / "qs"} holds an earlier quickstart' in capsys.readouterr().err
+    assert _files(tmp_path / 'qs') == before
