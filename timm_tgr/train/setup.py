@@ -571,8 +571,7 @@ def open_run_folder(
     else:  # written with the first saved epoch, as the kept metrics rows (rewritten whole each epoch)
         run.pending = partial(write_args_yaml, args, output_dir, start_epoch)
         for name in ('metrics.jsonl', 'summary.csv'):
-            path = os.path.join(output_dir, name)
-            run.originals[name] = open(path, 'rb').read() if os.path.isfile(path) else None
+            run.originals[name] = _read_bytes(os.path.join(output_dir, name))
     if os.path.isfile(run.metrics_path):
         run.rows = [r for r in read_metrics(run.metrics_path) if r['epoch'] < start_epoch]
     if run.rows:
@@ -582,6 +581,13 @@ def open_run_folder(
     _logger.info(f'Output: {output_dir}; task {task.kind}; epochs {start_epoch}..{optim.num_epochs - 1}; '
                  f'{optim.updates_per_epoch} updates/epoch')
     return run
+
+
+def _read_bytes(path: str) -> Optional[bytes]:
+    if not os.path.isfile(path):
+        return None
+    with open(path, 'rb') as f:
+        return f.read()
 
 
 def kept_checkpoints(output_dir: str, rows: List[dict], args: argparse.Namespace) -> List[Tuple[str, float]]:
