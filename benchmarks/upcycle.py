@@ -86,7 +86,7 @@ def _finished(run_dir: str, epochs: int) -> bool:
 def _train(args, name: str, argv: List[str], epochs: int) -> str:
     """One train_tgr.py run in ``<output>/runs/<name>`` (skipped when already finished; a partial one is resumed from
     its newest checkpoint, or set aside and started over when it has none, as the study runner does)."""
-    from runner import _resume_checkpoint, _set_aside
+    from harness.runner import _resume_checkpoint, _set_aside
     from timm_tgr.train import main as train_main
     run_dir = os.path.join(args.output, 'runs', name)
     if not _finished(run_dir, epochs):
