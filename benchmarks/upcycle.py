@@ -84,13 +84,19 @@ def _finished(run_dir: str, epochs: int) -> bool:
 
 
 def _train(args, name: str, argv: List[str], epochs: int) -> str:
-    """One train_tgr.py run in ``<output>/runs/<name>`` (skipped when already finished)."""
+    """One train_tgr.py run in ``<output>/runs/<name>`` (skipped when already finished; a partial one is resumed from
+    its newest checkpoint, or set aside and started over when it has none, as the study runner does)."""
+    from harness.runner import _resume_checkpoint, _set_aside
     from timm_tgr.train import main as train_main
     run_dir = os.path.join(args.output, 'runs', name)
     if not _finished(run_dir, epochs):
         common = ['--data-dir', args.data_dir, '--output', os.path.join(args.output, 'runs'), '--experiment', name,
                   '--epochs', str(epochs), '--device', args.device, '--no-progress', '--checkpoint-hist', '1']
-        train_main(argv + common + (QUICK_TRAIN if args.quick else []))
+        rows = read_metrics(os.path.join(run_dir, 'metrics.jsonl'))
+        resume = _resume_checkpoint(run_dir, len(rows)) if os.path.isdir(run_dir) else None
+        if resume is None and os.path.isdir(run_dir):
+            _set_aside(run_dir)
+        train_main(argv + common + (QUICK_TRAIN if args.quick else []) + (['--resume', resume] if resume else []))
     return run_dir
 
 

@@ -122,7 +122,7 @@ def _offline(monkeypatch, cache):
 
 def test_export_local_dir_round_trip(run):
     out = run.tmp / 'export'
-    main([str(run.best), '--out', str(out)])
+    main([str(run.best), '--out', str(out), '--no-ema'])
     assert {f.name for f in out.iterdir()} == FILES
     model = timm.create_model(f'local-dir:{out}', pretrained=True)
     cfg = json.loads((out / 'config.json').read_text())
@@ -137,9 +137,11 @@ def test_export_local_dir_round_trip(run):
     assert torch.equal(_logits(model), _logits(run.student))
 
 
-def test_export_ema(run):
+@pytest.mark.parametrize('ema', [True, None])
+def test_export_ema(run, ema):
+    """--ema, and the default for a checkpoint with EMA weights: the EMA (what model_best was picked by)."""
     out = run.tmp / 'ema'
-    export_checkpoint(run.last, out=out, ema=True)
+    export_checkpoint(run.last, out=out, ema=ema)
     model = timm.create_model(f'local-dir:{out}', pretrained=True)
     assert torch.equal(_logits(model), _logits(run.ema))
     assert 'state_dict_ema (EMA)' in (out / 'README.md').read_text()
@@ -198,13 +200,13 @@ def test_model_card(run):
     assert 'model_kwargs.tgr_mode: tgr' in card and 'teacher: deit3_small_patch16_224' in card
     assert '/data/private' not in card  # local paths stay out of the card
     (run.dir / 'metrics.jsonl').unlink()
-    export_checkpoint(run.best, out=out)
+    export_checkpoint(run.best, out=out, overwrite=True)
     card = (out / 'README.md').read_text()
     assert 'Results:** not recorded: no metrics.jsonl next to the checkpoint' in card
     assert 'eval_top1' not in card and 'entropy' not in card
     metrics = run.tmp / 'm.jsonl'
     metrics.write_text(json.dumps({'epoch': 5, 'eval_top1': 12.5}) + '\n{"epoch": 6, "eval_t')  # truncated row
-    export_checkpoint(run.best, out=out, metrics=metrics)
+    export_checkpoint(run.best, out=out, metrics=metrics, overwrite=True)
     card = (out / 'README.md').read_text()
     assert 'epoch 5, its last row (the checkpoint is from epoch 0)' in card and 'eval_top1: 12.5' in card
     assert 'Routing per MoE block:** not recorded' in card
@@ -220,7 +222,7 @@ def test_model_card_shows_consistency_with_the_starting_weights(run):
                '3': {'entropy': 0.7, 'consistency_prev': 0.8, 'consistency_pretrained': 0.625}}
     metrics.write_text(json.dumps({'epoch': 0, 'eval_top1': 61.5, 'consistency_pretrained': 0.5625,
                                    'routing': routing}) + '\n')
-    export_checkpoint(run.best, out=out, metrics=metrics)
+    export_checkpoint(run.best, out=out, metrics=metrics, overwrite=True)
     card = (out / 'README.md').read_text()
     assert 'consistency_pretrained: 56.25 % of probe tokens keep the top-1 expert' in card
     assert 'Teacher routers: fresh' in card  # the run had a teacher and no --teacher-routers-from
@@ -237,7 +239,7 @@ def test_model_card_refuses_a_corrupt_metrics_row(run):
 
 def test_hf_hub_and_pretrained_from_offline_cache(run, monkeypatch):
     out = run.tmp / 'export'
-    export_checkpoint(run.best, out=out)
+    export_checkpoint(run.best, out=out, ema=False)
     _hub_cache(run.tmp, monkeypatch, 'some-user/tiny-tgr', out)
     model = timm.create_model('hf-hub:some-user/tiny-tgr', pretrained=True)
     assert torch.equal(_logits(model), _logits(run.student))
@@ -275,7 +277,7 @@ def test_trainer_fine_tunes_from_the_hub_with_a_fresh_head(run, monkeypatch):
     from timm_tgr.train import parse_args
     from timm_tgr.train.setup import create_model
     out = run.tmp / 'export'
-    export_checkpoint(run.last, out=out)
+    export_checkpoint(run.last, out=out, ema=False)
     _hub_cache(run.tmp, monkeypatch, 'some-user/tiny-tgr', out)
     args = parse_args(['--dataset', '', '--model', 'hf-hub:some-user/tiny-tgr', '--pretrained', '--num-classes', '4'])
     model = create_model(args, torch.device('cpu'))
@@ -291,7 +293,7 @@ def test_trainer_fine_tunes_from_the_hub_with_a_fresh_head(run, monkeypatch):
 
 def test_pretrained_cfg_overlay_file(run):
     out = run.tmp / 'export'
-    export_checkpoint(run.best, out=out)
+    export_checkpoint(run.best, out=out, ema=False)
     model = timm.create_model(ARCH, pretrained=True, **KW,
                               pretrained_cfg_overlay=dict(file=str(out / 'model.safetensors'), num_classes=10))
     assert torch.equal(_logits(model), _logits(run.student))
@@ -299,7 +301,7 @@ def test_pretrained_cfg_overlay_file(run):
 
 def test_torch_hub_local(run):
     out = run.tmp / 'export'
-    export_checkpoint(run.best, out=out)
+    export_checkpoint(run.best, out=out, ema=False)
     model = torch.hub.load(str(REPO), ARCH, source='local', pretrained=True, **KW,
                            pretrained_cfg_overlay=dict(file=str(out / 'model.safetensors'), num_classes=10))
     assert torch.equal(_logits(model), _logits(run.student))
@@ -408,5 +410,5 @@ def test_untrusted_checkpoint_objects(run):
     torch.save(ckpt, path)
     with pytest.raises(RuntimeError, match='--trust-checkpoint'):
         export_checkpoint(path, out=run.tmp / 'x')
-    model = export_checkpoint(path, out=run.tmp / 'x', trust_checkpoint=True)
+    model = export_checkpoint(path, out=run.tmp / 'x', trust_checkpoint=True, ema=False)
     assert torch.equal(_logits(model), _logits(run.student))

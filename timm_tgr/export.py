@@ -12,32 +12,41 @@ optimizer and any other training state are left out. Load the result with::
     import timm, timm_tgr
     model = timm.create_model('local-dir:hub/my_model', pretrained=True)   # or 'hf-hub:ORG/NAME'
 
-Checkpoints are read with ``torch.load(weights_only=True)`` (``argparse.Namespace`` allowed for the
-run's args); ``--trust-checkpoint`` switches to ``weights_only=False``, which can run code stored in
-the file, so use it only for checkpoints you made yourself.
+``CHECKPOINT`` may be a run folder: its ``model_best.pth.tar`` is exported. Checkpoints are read by
+:mod:`timm_tgr.utils.checkpoint` with ``torch.load(weights_only=True)`` (``argparse.Namespace`` allowed for
+the run's args); ``--trust-checkpoint`` switches to ``weights_only=False``, which can run code stored in
+the file, so use it only for checkpoints you made yourself. A checkpoint with EMA weights exports them
+(the weights ``model_best`` was picked by); ``--no-ema`` exports the model's, ``--ema`` requires the EMA.
+Weights holding NaN or Inf are refused, naming the tensors. An ``--out`` folder that already holds an
+export is refused unless ``--overwrite``; the files are written to a temporary folder first and moved in
+when complete, with the permissions of any file the user writes (the umask).
 """
 import argparse
 import json
 import logging
-import pickle
+import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
-import safetensors.torch
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
 
 import timm
-from timm.models import clean_state_dict, push_to_hf_hub, save_for_hf
+from timm.models import push_to_hf_hub, save_for_hf
 from timm.models._hub import generate_readme  # the model card writer of push_to_hf_hub (not in timm.models)
 from timm.utils import ParseKwargs
 
+from .utils.checkpoint import (
+    RUN_CHECKPOINTS, as_dict, check_finite, describe_weights, read_checkpoint, select_weights,
+    state_dict_mismatches, student_state_dict, write_error,
+)
 from .utils.metrics_log import metrics_row, read_metrics
 
 __all__ = [
     'load_checkpoint_file', 'student_state_dict', 'resolve_model_args', 'build_student', 'read_metrics',
-    'make_model_card', 'export_checkpoint', 'TGR_CITATION',
+    'make_model_card', 'export_checkpoint', 'checkpoint_of', 'EXPORT_FILES', 'TGR_CITATION',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -49,9 +58,6 @@ TGR_CITATION = """@inproceedings{tgrmoe2026,
   note      = {arXiv:2604.21330}
 }"""
 
-# state_dict prefixes that are training machinery, never the student
-_TEACHER_PREFIXES = ('teacher.', 'teacher_routers.', 'teacher_model.')
-_WRAPPER_PREFIXES = ('trainable_module.',)  # the state_dict of a whole timm TrainingTask
 # create_model kwargs that do not change the architecture or the weights, and are not written to config.json
 _NOT_MODEL_ARGS = {
     'drop_rate', 'drop_path_rate', 'attn_drop_rate', 'proj_drop_rate', 'pos_drop_rate', 'patch_drop_rate',
@@ -73,69 +79,27 @@ _NOT_RECIPE = {'teacher_checkpoint', 'teacher_routers_from', 'teacher_routers'} 
 _READERS = ('torch/', 'hfds/', 'hfids/', 'tfds/', 'wds/')  # timm dataset reader prefixes
 
 
-def load_checkpoint_file(path: Union[str, Path], trust_checkpoint: bool = False) -> Dict[str, Any]:
-    """Read a training checkpoint (.pth/.pth.tar) or a bare state_dict (.pth/.safetensors) on the CPU."""
+def load_checkpoint_file(path: Union[str, Path], trust_checkpoint: bool = False) -> Any:
+    """A training checkpoint or a bare state_dict, read on the CPU by
+    :func:`timm_tgr.utils.checkpoint.read_checkpoint`."""
+    return read_checkpoint(path, trust_checkpoint=trust_checkpoint)
+
+
+EXPORT_FILES = ('model.safetensors', 'config.json', 'README.md')
+
+
+def checkpoint_of(path: Union[str, Path]) -> Path:
+    """``path``, or for a run folder its best checkpoint (``model_best.pth.tar``)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'checkpoint {path} not found.')
-    if path.suffix == '.safetensors':
-        try:
-            return safetensors.torch.load_file(str(path), device='cpu')
-        except SafetensorError as e:
-            raise RuntimeError(
-                f'{path} is not a readable safetensors file ({e}): it is corrupt or truncated. '
-                f'Copy or export it again.') from e
-    try:
-        if trust_checkpoint:
-            return torch.load(path, map_location='cpu', weights_only=False)
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()[-1][:300]
-        raise RuntimeError(
-            f'{path} holds objects besides tensors, containers and argparse.Namespace, which '
-            f'torch.load(weights_only=True) refuses ({reason}). If it is a checkpoint you made yourself, rerun '
-            f'with --trust-checkpoint (trust_checkpoint=True): it loads with weights_only=False, which can run '
-            f'code stored in the file.') from e
-    except (RuntimeError, EOFError) as e:
-        raise RuntimeError(
-            f'could not read {path} as a torch checkpoint ({e}): it is truncated, corrupt or not a checkpoint.') from e
-
-
-def _as_dict(args: Any) -> Dict[str, Any]:
-    if args is None:
-        return {}
-    if isinstance(args, argparse.Namespace):
-        return dict(vars(args))
-    if isinstance(args, dict):
-        return dict(args)
-    raise TypeError(f"checkpoint 'args' is a {type(args).__name__}; expected an argparse.Namespace or a dict.")
-
-
-def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def student_state_dict(state_dict: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """The student's tensors of ``state_dict`` and the keys left out.
-
-    Removes DDP / torch.compile prefixes (timm's ``clean_state_dict``), drops teacher and teacher-router
-    tensors, and, for the state_dict of a ``TGRTrainableModule`` (``student.*``, ``teacher_routers.*``),
-    keeps only ``student.*`` without the prefix.
-    """
-    sd = {}
-    for k, v in clean_state_dict(state_dict).items():
-        for p in _WRAPPER_PREFIXES:
-            k = k[len(p):] if k.startswith(p) else k
-        sd[k] = v
-    wrapped = any(k.startswith('student.') for k in sd)
-    out, dropped = {}, []
-    for k, v in sd.items():
-        if k.startswith(_TEACHER_PREFIXES) or (wrapped and not k.startswith('student.')):
-            dropped.append(k)
-        else:
-            out[k[len('student.'):] if wrapped else k] = v
-    return clean_state_dict(out), dropped
+    if not path.is_dir():
+        return path
+    best = path / RUN_CHECKPOINTS[0]
+    if best.is_file():
+        return best
+    found = sorted(p.name for p in path.glob('*.pth*')) + sorted(p.name for p in path.glob('*.safetensors'))
+    raise FileNotFoundError(
+        f'{path} is a folder without {RUN_CHECKPOINTS[0]} (the best checkpoint train_tgr.py writes in a run folder); '
+        + (f'give one of its checkpoints: {", ".join(found[:6])}.' if found else 'it holds no checkpoint files.'))
 
 
 def _read_args_yaml(path: Path) -> Dict[str, Any]:
@@ -212,25 +176,6 @@ def _shape_hints(sd: Dict[str, torch.Tensor]) -> str:
     if 'head.weight' in sd:
         hints.append(f'num_classes={sd["head.weight"].shape[0]}')
     return f' The weights look like {", ".join(hints)}.' if hints else ''
-
-
-def state_dict_mismatches(state_dict: Dict[str, torch.Tensor], reference: Dict[str, torch.Tensor],
-                          ignore: Sequence[str] = ()) -> List[str]:
-    """What keeps ``state_dict`` from loading strictly into a model whose state_dict is ``reference``: missing and
-    unexpected tensors and shape mismatches, each with up to three examples (empty when it fits). Keys in
-    ``ignore`` may be absent."""
-    missing = [k for k in reference if k not in state_dict and k not in ignore]
-    unexpected = [k for k in state_dict if k not in reference]
-    shapes = [f'{k} {tuple(state_dict[k].shape)} vs {tuple(reference[k].shape)}'
-              for k in reference if k in state_dict and state_dict[k].shape != reference[k].shape]
-    parts = []
-    if missing:
-        parts.append(f'{len(missing)} missing tensors (e.g. {", ".join(missing[:3])})')
-    if unexpected:
-        parts.append(f'{len(unexpected)} unexpected tensors (e.g. {", ".join(unexpected[:3])})')
-    if shapes:
-        parts.append(f'{len(shapes)} shape mismatches (checkpoint vs model, e.g. {"; ".join(shapes[:3])})')
-    return parts
 
 
 def build_student(
@@ -416,28 +361,9 @@ def _update_pretrained_cfg(model: nn.Module, run_args: Dict[str, Any], source: s
     model.pretrained_cfg = model.default_cfg = cfg
 
 
-def _select_weights(path: Path, ckpt: Any, ema: bool) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any], Optional[str]]:
-    """(state_dict to export, checkpoint dict (empty for a bare state_dict), its key in the checkpoint)."""
-    if _is_state_dict(ckpt):
-        if ema:
-            raise ValueError(f'{path} is a bare state_dict with no EMA weights: export it without --ema.')
-        return ckpt, {}, None
-    if not isinstance(ckpt, dict):
-        raise ValueError(f'{path} holds a {type(ckpt).__name__}, not a checkpoint dict or a state_dict.')
-    key = 'state_dict_ema' if ema else next((k for k in ('state_dict', 'model') if k in ckpt), None)
-    if ema and ckpt.get(key) is None:
-        raise ValueError(
-            f'{path} has no EMA weights (state_dict_ema): train with --model-ema, or export without --ema.')
-    if key is None or not isinstance(ckpt.get(key), dict):
-        raise ValueError(
-            f"{path} has no 'state_dict' (keys: {sorted(ckpt)[:10]}): give a train_tgr.py / timm checkpoint "
-            f'or a bare state_dict.')
-    return ckpt[key], ckpt, key
-
-
 def _run_args(ckpt: Dict[str, Any], path: Path) -> Dict[str, Any]:
     """The run's args: the checkpoint's 'args', else the args.yaml next to it, else empty."""
-    run_args = _as_dict(ckpt.get('args'))
+    run_args = as_dict(ckpt.get('args'))
     args_yaml = path.parent / 'args.yaml'
     if not run_args and args_yaml.is_file():
         run_args = _read_args_yaml(args_yaml)
@@ -478,9 +404,10 @@ def _card_metrics(
         f' (the checkpoint is from epoch {epoch})' if epoch is not None else '')
 
 
-def _checkpoint_info(path: Path, key: Optional[str], ema: bool, ckpt: Dict[str, Any],
+def _checkpoint_info(path: Path, key: Optional[str], ckpt: Dict[str, Any],
                      run_args: Dict[str, Any]) -> Dict[str, Any]:
     """The card's 'Weights' section: source file, state_dict key, epoch and metric of the checkpoint."""
+    ema = key is not None and 'ema' in key
     info = {'Exported from': path.name, 'State dict': (key or 'bare state_dict') + (' (EMA)' if ema else '')}
     if ckpt.get('epoch') is not None:
         info['Checkpoint epoch'] = ckpt['epoch']
@@ -489,10 +416,45 @@ def _checkpoint_info(path: Path, key: Optional[str], ema: bool, ckpt: Dict[str, 
     return info
 
 
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` folder holding an export unless ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f'--out {out} is a file: give a folder to write {", ".join(EXPORT_FILES)} to.')
+    there = [f for f in EXPORT_FILES if (out / f).exists()]
+    if there and not overwrite:
+        raise FileExistsError(
+            f'--out {out} already holds an export ({", ".join(there)}): give another --out folder, or pass '
+            f'--overwrite (overwrite=True) to replace it.')
+
+
+def _write_export(student: nn.Module, out: Path, model_args: Dict[str, Any], readme: str) -> None:
+    """save_for_hf + README.md into a temporary folder beside ``out``, then moved into ``out`` file by file:
+    a failed write leaves ``out`` as it was. Files get the mode of any file the user writes (0666 & ~umask)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.tmp-', dir=out.parent))
+    try:
+        try:
+            save_for_hf(student, tmp, model_args=dict(model_args), safe_serialization=True)
+            (tmp / 'README.md').write_text(readme)
+        except (OSError, RuntimeError) as e:
+            error = write_error(e, out / EXPORT_FILES[0], kept=f'{out} was not changed.')
+            if error is None:
+                raise
+            raise error from e
+        umask = os.umask(0)
+        os.umask(umask)
+        out.mkdir(parents=True, exist_ok=True)
+        for f in sorted(tmp.iterdir()):
+            os.chmod(f, 0o666 & ~umask)
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def export_checkpoint(
         checkpoint: Union[str, Path],
         out: Optional[Union[str, Path]] = None,
-        ema: bool = False,
+        ema: Optional[bool] = None,
         push: Optional[str] = None,
         private: bool = False,
         model: Optional[str] = None,
@@ -500,28 +462,36 @@ def export_checkpoint(
         metrics: Optional[Union[str, Path]] = None,
         trust_checkpoint: bool = False,
         token: Optional[str] = None,
+        overwrite: bool = False,
 ) -> nn.Module:
     """Export the student of ``checkpoint`` to ``out`` and/or push it to the Hub repo ``push``; returns it.
 
     ``checkpoint`` is a train_tgr.py / timm CheckpointSaver checkpoint ('state_dict', optional
-    'state_dict_ema', 'args', 'epoch', ...) or a bare state_dict (.pth or .safetensors; give ``model``
-    and ``model_kwargs`` unless an args.yaml sits next to it). ``ema`` exports 'state_dict_ema'.
-    Run metrics come from ``metrics`` or ``<checkpoint dir>/metrics.jsonl``.
+    'state_dict_ema', 'args', 'epoch', ...), a run folder (its ``model_best.pth.tar``) or a bare state_dict
+    (.pth or .safetensors; give ``model`` and ``model_kwargs`` unless an args.yaml sits next to it).
+    ``ema``: None exports the EMA weights when the checkpoint has them, else the model's; True requires
+    them; False exports the model's. Run metrics come from ``metrics`` or ``<checkpoint dir>/metrics.jsonl``.
+    An ``out`` holding an export is refused unless ``overwrite``.
     """
     if out is None and push is None:
         raise ValueError('nothing to do: give an output folder (--out DIR) and/or a Hub repo (--push ORG/NAME).')
-    path = Path(checkpoint)
-    raw, ckpt, key = _select_weights(path, load_checkpoint_file(path, trust_checkpoint=trust_checkpoint), ema)
+    if out is not None:
+        _check_out(Path(out), overwrite)
+    path = checkpoint_of(checkpoint)
+    ckpt = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
+    raw, key = select_weights(ckpt, path, ema=ema)
+    ckpt = ckpt if key is not None else {}
+    _logger.info(f'exporting {describe_weights(key)} of {path}')
+    check_finite(student_state_dict(raw)[0], f'{path} [{key or "state_dict"}]',
+                 'Export an earlier checkpoint of the run (checkpoint-N.pth.tar of an epoch before it diverged).')
     run_args = _run_args(ckpt, path)
     arch, model_args = resolve_model_args(run_args, model, model_kwargs, checkpoint_arch=ckpt.get('arch'))
     student = _load_student(raw, arch, model_args, run_args, path, checkpoint_arch=ckpt.get('arch'))
     row, note = _card_metrics(metrics, path, ckpt.get('epoch'))
-    card = make_model_card(student, arch, run_args, row, note, _checkpoint_info(path, key, ema, ckpt, run_args),
+    card = make_model_card(student, arch, run_args, row, note, _checkpoint_info(path, key, ckpt, run_args),
                            repo_id=push)
     if out is not None:
-        out = Path(out)
-        save_for_hf(student, out, model_args=dict(model_args), safe_serialization=True)
-        (out / 'README.md').write_text(generate_readme(card, push.split('/')[-1] if push else arch))
+        _write_export(student, Path(out), model_args, generate_readme(card, push.split('/')[-1] if push else arch))
     if push is not None:
         push_to_hf_hub(
             student, push, commit_message=f'Add {arch} student weights (timm_tgr.export)', token=token,
@@ -533,10 +503,17 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='python -m timm_tgr.export', description=__doc__.split('\n\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('checkpoint', help='train_tgr.py / timm checkpoint (.pth.tar), or a bare state_dict '
-                                      '(.pth, .safetensors) with --model and --model-kwargs')
+    p.add_argument('checkpoint', help='train_tgr.py / timm checkpoint (.pth.tar), a run folder (its '
+                                      'model_best.pth.tar), or a bare state_dict (.pth, .safetensors) with --model '
+                                      'and --model-kwargs')
     p.add_argument('--out', default=None, help='folder to write model.safetensors, config.json, README.md to')
-    p.add_argument('--ema', action='store_true', help="export the EMA weights ('state_dict_ema')")
+    p.add_argument('--overwrite', action='store_true', help='replace the export already in --out')
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument('--ema', dest='ema', action='store_const', const=True, default=None,
+                         help="export the EMA weights ('state_dict_ema'), an error when there are none "
+                              '(default: the EMA weights when the checkpoint has them, else the model\'s)')
+    weights.add_argument('--no-ema', dest='ema', action='store_const', const=False,
+                         help="export the model's weights ('state_dict') even when the checkpoint has EMA weights")
     p.add_argument('--push', default=None, metavar='ORG/NAME',
                    help='upload to this Hugging Face Hub repo (needs a write token: `hf auth login` or HF_TOKEN)')
     p.add_argument('--private', action='store_true', help='create the Hub repo as private')
@@ -554,7 +531,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     export_checkpoint(
         args.checkpoint, out=args.out, ema=args.ema, push=args.push, private=args.private, model=args.model,
-        model_kwargs=args.model_kwargs, metrics=args.metrics, trust_checkpoint=args.trust_checkpoint)
+        model_kwargs=args.model_kwargs, metrics=args.metrics, trust_checkpoint=args.trust_checkpoint,
+        overwrite=args.overwrite)
     if args.out:
         print(f"wrote {args.out}: load with timm.create_model('local-dir:{args.out}', pretrained=True)")
     if args.push:

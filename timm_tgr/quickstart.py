@@ -57,6 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_output(parser: argparse.ArgumentParser, output: str) -> None:
+    """An --output holding an earlier quickstart (its runs or export) is refused before anything trains."""
+    from .export import EXPORT_FILES
+    from .utils.checkpoint import run_outputs
+    held = [os.path.join(output, d) for d in ('teacher', 'tgr_moe') if run_outputs(os.path.join(output, d))]
+    held += [os.path.join(output, 'export')] * any(os.path.exists(os.path.join(output, 'export', f))
+                                                   for f in EXPORT_FILES)
+    if held:
+        parser.error(f'--output {output} holds an earlier quickstart ({", ".join(held)}), which it would overwrite: '
+                     f'give another --output, or delete that folder to start over.')
+
+
 def _common(args) -> List[str]:
     argv = ['--data-dir', args.data_dir, '--output', args.output, '--seed', str(args.seed)]
     if args.device:
@@ -91,9 +103,11 @@ def main(argv: Optional[List[str]] = None) -> dict:
     from .data import prepare_fashion_mnist
     from .train import main as train_main
     setup_default_logging()
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.no_download and args.dataset_download:
         raise SystemExit('--no-download and --dataset-download contradict each other: pass one of them.')
+    _check_output(parser, args.output)  # before the data: nothing is fetched for a run that would be refused
     source = prepare_fashion_mnist(args.data_dir, download=not args.no_download)
     _logger.info(f'Fashion-MNIST in {args.data_dir} (from {source})')
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')

@@ -24,13 +24,14 @@ def _best_student(runs_dir: str) -> Optional[dict]:
 
 def export_best_student(output: str, data_dir: str, device: str) -> Optional[dict]:
     """Export the best TGR student (student-routing variants) and evaluate it through local-dir: alone."""
-    from timm_tgr.export import load_checkpoint_file, main as export_main
+    from timm_tgr.export import main as export_main
+    from timm_tgr.utils.checkpoint import read_checkpoint
     from timm_tgr.quickstart import evaluate_exported
     s = _best_student(os.path.join(output, 'runs'))
     if s is None:
         return None
     ckpt_path = os.path.join(output, 'runs', s['name'], 'model_best.pth.tar')
-    ckpt = load_checkpoint_file(ckpt_path)
+    ckpt = read_checkpoint(ckpt_path)
     epoch = int(ckpt['epoch'])
     ema = ckpt.get('state_dict_ema') is not None
     del ckpt

@@ -69,22 +69,43 @@ def run_status(run: dict, runs_dir: str) -> dict:
 
 
 def _checkpoint_epoch(path: str) -> Optional[int]:
-    from timm_tgr.export import load_checkpoint_file
+    from timm_tgr.utils.checkpoint import read_checkpoint
     try:
-        return int(load_checkpoint_file(path).get('epoch'))
+        return int(read_checkpoint(path).get('epoch'))
     except Exception:
         return None
 
 
 def _resume_checkpoint(d: str, contiguous: int) -> Optional[str]:
-    """A checkpoint of epoch ``contiguous - 1`` (the last epoch whose metrics row exists), if any."""
+    """The checkpoint of the latest epoch before ``contiguous`` (the first epoch without a metrics row), if any:
+    ``last.pth.tar`` or a ``checkpoint-N.pth.tar``. The trainer takes the later rows back when it resumes."""
     if contiguous == 0:
         return None
-    for name in ('last.pth.tar', f'checkpoint-{contiguous - 1}.pth.tar'):
+    candidates = [('last.pth.tar', None)] + [
+        (f'checkpoint-{e}.pth.tar', e) for e in range(contiguous - 1, -1, -1)]
+    best = None
+    for name, named_epoch in candidates:
         path = os.path.join(d, name)
-        if os.path.isfile(path) and _checkpoint_epoch(path) == contiguous - 1:
-            return path
-    return None
+        if not os.path.isfile(path) or (named_epoch is not None and best is not None and named_epoch <= best[1]):
+            continue
+        epoch = _checkpoint_epoch(path)
+        if epoch is not None and epoch < contiguous and (best is None or epoch > best[1]):
+            best = (path, epoch)
+    return best[0] if best is not None else None
+
+
+def _set_aside(d: str) -> None:
+    """A run to train from scratch in ``d`` while ``d`` holds outputs of an earlier attempt without a checkpoint
+    to resume from: those go to ``d/stale-<time>/`` (the trainer never writes into an earlier run)."""
+    from timm_tgr.utils.checkpoint import run_outputs
+    found = run_outputs(d)
+    if not found:
+        return
+    stale = os.path.join(d, time.strftime('stale-%Y%m%d-%H%M%S'))
+    os.makedirs(stale, exist_ok=True)
+    for name in found + [n for n in ('args.yaml',) if os.path.isfile(os.path.join(d, n))]:
+        os.replace(os.path.join(d, name), os.path.join(stale, name))
+    _logger.warning(f'{d}: no checkpoint to resume from; the earlier attempt\'s outputs are kept in {stale}')
 
 
 def check_record(run: dict, runs_dir: str) -> None:
@@ -113,6 +134,8 @@ def prepare_run(run: dict, runs_dir: str) -> Optional[Tuple[List[str], bool]]:
     write_json(os.path.join(d, 'reproduce_run.json'),
                {k: run[k] for k in _RECORD_KEYS} | {'teacher': run.get('teacher')})
     resume = _resume_checkpoint(d, status['contiguous'])
+    if resume is None:
+        _set_aside(d)
     argv = list(run['argv']) + (['--resume', resume] if resume else [])
     how = 'resuming from ' + resume if resume else 'training'
     _logger.info(f"{run['name']}: {how}: train_tgr.py {shlex.join(argv)}")

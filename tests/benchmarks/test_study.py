@@ -136,3 +136,31 @@ def test_schedule_replays_the_runner_policy(bench):
     assert simulate([dict(name='T'), dict(name='A', teacher='T')], {'T': 0., 'A': 4.}, 2) == 4.  # T already done
     with pytest.raises(ValueError, match='outside the plan'):
         simulate([dict(name='A', teacher='X')], {'A': 1.}, 2)
+
+
+def test_runner_resumes_from_the_newest_checkpoint_before_the_missing_rows(bench, tmp_path):
+    """A save that failed after its metrics row was written leaves rows 0..k and checkpoints up to k-1: the runner
+    resumes from the newest checkpoint before the first missing row instead of training from scratch."""
+    import torch
+    resume = bench.runner._resume_checkpoint
+    for name, epoch in (('checkpoint-0.pth.tar', 0), ('checkpoint-1.pth.tar', 1), ('last.pth.tar', 1)):
+        torch.save({'epoch': epoch}, tmp_path / name)
+    assert resume(str(tmp_path), 3) == str(tmp_path / 'last.pth.tar')  # rows 0-2, the epoch-2 save failed
+    assert resume(str(tmp_path), 2) == str(tmp_path / 'last.pth.tar')
+    torch.save({'epoch': 3}, tmp_path / 'last.pth.tar')  # a later epoch than the rows: not a resume point
+    assert resume(str(tmp_path), 2) == str(tmp_path / 'checkpoint-1.pth.tar')
+    assert resume(str(tmp_path), 1) == str(tmp_path / 'checkpoint-0.pth.tar')
+    assert resume(str(tmp_path), 0) is None
+
+
+def test_runner_sets_an_earlier_attempt_aside_before_starting_over(bench, tmp_path):
+    """With no checkpoint to resume from, the runner keeps the earlier attempt's outputs in stale-<time>/ (the
+    trainer never writes into a folder holding a run)."""
+    for name in ('metrics.jsonl', 'summary.csv', 'args.yaml', 'reproduce_run.json', 'train.log'):
+        (tmp_path / name).write_text(name)
+    bench.runner._set_aside(str(tmp_path))
+    stale = [p for p in tmp_path.iterdir() if p.name.startswith('stale-')]
+    assert len(stale) == 1 and sorted(p.name for p in stale[0].iterdir()) == ['args.yaml', 'metrics.jsonl',
+                                                                              'summary.csv']
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ['reproduce_run.json', 'train.log']
+    assert (stale[0] / 'metrics.jsonl').read_text() == 'metrics.jsonl'

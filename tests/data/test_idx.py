@@ -51,3 +51,27 @@ def test_bad_files_name_the_fix(tmp_path):
         read_idx(str(short))
     with pytest.raises(ValueError, match='uint8'):
         write_idx(str(tmp_path / 'f'), np.zeros(3, dtype=np.float32))
+
+
+def test_corrupt_gzip_and_short_files_are_named(tmp_path):
+    from timm_tgr.data import check_idx_size
+    a = np.arange(60, dtype=np.uint8).reshape(3, 4, 5)
+    path = str(tmp_path / 'a-idx3-ubyte')
+    write_idx(path, a)
+    assert check_idx_size(path) == (np.dtype(np.uint8), (3, 4, 5))
+    with open(path, 'rb') as f:
+        data = f.read()
+    with open(path, 'wb') as f:
+        f.write(data[:-1])  # one byte short: the size check alone tells, without reading the data
+    with pytest.raises(ValueError, match=r'a-idx3-ubyte is truncated: 75 bytes for shape \(3, 4, 5\)'):
+        check_idx_size(path)
+    with open(path, 'wb') as f:
+        f.write(data[:6])  # cut inside the header
+    with pytest.raises(ValueError, match='its header ends after 6 bytes'):
+        read_idx(path)
+    gz = tmp_path / 'b-idx1-ubyte.gz'
+    with gzip.open(gz, 'wb') as f:
+        f.write(data)
+    gz.write_bytes(gz.read_bytes()[:15])
+    with pytest.raises(ValueError, match=f'{gz} is not a readable gzip file'):
+        read_idx(str(gz))

@@ -138,10 +138,49 @@ def test_sparse_moe_is_block_mlp():
     (dict(moe_layers=(-1,)), 'moe_layers'),
     (dict(moe_layers=()), 'moe_layers'),
     (dict(moe_layers=(3, 3)), 'moe_layers'),
+    (dict(moe_layers=12), r'moe_layers=12 is invalid for a model of depth 12'),
+    (dict(moe_layers='ten'), "moe_layers='ten' is not a list of block indices"),
+    (dict(moe_layers=(7.5,)), r'moe_layers=\(7.5,\) holds non-integer entries'),
+    (dict(moe_layers=True), 'moe_layers=True is not a list of block indices'),
+    (dict(capacity_factor=float('inf')), 'capacity_factor must be > 0 and finite'),
+    (dict(eval_capacity_factor=float('inf')), 'eval_capacity_factor must be > 0 and finite'),
+    (dict(load_loss_weight=float('nan')), 'load_loss_weight must be >= 0 and finite'),
+    (dict(load_loss_weight=-0.1), 'load_loss_weight must be >= 0'),
+    (dict(router_noise_std=float('nan')), 'router_noise_std must be >= 0 and finite'),
+    (dict(z_loss_weight=float('inf')), 'z_loss_weight must be >= 0 and finite'),
+    (dict(top_k=1.5), 'top_k must be an integer'),
+    (dict(num_experts=4.0), 'num_experts must be >= 1 and an integer'),
 ])
 def test_bad_model_configuration(kwargs, match):
     with pytest.raises(ValueError, match=match):
         timm.create_model('vmoe_deit_tiny', img_size=32, **kwargs)
+
+
+@pytest.mark.parametrize('moe_layers, blocks', [
+    (11, [11]),  # one int is one block
+    ('10', [10]),  # a string is comma-separated indices, never the characters '1' and '0'
+    ('7, 9,11', [7, 9, 11]),
+    ([3, 1], [1, 3]),
+])
+def test_moe_layers_forms(moe_layers, blocks):
+    m = timm.create_model('vmoe_deit_tiny', img_size=32, patch_size=16, embed_dim=32, num_heads=2,
+                          moe_layers=moe_layers)
+    kinds = [type(b.mlp).__name__ for b in m.blocks]
+    assert [i for i, k in enumerate(kinds) if k == 'SparseMoE'] == blocks
+    assert sorted(m.get_moe_layers()) == blocks
+
+
+@pytest.mark.parametrize('name', ['vmoe_deit_tiny', 'vmoe_deit_tiny_distilled', 'soft_moe_deit_tiny',
+                                  'ec_moe_deit_tiny'])
+@pytest.mark.parametrize('training', [True, False])
+def test_empty_batch_gives_an_empty_output_like_timm(name, training):
+    kw = dict(img_size=16, patch_size=4, embed_dim=32, num_heads=2, num_classes=3)
+    dense = timm.create_model('deit_tiny_patch16_224', **kw).train(training)
+    model = timm.create_model(name, **kw).train(training)
+    x = torch.zeros(0, 3, 16, 16)
+    out, ref = model(x), dense(x)
+    out = out[0] if isinstance(out, tuple) else out  # the distilled layout in training returns two heads
+    assert out.shape == ref.shape == (0, 3)
 
 
 def test_bad_images():

@@ -221,3 +221,75 @@ def test_fine_tuning_step_from_upcycled():
         assert moe.router.proj.weight.grad.abs().sum() > 0
         # router noise (std 1.0) spreads the identical experts' tokens: several experts get gradients
         assert (moe.experts.fc1_weight.grad.flatten(1).abs().sum(1) > 0).sum() > 1
+
+
+DEIT3_KW = dict(img_size=16, patch_size=4, embed_dim=32, num_heads=2, num_classes=3)
+
+
+def _deit3(tmp_path, **kw):
+    """A DeiT-III (layer scale, position embedding without the class token) with trained-looking layer scales."""
+    dense = _dense('deit3_small_patch16_224', **dict(DEIT3_KW, **kw))
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for n, p in dense.named_parameters():
+            if n.endswith('.gamma'):
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+    path = tmp_path / 'deit3.safetensors'
+    safetensors.torch.save_file(dense.state_dict(), str(path))
+    return dense, path
+
+
+def test_deit3_into_a_plain_model_names_the_kwargs_and_changes_nothing(tmp_path):
+    _, path = _deit3(tmp_path)
+    model = timm.create_model('vmoe_deit_tiny', **DEIT3_KW, num_experts=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError) as e:
+        upcycle_from(path, model)
+    msg = str(e.value)
+    assert 'no_embed_class: checkpoint True, model False' in msg
+    assert 'layer scale (init_values): checkpoint True, model False' in msg
+    assert '--model-kwargs init_values=1e-06 no_embed_class=True' in msg and 'DeiT-III' in msg
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match='no_embed_class: checkpoint True, model False'):  # timm's pretrained loading
+        timm.create_model(f'vmoe_deit_tiny.{UPCYCLED_TAG}', pretrained=True, **DEIT3_KW, num_experts=4,
+                          pretrained_cfg_overlay=dict(file=str(path), num_classes=3))
+
+
+def test_deit3_upcycles_into_a_model_with_its_layout(tmp_path):
+    """With the kwargs the error names, the upcycled model computes the DeiT-III's function in eval mode."""
+    dense, path = _deit3(tmp_path)
+    kw = dict(DEIT3_KW, num_experts=4, no_embed_class=True, init_values=1e-6)
+    model = upcycle_from(path, timm.create_model('vmoe_deit_tiny', **kw, eval_capacity_factor=4.))
+    shape = (4, 3, 16, 16)
+    _assert_close(_logits(model, shape), _logits(dense, shape))
+    assert torch.equal(model.blocks[7].ls2.gamma, dense.blocks[7].ls2.gamma)  # layer scales from the checkpoint
+    model = timm.create_model(f'vmoe_deit_tiny.{UPCYCLED_TAG}', pretrained=True, **kw,
+                              pretrained_cfg_overlay=dict(file=str(path), num_classes=3))
+    _assert_close(_logits(model, shape), _logits(dense, shape))
+
+
+@pytest.mark.parametrize('dense_kw, model_kw, field, fix', [
+    (dict(class_token=False, global_pool='avg'), {}, 'class_token: checkpoint False, model True',
+     "class_token=False, global_pool='avg'"),
+    (dict(reg_tokens=4), {}, 'reg_tokens: checkpoint 4, model 0', 'reg_tokens=4'),
+    (dict(qkv_bias=False), {}, 'qkv_bias: checkpoint False, model True', 'qkv_bias=False'),
+    ({}, dict(init_values=1e-5), 'layer scale (init_values): checkpoint False, model True', 'init_values=None'),
+    ({}, dict(no_embed_class=True), 'no_embed_class: checkpoint False, model True', 'no_embed_class=False'),
+])
+def test_layout_fields_are_checked(tmp_path, dense_kw, model_kw, field, fix):
+    path = tmp_path / 'w.safetensors'
+    safetensors.torch.save_file(timm.create_model(TINY, **DEIT3_KW, **dense_kw).state_dict(), str(path))
+    with pytest.raises(ValueError) as e:
+        upcycle_from(path, timm.create_model('vmoe_deit_tiny', **DEIT3_KW, num_experts=4, **model_kw))
+    assert field in str(e.value) and f'create the model with {fix}' in str(e.value)
+
+
+def test_other_patch_and_image_size_and_channels_are_resampled(tmp_path, caplog):
+    """As timm's pretrained loading: another grid or patch size is resampled, another channel count adapted."""
+    _, path = _deit3(tmp_path)
+    model = timm.create_model('vmoe_deit_tiny', img_size=24, patch_size=6, embed_dim=32, num_heads=2, in_chans=1,
+                              num_classes=3, num_experts=4, no_embed_class=True, init_values=1e-6)
+    with caplog.at_level('INFO'):
+        upcycle_from(path, model)
+    log = caplog.text
+    assert 'patch size (4, 4) -> (6, 6)' in log and '16 -> 16 position' not in log and '3 -> 1 input channels' in log

@@ -372,3 +372,9 @@ def test_bad_inputs():
         TGRTask(tiny_student(), tiny_teacher(), mode='teacher')
     with pytest.raises(FileNotFoundError, match='does not exist'):
         RoutingTeacher('deit3_small_patch16_224', blocks=[7], pretrained_path='/nonexistent.pth')
+    # loss weights are checked before the teacher is built (which may download it)
+    for kwargs, match in ((dict(distill_weight=-5.), 'distill_weight must be >= 0 and finite'),
+                          (dict(teacher_load_weight=float('nan')), 'teacher_load_weight must be >= 0 and finite'),
+                          (dict(teacher_entropy_weight=float('inf')), 'teacher_entropy_weight must be >= 0')):
+        with pytest.raises(ValueError, match=match):
+            TGRTask(tiny_student(), 'no_such_teacher_model', **kwargs)

@@ -1,6 +1,7 @@
 """train_tgr.py's --upcycle-from (dense weights into an MoE) and --device-data (dataset held on the device),
 end to end on a tiny synthetic Fashion-MNIST, checked against independent evaluations."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -52,12 +53,14 @@ def test_upcycled_student_evaluates_as_its_dense_parent(fmnist, dense_run, tmp_p
     assert row['eval_loss'] == pytest.approx(dense_row['eval_loss'], abs=1e-4)
 
 
-def test_upcycle_and_initial_checkpoint_are_exclusive(fmnist, dense_run, tmp_path):
+def test_upcycle_and_initial_checkpoint_are_exclusive(fmnist, dense_run, tmp_path, capsys):
     ckpt = os.path.join(dense_run, 'model_best.pth.tar')
-    with pytest.raises(ValueError, match='--upcycle-from .* and --initial-checkpoint both give the model'):
+    with pytest.raises(SystemExit):  # refused with the flags, before anything is built
         train_main(COMMON + ['--model', 'vmoe_deit_tiny', '--model-kwargs', *DIMS, 'num_experts=4', '--teacher',
                              'none', '--upcycle-from', ckpt, '--initial-checkpoint', ckpt, '--data-dir', fmnist,
                              '--output', str(tmp_path), '--experiment', 'x'])
+    assert re.search('--upcycle-from .* and --initial-checkpoint both give the model', capsys.readouterr().err)
+    assert not (tmp_path / 'x').exists()
 
 
 def test_upcycle_from_a_dense_model_of_another_width_names_both(fmnist, dense_run, tmp_path):

@@ -11,14 +11,21 @@ which expects the decompressed idx files in ``<root>/FashionMNIST/raw/``.
 
 When none applies, or the download fails (offline), it raises an error that lists the three ways to get
 the data.
+
+The files are checked before any training step (:func:`check_mnist_files`): IDX format, complete
+data, as many labels as images, labels below the class count; a corrupt ``.gz`` source is named
+and never copied into ``raw/``. Each error names the file and how to get a good one.
 """
 import gzip
 import os
 import shutil
+import zlib
 from typing import Optional
 
+from .idx import check_idx_size, read_idx
+
 __all__ = ['FASHION_MNIST_FILES', 'DEBIAN_FASHION_MNIST_DIR', 'prepare_fashion_mnist', 'FASHION_MNIST_MEAN',
-           'FASHION_MNIST_STD']
+           'FASHION_MNIST_STD', 'MNIST_FOLDERS', 'check_mnist_files']
 
 FASHION_MNIST_FILES = (
     'train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
@@ -62,11 +69,23 @@ def prepare_fashion_mnist(root: str, download: bool = False, source_dir: Optiona
         for name, g, p in zip(FASHION_MNIST_FILES, gz, plain):
             dst = os.path.join(raw, name)
             tmp = dst + '.part'
-            if os.path.isfile(p):
-                shutil.copyfile(p, tmp)
-            else:
-                with gzip.open(g, 'rb') as fi, open(tmp, 'wb') as fo:
-                    shutil.copyfileobj(fi, fo)
+            source = p if os.path.isfile(p) else g
+            try:
+                if source == p:
+                    shutil.copyfile(p, tmp)
+                else:
+                    with gzip.open(g, 'rb') as fi, open(tmp, 'wb') as fo:
+                        shutil.copyfileobj(fi, fo)
+                check_idx_size(tmp)  # a bad source never lands in raw/
+            except (OSError, EOFError, zlib.error, ValueError) as e:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+                what = 'is not a readable gzip file' if source == g and not isinstance(e, ValueError) else \
+                    'is not a complete IDX file'
+                raise ValueError(
+                    f'{source} {what} ({type(e).__name__}: {str(e).replace(tmp, name)}): it is corrupt or truncated. '
+                    f'Replace it (apt-get install --reinstall dataset-fashion-mnist, or download it again), or pass '
+                    f'--dataset-download.') from e
             os.replace(tmp, dst)  # atomic: a killed run never leaves a truncated file behind
         return src
     if download:
@@ -88,3 +107,36 @@ def _ways_to_get_it() -> str:
         f'(2) set TIMM_TGR_FASHION_MNIST to a directory holding {", ".join(f + ".gz" for f in FASHION_MNIST_FILES)}; '
         f'(3) download it with torchvision (needs internet): train_tgr.py --dataset-download, or the quickstart '
         f'without --no-download.')
+
+
+# torchvision's MNIST-family datasets keep their raw IDX files in <root>/<class name>/raw
+MNIST_FOLDERS = {'mnist': 'MNIST', 'fashion_mnist': 'FashionMNIST', 'kmnist': 'KMNIST'}
+
+
+def check_mnist_files(root: str, folder: str = 'FashionMNIST', num_classes: Optional[int] = None) -> None:
+    """Check the four raw IDX files of ``<root>/<folder>/raw`` before training (missing files are left to the
+    dataset's own error): IDX magic, data as long as the header says (file sizes only), a label per image,
+    labels in ``[0, num_classes)``. ValueError naming the file and the fix."""
+    raw = os.path.join(root, folder, 'raw')
+    fix = f're-extract or download it again (delete {raw} to have it prepared anew)'
+    for split in ('train', 't10k'):
+        images_path = os.path.join(raw, f'{split}-images-idx3-ubyte')
+        labels_path = os.path.join(raw, f'{split}-labels-idx1-ubyte')
+        if not (os.path.isfile(images_path) and os.path.isfile(labels_path)):
+            continue
+        try:
+            _, shape = check_idx_size(images_path)
+            labels = read_idx(labels_path)
+        except ValueError as e:
+            raise ValueError(f'{e} ({fix})') from e
+        if len(shape) != 3:
+            raise ValueError(f'{images_path} holds an array of shape {shape}, not [N, H, W] images: {fix}.')
+        if labels.ndim != 1 or labels.shape[0] != shape[0]:
+            raise ValueError(
+                f'{labels_path} holds {labels.shape[0] if labels.ndim else 0} labels for the {shape[0]} images of '
+                f'{images_path}: one of them is truncated or from another release; {fix}.')
+        if labels.size and (labels.min() < 0 or (num_classes is not None and labels.max() >= num_classes)):
+            high = int(labels.max())
+            raise ValueError(
+                f'{labels_path} has labels {int(labels.min())}..{high}, but the model is built for --num-classes '
+                f'{num_classes} (labels 0..{num_classes - 1}): pass --num-classes {high + 1}, or fix the labels.')

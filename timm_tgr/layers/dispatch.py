@@ -24,6 +24,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from .checks import check_positive
+
 __all__ = [
     'CAPACITY_GROUPS', 'check_capacity', 'capacity_groups', 'expert_capacity', 'assign_slots', 'slot_index',
     'dispatch_tokens', 'combine_outputs', 'kept_counts',
@@ -40,15 +42,13 @@ def check_capacity(
 ) -> Tuple[float, Optional[float], str]:
     """Checked ``(capacity_factor, eval_capacity_factor, capacity_group)`` as float, float or None, str.
 
-    Factors must be > 0 (``meaning`` says what they are for the calling layer); groups 'sample'/'batch'.
+    Factors must be finite and > 0 (``meaning`` says what they are for the calling layer); groups 'sample'/'batch'.
     """
-    for name, cf in (('capacity_factor', capacity_factor), ('eval_capacity_factor', eval_capacity_factor)):
-        if cf is not None and not cf > 0:
-            raise ValueError(f'{name} must be > 0 ({meaning}), got {cf}.')
+    capacity_factor = check_positive('capacity_factor', capacity_factor, meaning)
+    eval_cf = check_positive('eval_capacity_factor', eval_capacity_factor, meaning, allow_none=True)
     if capacity_group not in CAPACITY_GROUPS:
         raise ValueError(f'capacity_group must be one of {CAPACITY_GROUPS}, got {capacity_group!r}.')
-    eval_cf = float(eval_capacity_factor) if eval_capacity_factor is not None else None
-    return float(capacity_factor), eval_cf, capacity_group
+    return capacity_factor, eval_cf, capacity_group
 
 
 def capacity_groups(batch: int, tokens: int, capacity_group: str) -> Tuple[int, int]:
@@ -122,7 +122,7 @@ def dispatch_tokens(x: torch.Tensor, slot: torch.Tensor, num_experts: int, capac
     Unfilled slots stay zero; the experts process them, and :func:`combine_outputs` never reads them.
     """
     G, S, D = x.shape
-    K = slot.numel() // (G * S)
+    K = slot.numel() // max(G * S, 1)  # an empty batch has no tokens and no slots: K is then irrelevant
     num_slots = num_experts * G * capacity
     tokens = x.reshape(G, S, 1, D).expand(G, S, K, D).reshape(G * S * K, D)
     buffer = x.new_zeros(num_slots + 1, D).index_copy(0, slot, tokens)

@@ -38,6 +38,7 @@ from typing import Optional, Tuple, Type, Union
 import torch
 import torch.nn as nn
 
+from .checks import check_count, check_weight
 from .dispatch import capacity_groups, check_capacity
 from .experts import GroupedExperts
 from .losses import router_z_loss
@@ -106,11 +107,9 @@ class ExpertChoiceMoE(nn.Module):
             capacity_factor, eval_capacity_factor, capacity_group,
             "the average number of experts per token: 1.0 matches a top-1 V-MoE's compute, 2.0 is the "
             "Expert-Choice paper's default")
-        if z_loss_weight < 0:
-            raise ValueError(f'z_loss_weight must be >= 0 (0 disables the router z-loss), got {z_loss_weight}.')
-        self.num_experts = num_experts
+        self.num_experts = check_count('num_experts', num_experts)
         self.top_k = 1  # the routing record has one expert per token (see expert_index)
-        self.z_loss_weight = z_loss_weight
+        self.z_loss_weight = check_weight('z_loss_weight', z_loss_weight, '0 disables the router z-loss')
         dd = dict(device=device, dtype=dtype)
         # TopKRouter for its fp32 logits and training noise; its top-1 choice is unused
         self.router = TopKRouter(in_features, num_experts, top_k=1, noise_std=router_noise_std, **dd)

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import check_count, check_weight
+
 __all__ = ['RouterOutput', 'TopKRouter', 'resolve_noise_std']
 
 
@@ -47,9 +49,7 @@ def resolve_noise_std(noise_std: Union[float, str, None], num_experts: int) -> f
             raise ValueError(
                 f"router_noise_std={noise_std!r} is not understood: pass a number >= 0 "
                 f"(the paper uses 1.0) or '1/E' (V-MoE's code convention).") from None
-    if noise_std < 0:
-        raise ValueError(f'router_noise_std must be >= 0 (0 disables the noise), got {noise_std}.')
-    return float(noise_std)
+    return check_weight('router_noise_std', noise_std, '0 disables the noise')
 
 
 class TopKRouter(nn.Module):
@@ -73,8 +73,8 @@ class TopKRouter(nn.Module):
             dtype=None,
     ):
         super().__init__()
-        if num_experts < 1:
-            raise ValueError(f'num_experts must be >= 1, got {num_experts}.')
+        num_experts = check_count('num_experts', num_experts)
+        top_k = check_count('top_k', top_k, minimum=None, meaning='experts per token')
         if not 1 <= top_k <= num_experts:
             raise ValueError(
                 f'top_k={top_k} is not in [1, num_experts={num_experts}]: each token picks top_k distinct '

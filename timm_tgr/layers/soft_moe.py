@@ -44,6 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import check_count
 from .experts import GroupedExperts
 from .sparse_moe import RoutingInfo, check_mlp_replacement
 
@@ -148,9 +149,7 @@ class SoftMoE(nn.Module):
     ):
         super().__init__()
         check_mlp_replacement('SoftMoE', kwargs, in_features, out_features, norm_layer)
-        if num_experts < 1:
-            raise ValueError(f'num_experts must be >= 1, got {num_experts}.')
-        self.num_experts = num_experts
+        self.num_experts = num_experts = check_count('num_experts', num_experts)
         self.slots_per_expert = _resolve_slots_per_expert(slots_per_expert, num_tokens, num_experts, match_top_k)
         self.top_k = 1  # the routing record has one (argmax) expert per token
         dd = dict(device=device, dtype=dtype)

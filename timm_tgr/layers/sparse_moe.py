@@ -18,6 +18,7 @@ from typing import Optional, Tuple, Type, Union
 import torch
 import torch.nn as nn
 
+from .checks import check_weight
 from .dispatch import (
     assign_slots, capacity_groups, check_capacity, combine_outputs, dispatch_tokens, expert_capacity, kept_counts,
     slot_index,
@@ -116,8 +117,8 @@ class SparseMoE(nn.Module):
         self.num_experts = num_experts
         self.top_k = top_k
         self.batch_prioritized_routing = batch_prioritized_routing
-        self.load_loss_weight = load_loss_weight
-        self.z_loss_weight = z_loss_weight
+        self.load_loss_weight = check_weight('load_loss_weight', load_loss_weight, 'lambda_load; 0 turns L_load off')
+        self.z_loss_weight = check_weight('z_loss_weight', z_loss_weight, '0 disables the router z-loss')
         dd = dict(device=device, dtype=dtype)
         self.router = TopKRouter(in_features, num_experts, top_k=top_k, noise_std=router_noise_std, **dd)
         self.experts = GroupedExperts(

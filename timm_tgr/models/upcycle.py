@@ -15,18 +15,31 @@ outputs those of the dense model (measurements: README, "Upcycling from dense De
   whatever the routing; the ``*.fb_in1k_upcycled`` cfgs of :mod:`timm_tgr.models.vmoe_deit` default to it.
 
 The checkpoint first goes through timm's ViT ``checkpoint_filter_fn`` (patch / position embedding resampling for
-another image or patch size), then the MLPs of the MoE blocks are upcycled; the rest is loaded as is.
+another image or patch size, layer-scale renaming; the first conv is adapted to another channel count as timm's
+pretrained loading does; each logged), then the MLPs of the MoE blocks are upcycled; the rest is loaded as is.
+
+Before that, the checkpoint's layout is checked against the model's, naming both values and the model kwargs that
+fix a difference: width, depth, distillation token, class token, register tokens, layer scale (``init_values``),
+position embedding without the prefix tokens (``no_embed_class``), ``qkv_bias``, ``fc_norm``, ``pre_norm``. DeiT-III
+checkpoints (``deit3_*``: layer scale, ``no_embed_class``) upcycle into a model created with
+``no_embed_class=True, init_values=1e-6`` (the layer-scale values come from the checkpoint).
 """
 import logging
 import os
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+from timm.models import adapt_input_conv
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 from ..layers import SparseMoE
+
+try:
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+except ImportError:  # huggingface_hub < 0.23 keeps them in utils
+    from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
 __all__ = [
     'UPCYCLE_ROUTER_LOGIT_STD', 'init_upcycled_router', 'is_dense_state_dict', 'load_dense_state_dict',
@@ -38,6 +51,8 @@ _logger = logging.getLogger(__name__)
 UPCYCLE_ROUTER_LOGIT_STD = 1e-5
 _DEIT_WIDTHS = {192: 'tiny', 384: 'small', 768: 'base'}
 _FILE_SUFFIXES = ('.safetensors', '.pth', '.tar', '.pt', '.bin', '.ckpt')
+# what timm's hub download raises offline or for a repo it cannot reach
+_HUB_ERRORS = (LocalEntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled)
 
 
 def upcycled_eval_capacity_factor(num_experts: int, top_k: int = 1) -> float:
@@ -110,6 +125,107 @@ def _check_fits(sd: Dict[str, torch.Tensor], model: nn.Module) -> None:
         raise ValueError(
             f'the dense checkpoint has {layouts[not distilled]} but {name} has {layouts[not own_distilled]}: '
             f'upcycle it into {fix}.')
+    _check_layout(sd, model, name)
+
+
+def _is_square(n: int) -> bool:
+    return n >= 0 and int(round(n ** 0.5)) ** 2 == n
+
+
+def _has_layer_scale(sd: Dict[str, torch.Tensor]) -> bool:
+    return any(k in sd for k in ('blocks.0.ls1.gamma', 'blocks.0.gamma_1'))
+
+
+def _dense_no_embed_class(sd: Dict[str, torch.Tensor], prefix: int, model: nn.Module) -> Optional[bool]:
+    """Whether the dense position embedding leaves out the prefix tokens (DeiT-III): its length is a square grid,
+    or a grid plus the prefix tokens. None when that cannot be told (no pos_embed, no prefix tokens)."""
+    pos = sd.get('pos_embed')
+    if pos is None or pos.ndim != 3 or prefix == 0:
+        return None
+    n = pos.shape[1]
+    square, square_after_prefix = _is_square(n), _is_square(n - prefix)
+    if square != square_after_prefix:
+        return square
+    own = getattr(model, 'pos_embed', None)
+    if own is not None and own.shape[1] == n:  # both readings possible: the model's own layout has this length
+        return bool(getattr(model, 'no_embed_class', False))
+    return None
+
+
+def _layouts(sd: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, Tuple[Any, Any, Dict[str, Any]]]:
+    """``{field: (dense value, model value, create_model kwargs that give the model the dense value)}`` of the
+    token and block layout fields that decide whether the tensors fit (width, depth and distillation are
+    checked before)."""
+    class_token = 'cls_token' in sd
+    reg = sd['reg_token'].shape[1] if 'reg_token' in sd else 0
+    prefix = int(class_token) + reg + int('dist_token' in sd)
+    own_pool = getattr(model, 'global_pool', 'token')
+    block = model.blocks[0]
+    fields = {
+        'class_token': (class_token, getattr(model, 'cls_token', None) is not None,
+                        dict(class_token=class_token, **({} if class_token or own_pool != 'token'
+                                                         else {'global_pool': 'avg'}))),
+        'reg_tokens': (reg, getattr(model, 'num_reg_tokens', 0), dict(reg_tokens=reg)),
+        'layer scale (init_values)': (_has_layer_scale(sd), not isinstance(getattr(block, 'ls1', nn.Identity()),
+                                                                           nn.Identity),
+                                      dict(init_values=1e-6 if _has_layer_scale(sd) else None)),
+        'qkv_bias': ('blocks.0.attn.qkv.bias' in sd, getattr(block.attn.qkv, 'bias', None) is not None,
+                     dict(qkv_bias='blocks.0.attn.qkv.bias' in sd)),
+        'fc_norm': ('fc_norm.weight' in sd, not isinstance(getattr(model, 'fc_norm', nn.Identity()), nn.Identity),
+                    dict(fc_norm='fc_norm.weight' in sd)),
+        'pre_norm': ('norm_pre.weight' in sd, not isinstance(getattr(model, 'norm_pre', nn.Identity()), nn.Identity),
+                     dict(pre_norm='norm_pre.weight' in sd)),
+    }
+    no_embed_class = _dense_no_embed_class(sd, prefix, model)
+    if no_embed_class is not None:
+        fields['no_embed_class'] = (no_embed_class, bool(getattr(model, 'no_embed_class', False)),
+                                    dict(no_embed_class=no_embed_class))
+    return fields
+
+
+def _kwargs_text(kwargs: Dict[str, Any]) -> Tuple[str, str]:
+    """``('no_embed_class=True, init_values=1e-06', 'no_embed_class=True init_values=1e-06')``: Python and CLI."""
+    items = [f'{k}={v!r}' if isinstance(v, str) else f'{k}={v}' for k, v in kwargs.items()]
+    return ', '.join(items), ' '.join(items)
+
+
+def _check_layout(sd: Dict[str, torch.Tensor], model: nn.Module, name: str) -> None:
+    """Every layout field of :func:`_layouts` must agree; the error names both values and the model kwargs that fix
+    it (a DeiT-III checkpoint, ``deit3_*``, needs ``no_embed_class=True, init_values=1e-6``)."""
+    differ = {f: v for f, v in _layouts(sd, model).items() if v[0] != v[1]}
+    if not differ:
+        return
+    fix = {}
+    for _, _, kwargs in differ.values():
+        fix.update(kwargs)
+    py, cli = _kwargs_text(fix)
+    parts = '; '.join(f'{f}: checkpoint {d}, model {m}' for f, (d, m, _) in differ.items())
+    deit3 = ' (the layout of DeiT-III, deit3_* checkpoints)' if fix.get('no_embed_class') and fix.get('init_values') \
+        else ''
+    raise ValueError(
+        f'the dense checkpoint\'s token / block layout differs from {name}\'s ({parts}): create the model with '
+        f'{py}{deit3} (train_tgr.py: --model-kwargs {cli}).')
+
+
+def _note_resampling(sd: Dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Log what timm's checkpoint filter resamples or adapts: another patch size, grid (image size) or channels."""
+    w = sd.get('patch_embed.proj.weight')
+    own = model.patch_embed.proj.weight
+    if w is None or w.ndim != 4:
+        return
+    notes = []
+    if tuple(w.shape[-2:]) != tuple(own.shape[-2:]):
+        notes.append(f'patch size {tuple(w.shape[-2:])} -> {tuple(own.shape[-2:])} (patch embedding resampled)')
+    pos, own_pos = sd.get('pos_embed'), getattr(model, 'pos_embed', None)
+    if pos is not None and own_pos is not None and pos.shape[1] != own_pos.shape[1]:
+        grid, size = tuple(model.patch_embed.grid_size), tuple(model.patch_embed.img_size)
+        notes.append(f'{pos.shape[1]} -> {own_pos.shape[1]} position embeddings (resampled to the {grid} patch grid '
+                     f'of image size {size})')
+    if w.shape[1] != own.shape[1]:
+        notes.append(f'{w.shape[1]} -> {own.shape[1]} input channels (first conv adapted as timm\'s pretrained '
+                     f'loading does)')
+    if notes:
+        _logger.info(f'Upcycling into {_model_name(model)}: {"; ".join(notes)}.')
 
 
 def init_upcycled_router(
@@ -186,7 +302,11 @@ def upcycle_dense_state_dict(
     sd = _unwrap(state_dict)
     layers = _moe_layers(model)
     _check_fits(sd, model)
+    _note_resampling(sd, model)
     sd = dict(checkpoint_filter_fn(sd, model, adapt_layer_scale=True))
+    w, own = sd.get('patch_embed.proj.weight'), model.patch_embed.proj.weight
+    if w is not None and w.ndim == 4 and w.shape[1] != own.shape[1]:
+        sd['patch_embed.proj.weight'] = adapt_input_conv(own.shape[1], w)
     generator = torch.Generator().manual_seed(seed)
     for i, moe in layers.items():
         if f'blocks.{i}.mlp.fc1.weight' not in sd:
@@ -203,32 +323,29 @@ def upcycle_checkpoint_filter_fn(state_dict: Dict, model: nn.Module) -> Dict[str
     return checkpoint_filter_fn(state_dict, model)
 
 
-def _checkpoint_state_dict(path: Path, ema: bool) -> Dict[str, torch.Tensor]:
-    """The student state_dict of a file: bare state_dict (.safetensors / .pth) or a timm / train_tgr.py checkpoint."""
-    from ..export import load_checkpoint_file, student_state_dict
-    ckpt = load_checkpoint_file(path)
-    if not isinstance(ckpt, dict):
-        raise ValueError(f'{path} holds a {type(ckpt).__name__}, not a checkpoint dict or a state_dict.')
-    if not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        key = 'state_dict_ema' if ema else next((k for k in ('state_dict', 'model') if k in ckpt), None)
-        if not isinstance(ckpt.get(key), dict):
-            what = "no EMA weights ('state_dict_ema')" if ema else "no 'state_dict' or 'model'"
-            raise ValueError(f'{path} has {what} (keys: {sorted(ckpt)[:10]}): give a timm / train_tgr.py checkpoint '
-                             f'or a bare state_dict.')
-        ckpt = ckpt[key]
-    elif ema:
-        raise ValueError(f'{path} is a bare state_dict with no EMA weights: load it with ema=False.')
-    return student_state_dict(ckpt)[0]
+def _checkpoint_state_dict(path: Path, ema: Optional[bool], trust_checkpoint: bool = False) -> Dict[str, torch.Tensor]:
+    """The student state_dict of a file: bare state_dict (.safetensors / .pth) or a timm / train_tgr.py checkpoint,
+    its weights picked by :func:`timm_tgr.utils.checkpoint.select_weights`."""
+    from ..utils.checkpoint import check_finite, describe_weights, read_checkpoint, select_weights, student_state_dict
+    ckpt = read_checkpoint(path, trust_checkpoint=trust_checkpoint, what='dense checkpoint')
+    raw, key = select_weights(ckpt, path, ema=ema, what='dense checkpoint', ema_flag='ema=True')
+    sd = student_state_dict(raw)[0]
+    check_finite(sd, f'dense checkpoint {path} [{key or "state_dict"}]',
+                 'Upcycle an earlier checkpoint of that run (checkpoint-N.pth.tar of an epoch before it diverged).')
+    _logger.info(f'Upcycling {describe_weights(key)} of {path}')
+    return sd
 
 
-def load_dense_state_dict(source: Union[str, os.PathLike], ema: bool = False) -> Dict[str, torch.Tensor]:
+def load_dense_state_dict(source: Union[str, os.PathLike], ema: Optional[bool] = None,
+                          trust_checkpoint: bool = False) -> Dict[str, torch.Tensor]:
     """The state_dict of ``source``: a file (``.safetensors``, ``.pth`` state_dict, timm / train_tgr.py checkpoint
-    ``.pth.tar``; ``ema`` picks its 'state_dict_ema'), a folder saved by timm (``local-dir:``), or anything
-    ``timm.create_model(source, pretrained=True)`` takes (``deit_small_patch16_224.fb_in1k``, ``hf-hub:ORG/NAME``)."""
+    ``.pth.tar``; ``ema`` picks its weights as :func:`timm_tgr.utils.checkpoint.select_weights`), a folder saved by
+    timm (``local-dir:``), or anything ``timm.create_model(source, pretrained=True)`` takes
+    (``deit_small_patch16_224.fb_in1k``, ``hf-hub:ORG/NAME``; offline, from the Hugging Face cache)."""
     import timm
     path = Path(os.path.expanduser(str(source)))
     if path.is_file():
-        return _checkpoint_state_dict(path, ema)
+        return _checkpoint_state_dict(path, ema, trust_checkpoint)
     if path.is_dir():
         source = f'local-dir:{path}'
     elif str(source).endswith(_FILE_SUFFIXES):
@@ -241,6 +358,13 @@ def load_dense_state_dict(source: Union[str, os.PathLike], ema: bool = False) ->
         raise ValueError(
             f'{source!r} is neither a checkpoint file nor a timm model: give a .safetensors / .pth / .pth.tar file, '
             f"a saved folder, 'hf-hub:ORG/NAME' or a timm name such as 'deit_small_patch16_224.fb_in1k'.") from e
+    except _HUB_ERRORS as e:
+        reason = (str(e).strip().splitlines() or [''])[0][:200]
+        raise RuntimeError(
+            f'could not get the dense weights of {source!r} ({type(e).__name__}: {reason}): they are neither in the '
+            f'local Hugging Face cache nor downloadable (offline, or no such repo). Download them once online '
+            f'(HF_HUB_OFFLINE unset), or give a local file: e.g. save timm.create_model({str(source)!r}, '
+            f'pretrained=True).state_dict() with safetensors.torch.save_file and pass that .safetensors.') from e
 
 
 def _keep_own_head(sd: Dict[str, torch.Tensor], model: nn.Module) -> bool:
@@ -258,14 +382,15 @@ def _keep_own_head(sd: Dict[str, torch.Tensor], model: nn.Module) -> bool:
     return kept
 
 
-def upcycle_from(source: Union[str, os.PathLike], model: nn.Module, ema: bool = False, **kwargs) -> nn.Module:
+def upcycle_from(source: Union[str, os.PathLike], model: nn.Module, ema: Optional[bool] = None,
+                 trust_checkpoint: bool = False, **kwargs) -> nn.Module:
     """Load ``model`` (a V-MoE / TGR-MoE DeiT) in place from the dense checkpoint ``source`` by sparse upcycling.
 
     ``source`` is whatever :func:`load_dense_state_dict` takes; ``kwargs`` go to :func:`upcycle_dense_state_dict`.
     A classifier of another num_classes keeps the model's own init (as timm's pretrained loading does). In eval mode
     the model computes the dense function when no choice is dropped: ``eval_capacity_factor >= E/K`` guarantees it.
     """
-    sd = upcycle_dense_state_dict(load_dense_state_dict(source, ema), model, **kwargs)
+    sd = upcycle_dense_state_dict(load_dense_state_dict(source, ema, trust_checkpoint), model, **kwargs)
     if _keep_own_head(sd, model):
         _logger.info(f'Upcycling {source}: its classifier does not fit num_classes={model.num_classes}, kept new init.')
     try:

@@ -18,6 +18,7 @@ yet. ``*.fb_in1k_upcycled`` loads timm's dense DeiT weights from the Hub and upc
 (:mod:`timm_tgr.models.upcycle`): in eval mode the model then computes the dense DeiT's function.
 """
 from functools import partial
+from numbers import Integral
 from typing import Dict, Optional, Sequence, Union
 
 import torch
@@ -52,12 +53,33 @@ class MoEBlock(Block):
         super().__init__(*args, depth=depth, mlp_layer=mlp_layer, **kwargs)
 
 
-def _check_moe_layers(moe_layers: Sequence[int], depth: int) -> tuple:
-    layers = tuple(int(i) for i in moe_layers)
+def _moe_layer_indices(moe_layers: Union[int, str, Sequence[int]], depth: int) -> tuple:
+    """``moe_layers`` as a tuple of block indices: an int is one block, a string is comma-separated indices
+    (``'7,9,11'``, as YAML or a command line may give it), a sequence holds ints; anything else is an error."""
+    how = (f'give distinct 0-based block indices in [0, {depth - 1}] as a tuple, a list, one int or a string '
+           f'of comma-separated ints (the paper\'s blocks 8, 10, 12 are moe_layers=(7, 9, 11), or \'7,9,11\')')
+    if isinstance(moe_layers, str):
+        parts = [p.strip() for p in moe_layers.split(',')]
+        if not all(p.lstrip('-').isdigit() for p in parts):
+            raise ValueError(f'moe_layers={moe_layers!r} is not a list of block indices: {how}.')
+        return tuple(int(p) for p in parts)
+    if isinstance(moe_layers, Integral) and not isinstance(moe_layers, bool):
+        return (int(moe_layers),)
+    try:
+        items = tuple(moe_layers)
+    except TypeError:
+        raise ValueError(f'moe_layers={moe_layers!r} is not a list of block indices: {how}.') from None
+    if not all(isinstance(i, Integral) and not isinstance(i, bool) for i in items):
+        raise ValueError(f'moe_layers={moe_layers!r} holds non-integer entries: {how}.')
+    return tuple(int(i) for i in items)
+
+
+def _check_moe_layers(moe_layers: Union[int, str, Sequence[int]], depth: int) -> tuple:
+    layers = _moe_layer_indices(moe_layers, depth)
     bad = [i for i in layers if not 0 <= i < depth]
     if not layers or bad or len(set(layers)) != len(layers):
         raise ValueError(
-            f'moe_layers={tuple(moe_layers)} is invalid for a model of depth {depth}: give distinct 0-based '
+            f'moe_layers={moe_layers!r} is invalid for a model of depth {depth}: give distinct 0-based '
             f'block indices in [0, {depth - 1}] (the paper\'s blocks 8, 10, 12 are moe_layers=(7, 9, 11)).')
     return tuple(sorted(layers))
 
@@ -68,7 +90,8 @@ class MoEVisionTransformerMixin:
     Keyword arguments (all reachable through ``timm.create_model``):
         num_experts: E (paper: 16 Tiny, 8 Small/Base).
         top_k: K (paper: 1).
-        moe_layers: 0-based indices of the blocks whose MLP becomes MoE (paper: (7, 9, 11)).
+        moe_layers: 0-based indices of the blocks whose MLP becomes MoE (paper: (7, 9, 11)); one int is one
+            block, a string is comma-separated indices (``'7,9,11'``).
         capacity_factor / eval_capacity_factor: expert capacity in train / eval mode.
         router_noise_std: noise std on router logits in training, a number (paper: 1.0) or '1/E'.
         batch_prioritized_routing: V-MoE's BPR.

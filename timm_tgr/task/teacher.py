@@ -12,6 +12,7 @@ The teacher routers that turn h_t into p_t are trained, so they live with the st
 :class:`~timm_tgr.task.tgr_task.TGRTrainableModule` (:mod:`~timm_tgr.task.teacher_router`).
 """
 import argparse
+import logging
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
@@ -23,8 +24,8 @@ from timm.task import DistillationTeacher
 from timm.utils import unwrap_model
 
 __all__ = [
-    'DEFAULT_TEACHERS', 'default_teacher', 'build_teacher', 'teacher_depth', 'RoutingTeacher', 'resolve_layer_map',
-    'check_token_grids', 'align_teacher_tokens', 'TeacherGuidance',
+    'DEFAULT_TEACHERS', 'TEACHER_HOW', 'default_teacher', 'build_teacher', 'teacher_depth', 'RoutingTeacher',
+    'resolve_layer_map', 'check_token_grids', 'align_teacher_tokens', 'TeacherGuidance',
 ]
 
 # Table S2: TGR-Ti adds 3*384*16 router weights (DeiT-III-Small teacher), TGR-S/B add 3*768*8 (DeiT-III-Base).
@@ -35,17 +36,33 @@ DEFAULT_TEACHERS = {
 }
 
 
-def default_teacher(model_name: str) -> str:
-    """The paper's teacher for a registered student name (e.g. ``tgr_moe_deit_tiny`` -> DeiT-III-Small)."""
+# how to give a teacher and its weights, by where the teacher is named (messages say the caller's way)
+TEACHER_HOW = {
+    'api': dict(name='pass teacher= a timm model name (e.g. {teacher!r}) or an nn.Module',
+                weights='pass teacher_pretrained_path=FILE (build_teacher: checkpoint=FILE), or build the teacher '
+                        'yourself and pass the nn.Module'),
+    'train_tgr.py': dict(name='pass --teacher NAME (e.g. --teacher {teacher}), or --teacher none to train without one',
+                         weights='pass --teacher-checkpoint FILE (e.g. model_best.pth.tar of a train_tgr.py run of the '
+                                 'teacher), or --no-teacher-pretrained for a random teacher (debugging only)'),
+    'train.py': dict(name='pass --model-kwargs tgr_teacher=NAME (e.g. {teacher})',
+                     weights='pass --model-kwargs tgr_teacher_checkpoint=FILE'),
+}
+
+
+def default_teacher(model_name: str, how: str = 'api') -> str:
+    """The paper's teacher for a registered student name (e.g. ``tgr_moe_deit_tiny`` -> DeiT-III-Small).
+
+    ``how`` (a key of :data:`TEACHER_HOW`) picks how the error says to name a teacher.
+    """
     for size, teacher in DEFAULT_TEACHERS.items():
         if f'_deit_{size}' in model_name:
             return teacher
-    raise ValueError(
-        f'no default teacher for {model_name!r}: pass teacher= a timm model name (e.g. '
-        f'{DEFAULT_TEACHERS["tiny"]!r}), an nn.Module, or a model name with teacher_pretrained_path.')
+    raise ValueError(f'no default teacher for {model_name!r}: '
+                     f'{TEACHER_HOW[how]["name"].format(teacher=DEFAULT_TEACHERS["tiny"])}.')
 
 
-def _create_teacher(name: str, pretrained_path: Optional[str], pretrained: bool, **kwargs) -> nn.Module:
+def _create_teacher(name: str, pretrained_path: Optional[str], pretrained: bool, how: str = 'api',
+                    **kwargs) -> nn.Module:
     model_name = name.split('.')[0] if not name.startswith(('hf-hub:', 'local-dir:')) else name
     if not (name.startswith(('hf-hub:', 'local-dir:')) or timm.is_model(model_name)):
         raise ValueError(
@@ -60,45 +77,52 @@ def _create_teacher(name: str, pretrained_path: Optional[str], pretrained: bool,
     except Exception as e:  # hub/offline/corrupt file: say what to do instead of a bare traceback
         raise RuntimeError(
             f'could not load teacher {name!r} weights ({type(e).__name__}: {e}). Without network access, '
-            f'download the weights elsewhere and pass teacher_pretrained_path=FILE, or build the teacher '
-            f'yourself and pass the nn.Module.') from e
+            f'download the weights elsewhere and {TEACHER_HOW[how]["weights"]}.') from e
 
 
-def build_teacher(name: str, checkpoint: Optional[str] = None, pretrained: bool = True, **kwargs) -> nn.Module:
+def build_teacher(name: str, checkpoint: Optional[str] = None, pretrained: bool = True,
+                  trust_checkpoint: bool = False, how: str = 'api', **kwargs) -> nn.Module:
     """A dense teacher by timm name with ``kwargs``; weights from ``checkpoint`` (strict) or the hub.
 
-    ``checkpoint`` may be a ``train_tgr.py`` / timm checkpoint (``state_dict`` key, ``module.`` prefixes)
-    or a plain state dict; every tensor must fit (a teacher trained with other kwargs is an error, not
-    a silent partial load). Without ``checkpoint`` the pretrained hub weights load when ``pretrained``.
-    The mean/std a checkpoint's run args record become the teacher's ``pretrained_cfg`` mean/std: the
-    input normalization its weights were trained with, which TGR converts the student's input to.
+    ``checkpoint`` may be a ``train_tgr.py`` / timm checkpoint (read by :mod:`timm_tgr.utils.checkpoint`:
+    its EMA weights when it has them, ``module.`` prefixes removed) or a plain state dict; every tensor
+    must fit (a teacher trained with other kwargs is an error, not a silent partial load), and weights
+    holding NaN / Inf are refused. Without ``checkpoint`` the pretrained hub weights load when
+    ``pretrained``. The mean/std a checkpoint's run args record become the teacher's ``pretrained_cfg``
+    mean/std: the input normalization its weights were trained with, which TGR converts the student's
+    input to. ``how`` (a key of :data:`TEACHER_HOW`) picks how errors say to give the weights.
     """
+    from ..utils.checkpoint import (
+        check_finite, describe_weights, read_checkpoint, select_weights, state_dict_mismatches, student_state_dict,
+    )
     if not checkpoint:
-        return _create_teacher(name, None, pretrained, **kwargs)
+        return _create_teacher(name, None, pretrained, how=how, **kwargs)
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f'teacher checkpoint {checkpoint!r} does not exist: check the path.')
     model_name = name.split('.')[0] if not name.startswith(('hf-hub:', 'local-dir:')) else name
     if not (name.startswith(('hf-hub:', 'local-dir:')) or timm.is_model(model_name)):
         raise ValueError(f'unknown teacher {name!r}: pass a timm model name (see timm.list_models()).')
+    ckpt = read_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint, what='teacher checkpoint')
+    raw, key = select_weights(ckpt, checkpoint, what='teacher checkpoint')
+    state_dict = student_state_dict(raw)[0]
+    check_finite(state_dict, f'teacher checkpoint {checkpoint} [{key or "state_dict"}]',
+                 'Give a checkpoint of the teacher from an epoch before it diverged (checkpoint-N.pth.tar).')
     model = timm.create_model(name, pretrained=False, **kwargs)
-    try:
-        timm.models.load_checkpoint(model, checkpoint, strict=True)
-    except RuntimeError as e:
+    parts = state_dict_mismatches(state_dict, model.state_dict())
+    if parts:
         raise RuntimeError(
-            f'teacher checkpoint {checkpoint!r} does not fit {name!r} built with {kwargs}: pass the architecture '
-            f'and kwargs (embed_dim, patch_size, img_size, in_chans, num_classes, ...) it was trained with. ({e})') from e
-    _set_trained_normalization(model, checkpoint)
+            f'teacher checkpoint {checkpoint!r} does not fit {name!r} built with {kwargs}: {"; ".join(parts)}. Pass '
+            f'the architecture and kwargs (embed_dim, patch_size, img_size, in_chans, num_classes, ...) it was '
+            f'trained with.')
+    model.load_state_dict(state_dict, strict=True)
+    logging.getLogger(__name__).info(f'teacher {name}: {describe_weights(key)} of {checkpoint}')
+    _set_trained_normalization(model, ckpt if key is not None else {})
     return model
 
 
-def _set_trained_normalization(model: nn.Module, checkpoint: str) -> None:
+def _set_trained_normalization(model: nn.Module, ckpt: dict) -> None:
     """``pretrained_cfg`` mean/std from the run args of a ``train_tgr.py`` / timm checkpoint, when recorded."""
-    from ..export import load_checkpoint_file
-    try:
-        ckpt = load_checkpoint_file(checkpoint)  # weights_only, argparse.Namespace args allowed
-    except RuntimeError:
-        return  # args it cannot read safely: the weights loaded, the cfg stays as timm made it
-    args = ckpt.get('args') if isinstance(ckpt, dict) and 'state_dict' in ckpt else None
+    args = ckpt.get('args')
     run_args = vars(args) if isinstance(args, argparse.Namespace) else (args if isinstance(args, dict) else {})
     mean, std = run_args.get('mean'), run_args.get('std')
     if mean is not None and std is not None:

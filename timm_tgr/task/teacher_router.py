@@ -108,14 +108,17 @@ def check_teacher_router_state(state_dict: Mapping[str, torch.Tensor], routers: 
         f'embed_dim=...), or start fresh teacher routers (drop --teacher-routers-from / tgr_teacher_routers).')
 
 
-def read_teacher_routers(path: str) -> Dict[str, torch.Tensor]:
-    """``task_state['teacher_routers']`` of the TGR checkpoint ``path`` (``'{block}.proj.weight'`` tensors)."""
-    from ..export import load_checkpoint_file  # the weights_only reader of training checkpoints
-    ckpt = load_checkpoint_file(path)
+def read_teacher_routers(path: str, trust_checkpoint: bool = False) -> Dict[str, torch.Tensor]:
+    """``task_state['teacher_routers']`` of the TGR checkpoint ``path`` (``'{block}.proj.weight'`` tensors);
+    routers holding NaN / Inf are refused."""
+    from ..utils.checkpoint import check_finite, read_checkpoint
+    ckpt = read_checkpoint(path, trust_checkpoint=trust_checkpoint, what='--teacher-routers-from')
     state = ckpt.get('task_state') if isinstance(ckpt, dict) else None
     routers = state.get('teacher_routers') if isinstance(state, dict) else None
     if not isinstance(routers, dict) or not routers:
         raise ValueError(
             f"{path} holds no teacher routers (task_state['teacher_routers']): give a checkpoint of a TGR run "
             f'(train_tgr.py with a teacher, or timm\'s train.py with a tgr_moe_* model), or start fresh routers.')
+    check_finite(routers, f"the teacher routers of {path} (task_state['teacher_routers'])",
+                 'Carry them over from a checkpoint of an epoch before that run diverged (checkpoint-N.pth.tar).')
     return dict(routers)

@@ -35,6 +35,7 @@ from timm.task import TrainingTask
 from timm.utils import unwrap_model
 from timm.utils.model_ema import ModelEmaV3
 
+from ..layers.checks import check_weight
 from .schedule import DistillSchedule
 from .teacher import RoutingTeacher, TeacherGuidance
 from .teacher_router import check_teacher_router_state, routing_distillation_loss, teacher_router_loss, teacher_routers
@@ -128,6 +129,11 @@ class TGRTask(TrainerStateMixin, TrainingTask):
         super().__init__(device=device, dtype=dtype, verbose=verbose)
         if mode not in TGR_MODES:
             raise ValueError(f'TGR mode must be one of {TGR_MODES}, got {mode!r}.')
+        weights = (  # checked before the teacher is built (which may download it)
+            check_weight('distill_weight', distill_weight, 'lambda_distill; 0 turns it off'),
+            check_weight('teacher_load_weight', teacher_load_weight, 'lambda_load of L_teacher'),
+            check_weight('teacher_entropy_weight', teacher_entropy_weight if teacher_entropy_weight is not None
+                         else (0. if mode == 'teacher_route' else 0.005), 'lambda_ent of L_teacher'))
         student = moe_student(student_model)
         num_experts = _num_experts(student)
         dd = dict(device=self.device, dtype=self.dtype)
@@ -138,10 +144,7 @@ class TGRTask(TrainerStateMixin, TrainingTask):
         self.trainable_module = TGRTrainableModule(student_model, routers)
         self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
         self.mode = mode
-        self.distill_weight = distill_weight
-        self.teacher_load_weight = teacher_load_weight
-        self.teacher_entropy_weight = teacher_entropy_weight if teacher_entropy_weight is not None \
-            else (0. if mode == 'teacher_route' else 0.005)
+        self.distill_weight, self.teacher_load_weight, self.teacher_entropy_weight = weights
         if isinstance(schedule, str):
             schedule = DistillSchedule(schedule, total_steps=total_steps, fraction=distill_fraction)
         self.schedule = schedule
@@ -183,6 +186,7 @@ class TGRTask(TrainerStateMixin, TrainingTask):
         feats = self.teacher_features(input)
         output, teacher_probs = self.trainable_module(
             input, feats, route_with_teacher=self.mode == 'teacher_route')
+        self.last_teacher_probs = {k: p.detach() for k, p in teacher_probs.items()}  # for the trainer's NaN watch
         task_loss = self.criterion(output, target)
         infos = self._student().routing_infos()
         moe = moe_loss_components(infos)

@@ -124,12 +124,12 @@ def _create_tgr_task(model: nn.Module, cfg: Dict[str, Any], criterion=None, devi
     from .tgr_task import TGRTask
     base = unwrap_model(model)
     arch = (getattr(base, 'pretrained_cfg', None) or {}).get('architecture', '')
-    teacher_name = cfg.get('teacher') or default_teacher(arch)
+    teacher_name = cfg.get('teacher') or default_teacher(arch, how='train.py')
     teacher_kwargs = _student_geometry(base)  # same image size and channels as the student unless given
     teacher_kwargs.update(cfg.get('teacher_kwargs') or {})
     teacher = build_teacher(
         teacher_name, checkpoint=cfg.get('teacher_checkpoint'), pretrained=cfg.get('teacher_pretrained', True),
-        **teacher_kwargs)
+        how='train.py', **teacher_kwargs)
     schedule = cfg.get('schedule', 'full')
     if schedule == 'adaptive':
         raise ValueError(

@@ -54,7 +54,7 @@ class TrainerStateMixin:
     """Lets a trainer keep its own resumable state (e.g. the routing-consistency tracker) in the task's
     checkpoint entry: objects given to :meth:`register_trainer_state` (with ``state_dict`` /
     ``load_state_dict``) are saved under ``task_state['trainer'][name]`` by timm's CheckpointSaver and
-    restored by ``resume_task_checkpoint``."""
+    restored with the task's checkpoint state (timm's ``resume_task_checkpoint``, train_tgr.py's ``--resume``)."""
 
     def register_trainer_state(self, name: str, obj) -> None:
         if not hasattr(self, '_trainer_state'):

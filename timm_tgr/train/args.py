@@ -4,6 +4,7 @@ Flags are named as in timm's ``train.py`` where they mean the same; any of them 
 file given with ``-c/--config`` (keys use underscores, see ``timm_tgr/configs/``).
 """
 import argparse
+import math
 import os
 import sys
 from typing import Optional, Sequence
@@ -15,6 +16,7 @@ import timm
 from timm.utils import ParseKwargs
 
 from ..task import TGR_MODES, DistillSchedule
+from ..utils.checkpoint import run_outputs
 
 __all__ = ['build_parser', 'parse_args', 'checkpoint_args', 'yaml_safe']
 
@@ -56,10 +58,17 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--pretrained', action='store_true', help='start from pretrained weights')
     group.add_argument('--initial-checkpoint', default='', metavar='PATH', help='load these weights first')
     group.add_argument('--upcycle-from', default='', metavar='FILE_OR_MODEL',
-                       help='sparse upcycling: start the MoE from a dense ViT/DeiT checkpoint (file, folder, timm name, '
-                            'hf-hub:/local-dir:): every expert a copy of the dense MLP, a near-uniform router')
-    group.add_argument('--resume', default='', metavar='PATH', help='resume training from this checkpoint')
+                       help='sparse upcycling: start the MoE from a dense ViT/DeiT checkpoint (file, folder, timm '
+                            'name, hf-hub:/local-dir:): every expert a copy of the dense MLP, a near-uniform router')
+    group.add_argument('--resume', default='', metavar='PATH',
+                       help="resume training from this checkpoint (e.g. RUN/last.pth.tar) with the run's own flags; "
+                            'the optimizer state comes from the checkpoint, its settings (--lr, --weight-decay, ...) '
+                            'from this command')
     group.add_argument('--no-resume-opt', action='store_true', help='do not restore optimizer/scaler state')
+    group.add_argument('--trust-checkpoint', action='store_true',
+                       help='read --resume / --initial-checkpoint / --upcycle-from / --teacher-checkpoint / '
+                            '--teacher-routers-from with torch.load(weights_only=False), which can run code stored '
+                            'in the file: only for checkpoints you made yourself')
     group.add_argument('--num-classes', type=int, default=None, metavar='N', help='number of classes')
     group.add_argument('--reset-classifier', action='store_true',
                        help='fresh classifier after loading --pretrained / --initial-checkpoint weights even when '
@@ -215,7 +224,6 @@ def _add_misc_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--threads', type=int, default=None, help='torch CPU threads per process')
 
 
-
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse flags, with ``-c FILE`` YAML values as defaults (unknown YAML keys are an error)."""
     parser = build_parser()
@@ -249,13 +257,40 @@ def _read_config(parser: argparse.ArgumentParser, path: str) -> dict:
     return {k.replace('-', '_'): v for k, v in cfg.items()}
 
 
+# numeric flags: (dest, lowest, highest, whether the bounds are included); None for no bound
+_RANGES = (
+    ('epochs', 1, None, True), ('batch_size', 1, None, True), ('validation_batch_size', 1, None, True),
+    ('grad_accum_steps', 1, None, True), ('num_classes', 1, None, True), ('img_size', 1, None, True),
+    ('in_chans', 1, None, True), ('workers', 0, None, True), ('threads', 1, None, True),
+    ('log_interval', 1, None, True), ('checkpoint_hist', 1, None, True), ('probe_samples', 0, None, True),
+    ('warmup_epochs', 0, None, True), ('cooldown_epochs', 0, None, True),
+    ('lr', 0., None, True), ('warmup_lr', 0., None, True), ('min_lr', 0., None, True),
+    ('weight_decay', 0., None, True), ('momentum', 0., None, True), ('clip_grad', 0., None, False),
+    ('layer_decay', 0., None, False), ('drop', 0., 1., True), ('drop_path', 0., 1., True),
+    ('smoothing', 0., 1., True), ('mixup', 0., None, True), ('cutmix', 0., None, True),
+    ('mixup_prob', 0., 1., True), ('reprob', 0., 1., True), ('hflip', 0., 1., True), ('vflip', 0., 1., True),
+    ('model_ema_decay', 0., 1., True), ('distill_weight', 0., None, True), ('teacher_load_weight', 0., None, True),
+    ('teacher_entropy_weight', 0., None, True),
+)
+
+
+def _check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every numeric flag finite and inside its range (a flag left at None is not checked)."""
+    for dest, low, high, closed in _RANGES:
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        flag = '--' + dest.replace('_', '-')
+        below = value < low if closed else value <= low
+        above = high is not None and (value > high if closed else value >= high)
+        if not math.isfinite(value) or below or above:
+            lo, hi = ('[', ']') if closed else ('(', ')')
+            bounds = f'in {lo}{low}, {high}{hi}' if high is not None else f'{">=" if closed else ">"} {low}'
+            parser.error(f'{flag} must be {bounds} (a finite number), got {value}')
+
+
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.epochs < 1:
-        parser.error(f'--epochs must be >= 1, got {args.epochs}')
-    if args.batch_size < 1:
-        parser.error(f'--batch-size must be >= 1, got {args.batch_size}')
-    if args.grad_accum_steps < 1:
-        parser.error(f'--grad-accum-steps must be >= 1, got {args.grad_accum_steps}')
+    _check_ranges(parser, args)
     if args.freeze_router_at is not None and not 0. <= args.freeze_router_at <= 1.:
         parser.error(f'--freeze-router-at is a fraction of training in [0, 1], got {args.freeze_router_at}')
     if not 0. <= args.distill_fraction <= 1.:
@@ -275,6 +310,34 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     if not timm.is_model(args.model) and not args.model.startswith(('hf-hub:', 'local-dir:')):
         parser.error(f'--model {args.model!r} is not a timm model; see timm.list_models("*moe*") '
                      f'(timm_tgr registers vmoe_deit_*, tgr_moe_deit_*, soft_moe_deit_*, ec_moe_deit_*)')
+    other = [flag for flag, on in (('--pretrained', args.pretrained), ('--initial-checkpoint', args.initial_checkpoint))
+             if on]
+    if args.upcycle_from and other:
+        parser.error(f'--upcycle-from {args.upcycle_from!r} and {" / ".join(other)} both give the model its starting '
+                     f'weights: keep one.')
+    _check_run_folder(parser, args)
+
+
+def _check_run_folder(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """train_tgr.py never writes into an earlier run: a named --experiment folder that holds one is refused
+    without --resume (or when --resume continues another folder's run), naming the two ways out."""
+    if not args.experiment:
+        return  # the checkpoint's own folder (--resume), or a new time-stamped one (setup_output_dir)
+    folder = os.path.join(args.output, args.experiment)
+    found = run_outputs(folder)
+    if not found:
+        return
+    if args.resume and os.path.abspath(os.path.dirname(args.resume)) == os.path.abspath(folder):
+        return  # continuing the run in its own folder
+    last = os.path.join(folder, 'last.pth.tar')
+    held = ', '.join(found[:4]) + (' ...' if len(found) > 4 else '')
+    if args.resume:
+        parser.error(f'--experiment {args.experiment} ({folder}) holds another run ({held}), and train_tgr.py never '
+                     f'writes into an earlier run: resume {args.resume} into a new folder (another --experiment), or '
+                     f'continue the run in {folder} with --resume {last}.')
+    parser.error(f'--experiment {args.experiment} ({folder}) holds an earlier run ({held}), and train_tgr.py never '
+                 f'writes into an earlier run: continue it with --resume {last}, or start a new run with another '
+                 f'--experiment (or --output).')
 
 
 def yaml_safe(d: dict) -> dict:

@@ -6,10 +6,10 @@
   timm loads the weights and drops the classifier when ``--num-classes`` differs from the weights'
   (``pretrained_cfg['num_classes']`` / ``['classifier']``): :func:`log_pretrained_head` says so.
 - ``--initial-checkpoint`` of a ``train_tgr.py`` (or timm) checkpoint: :func:`load_initial_checkpoint`
-  loads the student (``module.`` / ``student.`` prefixes and teacher tensors removed as by
-  :func:`timm_tgr.export.student_state_dict`), leaves out the classifier when the class count
-  differs, and loads everything else strictly; weights of another architecture or expert count fail
-  with an error naming both.
+  reads it with :mod:`timm_tgr.utils.checkpoint` (its EMA weights when it has them, by that module's
+  rule), loads the student (``module.`` / ``student.`` prefixes and teacher tensors removed), leaves out
+  the classifier when the class count differs, and loads everything else strictly; weights of another
+  architecture or expert count fail with an error naming both, weights holding NaN / Inf naming the tensors.
 - ``--reset-classifier``: a fresh classifier also for the same class count (new classes, e.g. classes
   5-9 relabelled 0-4 after pre-training on 0-4), through timm's ``reset_classifier``.
 """
@@ -22,7 +22,10 @@ import torch.nn as nn
 from timm.models import load_model_config_from_hf, parse_model_name
 from timm.models._hub import load_model_config_from_path
 
-from ..export import _as_dict, load_checkpoint_file, resolve_model_args, state_dict_mismatches, student_state_dict
+from ..export import resolve_model_args
+from ..utils.checkpoint import (
+    as_dict, check_finite, describe_weights, read_checkpoint, select_weights, state_dict_mismatches, student_state_dict,
+)
 
 __all__ = [
     'model_source', 'classifier_names', 'log_pretrained_head', 'load_initial_checkpoint', 'reset_classifier',
@@ -89,22 +92,11 @@ def describe_model(arch: str, kwargs: Dict[str, Any]) -> str:
 
 def _checkpoint_model(ckpt: Dict[str, Any]) -> Tuple[Optional[str], Dict[str, Any]]:
     """The architecture and create_model kwargs the checkpoint's args record (None when not recorded)."""
-    run_args = _as_dict(ckpt.get('args'))
+    run_args = as_dict(ckpt.get('args'))
     try:
         return resolve_model_args(run_args, checkpoint_arch=ckpt.get('arch'))
     except ValueError:
         return None, {}
-
-
-def _select_weights(ckpt: Dict[str, Any], path: str) -> Tuple[Dict[str, torch.Tensor], str]:
-    """The checkpoint's weights as timm's ``load_checkpoint`` picks them: EMA when present, else the model's."""
-    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        return ckpt, 'bare state_dict'
-    for key in ('state_dict_ema', 'model_ema', 'state_dict', 'model'):
-        if isinstance(ckpt.get(key), dict):
-            return ckpt[key], key
-    raise ValueError(f"--initial-checkpoint {path} has no weights ('state_dict', 'model' or 'state_dict_ema'; keys "
-                     f'{sorted(ckpt)[:10]}): give a train_tgr.py / timm checkpoint or a bare state_dict.')
 
 
 class _Mismatch(ValueError):
@@ -169,15 +161,20 @@ def _mismatch_error(path: str, detail: str, ckpt_model: Tuple[Optional[str], Dic
                       f'{describe_model(arch, kwargs)} ({detail}): {fix}.')
 
 
-def load_initial_checkpoint(model: nn.Module, path: str, arch: str, kwargs: Dict[str, Any]) -> List[str]:
+def load_initial_checkpoint(model: nn.Module, path: str, arch: str, kwargs: Dict[str, Any],
+                            trust_checkpoint: bool = False, ema: Optional[bool] = None) -> List[str]:
     """Load the student weights of checkpoint ``path`` into ``model`` (built as ``arch`` with ``kwargs``).
 
     The classifier is left fresh when the checkpoint's class count differs (as timm's pretrained
-    loading does); every other tensor must match. Returns the classifier keys left out.
+    loading does); every other tensor must match. ``ema`` picks the weights as
+    :func:`timm_tgr.utils.checkpoint.select_weights` does. Returns the classifier keys left out.
     """
-    ckpt = load_checkpoint_file(path)
-    raw, key = _select_weights(ckpt, path)
+    ckpt = read_checkpoint(path, trust_checkpoint=trust_checkpoint, what='--initial-checkpoint')
+    raw, key = select_weights(ckpt, path, ema=ema, what='--initial-checkpoint')
+    ckpt = ckpt if key is not None else {}
     state_dict, dropped = student_state_dict(raw)
+    check_finite(state_dict, f'--initial-checkpoint {path} [{key or "state_dict"}]',
+                 'Start from an earlier checkpoint of that run (checkpoint-N.pth.tar of an epoch before it diverged).')
     ckpt_arch, ckpt_kwargs = _checkpoint_model(ckpt)
     ckpt_kwargs = {**_checkpoint_routing(ckpt_arch, ckpt_kwargs), **ckpt_kwargs}
     try:
@@ -189,9 +186,10 @@ def load_initial_checkpoint(model: nn.Module, path: str, arch: str, kwargs: Dict
         raise _mismatch_error(path, str(e), (ckpt_arch, ckpt_kwargs), arch, kwargs) from None
     model.load_state_dict(state_dict, strict=not left_out)
     note = f' ({len(dropped)} teacher / teacher-router tensors left out)' if dropped else ''
+    what = describe_weights(key)
     if left_out:
-        _logger.info(f'Initial checkpoint {path} [{key}] loaded{note}, except its classifier '
+        _logger.info(f'Initial checkpoint {path}: {what} loaded{note}, except its classifier '
                      f'({", ".join(left_out)}: {ckpt_classes} classes): fresh for {model.num_classes} classes.')
     else:
-        _logger.info(f'Initial checkpoint {path} [{key}] loaded{note}, classifier included.')
+        _logger.info(f'Initial checkpoint {path}: {what} loaded{note}, classifier included.')
     return left_out

@@ -1,6 +1,16 @@
 """The epoch loops: :func:`train_one_epoch` (as timm's train.py: task forward, gradient accumulation,
 loss scaler, clipping, EMA, lr per update) and :func:`validate` (loss, top-1/5, routing statistics and
-the probe set's expert assignments from the same pass)."""
+the probe set's expert assignments from the same pass).
+
+Divergence (:class:`FiniteGuard`): after every forward, each scalar the task returns (the loss and
+its terms), every MoE layer's router logits and, with a teacher, every teacher router's output are
+checked for NaN / Inf on the device, with no host sync: a small tensor keeps the step at which each
+first went non-finite. It is read on the host every batch on the CPU and every ``--log-interval``
+batches and at the epoch's end elsewhere (one sync each), and the first non-finite value stops the run
+with :class:`TrainingDiverged` naming the epoch, the step and the terms. No checkpoint is written after
+that, so the last checkpoint stays the last finite one. With a float16 ``GradScaler`` an update whose
+gradients overflow is skipped by the scaler and is not divergence: only the forward's values are checked.
+"""
 import argparse
 import logging
 import sys
@@ -13,9 +23,89 @@ from timm.utils import AverageMeter, accuracy, dispatch_clip_grad, is_primary, r
 
 from ..task import RoutingStats
 
-__all__ = ['train_one_epoch', 'validate', 'reduce_routing_stats', 'set_epoch']
+__all__ = ['train_one_epoch', 'validate', 'reduce_routing_stats', 'set_epoch', 'FiniteGuard', 'TrainingDiverged']
 
 _logger = logging.getLogger('train_tgr')
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss term, router or teacher-router output became NaN or Inf; ``epoch``, ``step`` and ``terms`` say where."""
+
+    def __init__(self, message: str, epoch: int, step: int, terms: List[str]):
+        super().__init__(message)
+        self.epoch, self.step, self.terms = epoch, step, terms
+
+
+_NEVER = torch.iinfo(torch.int64).max
+
+
+class FiniteGuard:
+    """Watches the values of every training forward for NaN / Inf without a host sync per step (module docstring).
+
+    ``observe(result, step)`` records, on the device, the first step at which each value went non-finite;
+    ``check()`` reads that on the host and raises :class:`TrainingDiverged` if any did.
+    """
+
+    def __init__(self, task: nn.Module, epoch: int, num_batches: int, device: torch.device, distributed: bool = False):
+        self.task, self.epoch, self.num_batches = task, epoch, num_batches
+        self.device, self.distributed = device, distributed
+        self.names: List[str] = []
+        self.first: Optional[torch.Tensor] = None  # int64 per name: first non-finite step, _NEVER if none
+        self.values: Optional[torch.Tensor] = None  # the first non-finite value of each scalar
+
+    def _watched(self, result: dict) -> Dict[str, torch.Tensor]:
+        values = {}
+        trainable = unwrap_model(self.task.get_trainable_module())
+        student = unwrap_model(getattr(trainable, 'student', trainable))
+        if hasattr(student, 'get_moe_layers'):
+            for i, moe in student.get_moe_layers().items():
+                if getattr(moe, 'routing', None) is not None:
+                    values[f'router logits of MoE block {i}'] = moe.routing.logits
+        for k, p in (getattr(self.task, 'last_teacher_probs', None) or {}).items():
+            values[f'teacher router output of MoE block {k}'] = p
+        for k, v in result.items():
+            if k != 'output' and torch.is_tensor(v) and v.ndim == 0 and v.is_floating_point():
+                values[k] = v
+        return values
+
+    def observe(self, result: dict, step: int) -> None:
+        watched = self._watched(result)
+        if self.first is None:
+            self.names = list(watched)
+            self.first = torch.full((len(self.names),), _NEVER, dtype=torch.int64, device=self.device)
+            self.values = torch.zeros(len(self.names), device=self.device)
+        tensors = [watched.get(n) for n in self.names]
+        finite = torch.stack([torch.isfinite(t.detach()).all() if t is not None else torch.ones((), dtype=torch.bool,
+                              device=self.device) for t in tensors]).to(self.device)
+        scalars = torch.stack([t.detach().float().reshape(()) if t is not None and t.ndim == 0 else
+                               torch.full((), float('nan'), device=t.device if t is not None else self.device)
+                               for t in tensors]).to(self.device)
+        new = (~finite) & (self.first == _NEVER)
+        self.first = torch.where(new, torch.full_like(self.first, step), self.first)
+        self.values = torch.where(new, scalars, self.values)
+
+    def check(self) -> None:
+        if self.first is None:
+            return
+        first = self.first
+        if self.distributed:
+            import torch.distributed as dist
+            first = first.clone()
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        first = first.tolist()
+        bad = [i for i, f in enumerate(first) if f != _NEVER]
+        if not bad:
+            return
+        step = min(first[i] for i in bad)
+        at_step = [i for i in bad if first[i] == step]
+        values = self.values.tolist()
+        terms = [self.names[i] + (f' = {values[i]}' if not self.names[i].startswith(('router', 'teacher router '))
+                                  else ' (NaN/Inf)') for i in at_step]
+        later = [self.names[i] for i in bad if first[i] != step]
+        message = (f'training diverged in epoch {self.epoch}, step {step} of {self.num_batches}: first non-finite '
+                   f'values: {", ".join(terms)}'
+                   + (f' (later also {", ".join(later)})' if later else '') + '.')
+        raise TrainingDiverged(message, self.epoch, step, [self.names[i] for i in at_step])
 
 
 def set_epoch(loader, epoch: int) -> None:
@@ -45,6 +135,8 @@ def train_one_epoch(
     count = 0
     optimizer.zero_grad()
     progress = _progress_bar(args, num_batches, epoch)
+    guard = FiniteGuard(task, epoch, num_batches, device, distributed=args.distributed)
+    check_every = 1 if device.type == 'cpu' else max(1, args.log_interval)  # a host sync per check elsewhere
     for batch_idx, (input, target) in enumerate(loader):
         last = batch_idx == num_batches - 1
         need_update = last or (batch_idx + 1) % accum == 0
@@ -57,6 +149,9 @@ def train_one_epoch(
             result = _forward_backward(
                 task, input, target, optimizer, args, amp_autocast, loss_scaler, accum_steps, need_update)
         count += _accumulate(sums, result, input.shape[0])
+        guard.observe(result, batch_idx)
+        if batch_idx % check_every == 0 or last:
+            guard.check()
         if need_update:
             optimizer.zero_grad()
             num_updates += 1

@@ -9,20 +9,20 @@ adjacent-epoch routing consistency on the probe set, with their means over block
 runs started from trained weights also ``consistency_pretrained`` (to the starting weights' routing).
 """
 import argparse
+import csv
 import json
 import logging
 import os
 from typing import Dict, List, Optional
 
-from timm.utils import update_summary
-
 from ..task import ConsistencyTracker
 from ..task.metrics import mean_over_layers
+from ..utils.checkpoint import write_error
 from ..utils.metrics_log import write_metrics
 
 __all__ = [
-    'epoch_row', 'routing_row', 'row_metric', 'log_row', 'record_epoch', 'write_consistency',
-    'plot_routing_consistency',
+    'epoch_row', 'routing_row', 'row_metric', 'log_row', 'record_epoch', 'unrecord_epoch', 'write_rows',
+    'write_summary', 'summary_row', 'write_consistency', 'plot_routing_consistency',
 ]
 
 _logger = logging.getLogger('train_tgr')
@@ -82,13 +82,59 @@ def log_row(row: dict) -> None:
     _logger.info(' | '.join(parts))
 
 
+def summary_row(row: dict) -> Dict[str, object]:
+    """timm's flat ``summary.csv`` row of a metrics row, as timm's ``update_summary`` lays it out: epoch,
+    train_loss, the ``eval_*`` values, lr."""
+    out = {'epoch': row['epoch'], 'train_loss': row['train_loss']}
+    out.update({k: v for k, v in row.items() if k.startswith('eval_')})
+    out['lr'] = row['lr']
+    return out
+
+
+def write_summary(path: str, rows: List[dict]) -> None:
+    """``summary.csv`` with one row per metrics row (header included), written atomically (a temp file, then
+    ``os.replace``): rewritten whole every epoch, so a resumed run never repeats an epoch's row."""
+    flat = [summary_row(r) for r in rows]
+    columns = list(dict.fromkeys(k for r in flat for k in r))
+    tmp = f'{path}.{os.getpid()}.tmp'
+    try:
+        with open(tmp, 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(flat)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_rows(output_dir: str, rows: List[dict]) -> None:
+    """``metrics.jsonl`` and ``summary.csv`` of ``rows``, each written atomically; a failed write (a full disk)
+    raises the error that names the file and its folder, leaving the earlier file."""
+    for name, write in (('metrics.jsonl', write_metrics), ('summary.csv', write_summary)):
+        path = os.path.join(output_dir, name)
+        try:
+            write(path, rows)
+        except OSError as e:
+            error = write_error(e, path, kept=f'{path} is as before.')
+            raise (error or e) from e
+
+
 def record_epoch(output_dir: str, rows: List[dict], row: dict) -> None:
-    """Append ``row`` to ``rows`` and rewrite ``metrics.jsonl``; add timm's flat row to ``summary.csv``."""
+    """Append ``row`` to ``rows``; rewrite ``metrics.jsonl`` and timm's flat ``summary.csv`` from all of them."""
     rows.append(row)
-    write_metrics(os.path.join(output_dir, 'metrics.jsonl'), rows)
-    update_summary(
-        row['epoch'], {'loss': row['train_loss']}, {k[5:]: v for k, v in row.items() if k.startswith('eval_')},
-        filename=os.path.join(output_dir, 'summary.csv'), lr=row['lr'], write_header=row['epoch'] == 0)
+    write_rows(output_dir, rows)
+
+
+def unrecord_epoch(output_dir: str, rows: List[dict], epoch: int) -> None:
+    """Drop the row of ``epoch`` again (its checkpoint could not be saved): the records match the checkpoints."""
+    if rows and rows[-1]['epoch'] == epoch:
+        rows.pop()
+    try:
+        write_rows(output_dir, rows)
+    except OSError as e:
+        _logger.error(f'could not remove epoch {epoch} from the metrics files either ({e})')
 
 
 def write_consistency(output_dir: str, tracker: ConsistencyTracker, rows: List[dict], args: argparse.Namespace) -> None:

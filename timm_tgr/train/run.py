@@ -12,9 +12,16 @@ tokens whose top-1 expert is the one the starting weights chose before the first
 Checkpoints are timm's (CheckpointSaver + task state: teacher routers, schedule, consistency
 history; never the teacher). Resuming after epoch k reproduces the uninterrupted run: every epoch
 re-seeds all RNGs from ``--seed`` and the epoch (deterministic on CPU).
+
+When things go wrong nothing is lost: the first NaN / Inf loss, router or teacher-router output stops
+the run (:class:`~timm_tgr.train.loop.TrainingDiverged`, naming epoch, step and terms) before anything of
+that epoch is written, so ``last.pth.tar`` stays the last finite checkpoint; checkpoints are written
+atomically (:class:`~timm_tgr.train.saver.RunCheckpointSaver`), and when one cannot be saved (a full disk,
+non-finite weights) the epoch's metrics row is taken back, so the records match the checkpoints.
 """
 import argparse
 import logging
+import os
 import time
 from functools import partial
 from itertools import islice
@@ -25,8 +32,8 @@ from timm.utils import is_primary, random_seed, setup_default_logging
 
 from ..task import RoutingStats, TGRTask, record_assignments
 from .args import parse_args
-from .loop import reduce_routing_stats, set_epoch, train_one_epoch, validate
-from .report import epoch_row, log_row, record_epoch, routing_row, row_metric, write_consistency
+from .loop import TrainingDiverged, reduce_routing_stats, set_epoch, train_one_epoch, validate
+from .report import epoch_row, log_row, record_epoch, routing_row, row_metric, unrecord_epoch, write_consistency
 from .setup import Training, setup_training
 
 __all__ = ['main', 'train']
@@ -56,14 +63,73 @@ def train(args: argparse.Namespace) -> dict:
     best_metric, best_epoch = None, None
     num_updates = t.start_epoch * t.optim.updates_per_epoch
     for epoch in range(t.start_epoch, t.optim.num_epochs):
-        row, num_updates = run_epoch(epoch, t, args, num_updates)
+        try:
+            row, num_updates = run_epoch(epoch, t, args, num_updates)
+        except TrainingDiverged as e:
+            raise diverged(e, t, args) from None
         metric = row_metric(row, args)
         if t.run.saver is not None:
-            record_epoch(t.run.output_dir, t.run.rows, row)
-            best_metric, best_epoch = t.run.saver.save_checkpoint(epoch, metric=metric)
+            best_metric, best_epoch = save_epoch(t, epoch, row, metric)
             log_row(row)
         t.optim.lr_scheduler.step(epoch + 1, metric)
     return finish(t, args, best_metric, best_epoch)
+
+
+def save_epoch(t: Training, epoch: int, row: dict, metric: float) -> Tuple[Optional[float], Optional[int]]:
+    """Record the epoch's row, then save its checkpoint; when the save fails the row is taken back (the records
+    never claim an epoch whose checkpoint is missing; a resumed run's files are put back as they were) and the
+    error, which names the cause, propagates."""
+    record_epoch(t.run.output_dir, t.run.rows, row)
+    try:
+        result = t.run.saver.save_checkpoint(epoch, metric=metric)
+    except BaseException:
+        if t.run.saver.last_epoch == epoch:  # last.pth.tar holds the epoch (a later copy failed): keep its row
+            if t.run.pending is not None:
+                t.run.pending()
+                t.run.pending = None
+            raise
+        if t.run.pending is not None:
+            restore_files(t.run.output_dir, t.run.originals)
+            t.run.rows.pop()
+        else:
+            unrecord_epoch(t.run.output_dir, t.run.rows, epoch)
+        raise
+    if t.run.pending is not None:
+        t.run.pending()
+        t.run.pending = None
+    return result
+
+
+def restore_files(output_dir: str, originals: Dict[str, Optional[bytes]]) -> None:
+    """Put files back as they were (None: the file did not exist)."""
+    for name, data in originals.items():
+        path = os.path.join(output_dir, name)
+        try:
+            if data is None:
+                if os.path.exists(path):
+                    os.remove(path)
+                continue
+            with open(path + '.restore', 'wb') as f:
+                f.write(data)
+            os.replace(path + '.restore', path)
+        except OSError as e:
+            _logger.error(f'could not put {path} back as it was ({e})')
+
+
+def diverged(e: TrainingDiverged, t: Training, args: argparse.Namespace) -> TrainingDiverged:
+    """The divergence error with what to do: where the last finite checkpoint is, and what to change."""
+    point = t.run.saver.resume_point() if t.run.saver is not None else None
+    if point is not None:
+        where = (f'Nothing of epoch {e.epoch} was saved: {point[0]} (epoch {point[1]}) is the last finite checkpoint; '
+                 f'continue from it with --resume {point[0]} and a lower --lr (this run: {args.lr:g})')
+    else:
+        where = (f'No checkpoint of this run was written; start it again (another --experiment) with a lower --lr '
+                 f'(this run: {args.lr:g})')
+    clip = ' or gradient clipping (--clip-grad 1.0)' if args.clip_grad is None else ''
+    error = TrainingDiverged(f'{e} {where}{clip}.', e.epoch, e.step, e.terms)
+    if is_primary(args):
+        _logger.error(str(error))
+    return error
 
 
 def record_reference(t: Training, args: argparse.Namespace) -> None:

@@ -13,8 +13,9 @@ import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import yaml
@@ -25,22 +26,25 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.models import safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
-from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_checkpoint
-from timm.utils import CheckpointSaver, NativeScaler, init_distributed_device, is_primary, random_seed, unwrap_model
+from timm.task import ClassificationTask
+from timm.utils import NativeScaler, init_distributed_device, is_primary, random_seed, unwrap_model
 
 from ..data import (
-    DEFAULT_CROP_PADDING, FASHION_MNIST_MEAN, FASHION_MNIST_STD, DeviceDataLoader, check_device_data_args,
-    prepare_fashion_mnist,
+    DEFAULT_CROP_PADDING, FASHION_MNIST_MEAN, FASHION_MNIST_STD, MNIST_FOLDERS, DeviceDataLoader,
+    check_device_data_args, check_mnist_files, prepare_fashion_mnist,
 )
 from ..models import upcycle_from
 from ..task import (
     ConsistencyTracker, RouterFreezeSchedule, RoutingReference, TGRTask, VMoETask, build_teacher, default_teacher,
     read_teacher_routers,
 )
-from ..utils.metrics_log import read_metrics, write_metrics
+from ..utils.checkpoint import run_outputs
+from ..utils.metrics_log import read_metrics
 from .args import checkpoint_args, yaml_safe
 from .finetune import load_initial_checkpoint, log_pretrained_head, model_source, reset_classifier
 from .report import row_metric
+from .resume import Resumed, load_resumed_ema, resume_run
+from .saver import RunCheckpointSaver
 
 __all__ = [
     'Loaders', 'TaskSetup', 'Optimization', 'RunFolder', 'Training', 'setup_training', 'create_model',
@@ -86,10 +90,16 @@ class Optimization:
 
 @dataclass
 class RunFolder:
-    """The run's output folder; ``saver`` and ``rows`` (metrics.jsonl so far) on the primary process only."""
+    """The run's output folder; ``saver`` and ``rows`` (metrics.jsonl so far) on the primary process only.
+
+    A resumed run changes nothing in its folder until its first epoch is saved: ``pending`` holds what is still
+    to write then (``args.yaml``), ``originals`` the metrics files as they were, put back if that save fails.
+    """
     output_dir: str
-    saver: Optional[CheckpointSaver] = None
+    saver: Optional[RunCheckpointSaver] = None
     rows: List[dict] = field(default_factory=list)
+    pending: Optional[Callable[[], None]] = None
+    originals: Dict[str, Optional[bytes]] = field(default_factory=dict)
 
     @property
     def metrics_path(self) -> str:
@@ -128,10 +138,12 @@ def setup_training(args: argparse.Namespace) -> Training:
     ts = create_task(args, model, loaders, device)
     optim = create_optimization(args, ts.task, model, len(loaders.train), device)
     output_dir = setup_output_dir(args)
-    start_epoch = resume_task(args, ts.task, optim) if args.resume else 0
-    prepare_task(args, ts.task, optim, device)
+    resumed = resume_task(args, ts.task, optim) if args.resume else None
+    start_epoch = resumed.start_epoch if resumed is not None else 0
+    prepare_task(args, ts.task, optim, device, resumed)
     optim.lr_scheduler, optim.num_epochs = create_lr_scheduler(args, optim, start_epoch)
     run = open_run_folder(args, model, ts, optim, output_dir, start_epoch)
+    del resumed  # the checkpoint's tensors
     return Training(device=device, model=model, loaders=loaders, task=ts.task, task_kind=ts.kind,
                     tracker=ts.tracker, optim=optim, run=run, start_epoch=start_epoch, reference=ts.reference)
 
@@ -140,13 +152,74 @@ def setup_training(args: argparse.Namespace) -> Training:
 # dataset and model
 # --------------------------------------------------------------------------------------------------
 def prepare_dataset(args: argparse.Namespace) -> None:
-    """Fashion-MNIST defaults and files (on the primary process; the others wait)."""
+    """Fashion-MNIST defaults and files (on the primary process; the others wait), then the dataset's files are
+    checked before anything trains: the raw IDX files of the torchvision MNIST family, the folders of an image
+    folder dataset (the labels are checked against the model in :func:`create_datasets`)."""
     _dataset_defaults(args)
-    if args.dataset.lower() in _FASHION_MNIST and is_primary(args):
+    name = args.dataset.lower()
+    if name in _FASHION_MNIST and is_primary(args):
         src = prepare_fashion_mnist(args.data_dir, download=args.dataset_download)
         _logger.info(f'Fashion-MNIST in {args.data_dir} (source: {src})')
     if args.distributed:
         torch.distributed.barrier()
+    short = name.split('/', 1)[1] if name.startswith(('torch/', 'torchvision/')) else None
+    if short in MNIST_FOLDERS:
+        check_mnist_files(args.data_dir, MNIST_FOLDERS[short])
+    elif name in _FOLDER_DATASETS:
+        check_folder_dataset(args)
+
+
+_FOLDER_DATASETS = ('', 'folder', 'imagefolder')
+
+
+def check_folder_dataset(args: argparse.Namespace) -> None:
+    """An image folder dataset (``--dataset folder`` / ``''``) needs ``--data-dir`` with its split folders."""
+    how = ('--dataset folder reads <data-dir>/<split>/<class>/<image> (splits --train-split / --val-split, '
+           'default train / validation)')
+    if not os.path.isdir(args.data_dir):
+        raise FileNotFoundError(f'--data-dir {args.data_dir} does not exist: give the folder holding the image '
+                                f'folders ({how}).')
+    train, val = (os.path.join(args.data_dir, s) for s in (args.train_split, args.val_split))
+    if not os.path.isdir(train) and not os.path.isdir(val):
+        _logger.warning(f'--data-dir {args.data_dir} has neither {args.train_split}/ nor {args.val_split}/: timm reads '
+                        f'the folder itself for both splits, so the validation images are the training images '
+                        f'({how}).')
+
+
+def dataset_labels(dataset) -> Optional[np.ndarray]:
+    """Every label of ``dataset`` without reading an image (torchvision ``targets``, timm's folder reader
+    ``samples``); None when the dataset does not list them."""
+    targets = getattr(dataset, 'targets', None)
+    if targets is None:
+        samples = getattr(getattr(dataset, 'reader', None), 'samples', None)
+        if isinstance(samples, (list, tuple)) and all(isinstance(s, (list, tuple)) and len(s) == 2 for s in samples):
+            targets = [s[1] for s in samples]
+    if targets is None:
+        return None
+    try:
+        return np.asarray(targets if not torch.is_tensor(targets) else targets.cpu().numpy(), dtype=np.int64)
+    except (TypeError, ValueError):
+        return None
+
+
+def check_labels(dataset, split: str, num_classes: int, args: argparse.Namespace) -> None:
+    """Every label of ``dataset`` in ``[0, num_classes)``, before the first step (later it fails mid-epoch)."""
+    labels = dataset_labels(dataset)
+    if labels is None or labels.size == 0:
+        if labels is not None:
+            raise ValueError(f'the {split} split of --dataset {args.dataset!r} in {args.data_dir} holds no images: '
+                             f'check --data-dir and the split folders.')
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low >= 0 and high < num_classes:
+        return
+    classes = getattr(getattr(dataset, 'reader', None), 'class_to_idx', None)
+    what = f'{len(classes)} class folders' if classes else f'labels {low}..{high}'
+    raise ValueError(
+        f'the {split} split of --dataset {args.dataset!r} in {args.data_dir} has {what}, but the model is built '
+        f'for {num_classes} classes (labels 0..{num_classes - 1}): pass --num-classes {high + 1}'
+        + (' (a fresh classifier for the new count)' if args.pretrained or args.initial_checkpoint else '')
+        + ', or fix the labels / the class folders (--class-map).')
 
 
 def _dataset_defaults(args: argparse.Namespace) -> None:
@@ -194,25 +267,15 @@ def create_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
     if args.pretrained:
         log_pretrained_head(model, args.model)
     if args.upcycle_from:
-        _check_one_weight_source(args)
-        upcycle_from(args.upcycle_from, model)
+        upcycle_from(args.upcycle_from, model, trust_checkpoint=args.trust_checkpoint)
     if args.initial_checkpoint:
-        load_initial_checkpoint(model, args.initial_checkpoint, args.model_arch, args.model_kwargs_resolved)
+        load_initial_checkpoint(model, args.initial_checkpoint, args.model_arch, args.model_kwargs_resolved,
+                                trust_checkpoint=args.trust_checkpoint)
     if args.reset_classifier and (args.pretrained or args.initial_checkpoint):
         reset_classifier(model)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model.to(device)
-
-
-def _check_one_weight_source(args: argparse.Namespace) -> None:
-    """--upcycle-from starts the MoE from dense weights; another source of starting weights would override them
-    silently (--resume may come with it: the checkpoint then replaces the upcycled start, as for any resumed run)."""
-    other = [flag for flag, on in (('--pretrained', args.pretrained), ('--initial-checkpoint', args.initial_checkpoint))
-             if on]
-    if other:
-        raise ValueError(f'--upcycle-from {args.upcycle_from!r} and {" / ".join(other)} both give the model its '
-                         f'starting weights: keep one.')
 
 
 def set_input_normalization(model: nn.Module, data_config: dict) -> None:
@@ -234,7 +297,7 @@ def resolve_teacher(args: argparse.Namespace, model: nn.Module) -> Optional[str]
     if teacher is not None and teacher.lower() == 'none':
         return None
     if teacher is None and args.model_arch.startswith('tgr_'):
-        teacher = default_teacher(args.model_arch)
+        teacher = default_teacher(args.model_arch, how='train_tgr.py')
     if teacher is not None and not is_moe(model):
         raise ValueError(f'--teacher {teacher!r} guides MoE routers, but {args.model!r} is a dense model: '
                          f'drop --teacher, or train a timm_tgr MoE model (e.g. tgr_moe_deit_tiny).')
@@ -247,8 +310,9 @@ def resolve_teacher(args: argparse.Namespace, model: nn.Module) -> Optional[str]
 # --------------------------------------------------------------------------------------------------
 # data loaders
 # --------------------------------------------------------------------------------------------------
-def create_datasets(args: argparse.Namespace, data_config: dict) -> Tuple[Any, Any]:
-    """timm datasets of ``--train-split`` and ``--val-split`` (1- or 3-channel images)."""
+def create_datasets(args: argparse.Namespace, data_config: dict, num_classes: Optional[int] = None) -> Tuple[Any, Any]:
+    """timm datasets of ``--train-split`` and ``--val-split`` (1- or 3-channel images); with ``num_classes`` their
+    labels are checked against it."""
     channels = data_config['input_size'][0]
     if channels not in (1, 3):
         raise ValueError(f'train_tgr.py reads 1- or 3-channel images; the model wants {channels}')
@@ -260,6 +324,9 @@ def create_datasets(args: argparse.Namespace, data_config: dict) -> Tuple[Any, A
         args.dataset, root=args.data_dir, split=args.val_split, is_training=False, class_map=args.class_map,
         download=args.dataset_download, batch_size=args.validation_batch_size or args.batch_size,
         input_img_mode=img_mode)
+    if num_classes is not None:
+        check_labels(dataset_train, args.train_split, num_classes, args)
+        check_labels(dataset_eval, args.val_split, num_classes, args)
     return dataset_train, dataset_eval
 
 
@@ -279,7 +346,7 @@ def _mixup(args: argparse.Namespace, num_classes: int) -> Tuple[bool, Optional[M
 
 def create_loaders(args: argparse.Namespace, data_config: dict, device: torch.device, num_classes: int) -> Loaders:
     """timm's ``create_loader`` for both splits, with the flags' augmentation and mixup."""
-    dataset_train, dataset_eval = create_datasets(args, data_config)
+    dataset_train, dataset_eval = create_datasets(args, data_config, num_classes)
     mixup_active, mixup_fn, collate_fn = _mixup(args, num_classes)
     train_interpolation = args.train_interpolation
     if args.no_aug or not train_interpolation:
@@ -304,7 +371,7 @@ def create_device_loaders(args: argparse.Namespace, data_config: dict, device: t
                           num_classes: int) -> Loaders:
     """--device-data: both splits held on ``device`` (DeviceDataLoader); crop, flip and the batch Mixup there."""
     check_device_data_args(args)
-    dataset_train, dataset_eval = create_datasets(args, data_config)
+    dataset_train, dataset_eval = create_datasets(args, data_config, num_classes)
     mixup_active, mixup_fn, _ = _mixup(args, num_classes)  # args.prefetcher is off: batch-level Mixup
     common = dict(mean=data_config['mean'], std=data_config['std'], device=device, rank=args.rank,
                   world_size=args.world_size, input_size=data_config['input_size'])
@@ -347,7 +414,8 @@ def create_teacher(args: argparse.Namespace, device: torch.device, student: Opti
     """
     teacher = build_teacher(
         args.teacher_resolved, checkpoint=args.teacher_checkpoint or None,
-        pretrained=not args.no_teacher_pretrained, **dict(args.teacher_kwargs))
+        pretrained=not args.no_teacher_pretrained, trust_checkpoint=args.trust_checkpoint, how='train_tgr.py',
+        **dict(args.teacher_kwargs))
     if student is not None and args.no_teacher_pretrained and not args.teacher_checkpoint:
         norm = {k: unwrap_model(student).pretrained_cfg[k] for k in ('mean', 'std')}
         teacher.pretrained_cfg = teacher.default_cfg = dict(teacher.pretrained_cfg, **norm)
@@ -378,7 +446,8 @@ def create_task(args: argparse.Namespace, model: nn.Module, loaders: Loaders, de
     if tracker is not None:
         task.register_trainer_state('consistency', tracker)  # saved with checkpoints, restored on resume
     if args.teacher_routers_from:
-        task.load_teacher_routers(read_teacher_routers(args.teacher_routers_from), source=args.teacher_routers_from)
+        task.load_teacher_routers(read_teacher_routers(args.teacher_routers_from, args.trust_checkpoint),
+                                  source=args.teacher_routers_from)
         kind += f', teacher routers from {args.teacher_routers_from}'
     reference = create_reference(args, model, task)
     if verbose:
@@ -423,20 +492,18 @@ def create_optimization(
                         loss_scaler=loss_scaler, freeze=freeze)
 
 
-def resume_task(args: argparse.Namespace, task: nn.Module, optim: Optimization) -> int:
-    """Restore ``--resume`` into the task (and optimizer/scaler unless --no-resume-opt); the next epoch."""
-    keep_opt = not args.no_resume_opt
-    return resume_task_checkpoint(
-        task, args.resume, optimizer=optim.optimizer if keep_opt else None,
-        loss_scaler=optim.loss_scaler if keep_opt else None, log_info=is_primary(args)) or 0
+def resume_task(args: argparse.Namespace, task: nn.Module, optim: Optimization) -> Resumed:
+    """Restore ``--resume`` into the task (and optimizer/scaler unless --no-resume-opt); see :mod:`.resume`."""
+    return resume_run(args, task, optim.optimizer, optim.loss_scaler, log_info=is_primary(args))
 
 
-def prepare_task(args: argparse.Namespace, task: nn.Module, optim: Optimization, device: torch.device) -> None:
+def prepare_task(args: argparse.Namespace, task: nn.Module, optim: Optimization, device: torch.device,
+                 resumed: Optional[Resumed] = None) -> None:
     """EMA (restored from --resume), torch.compile, DDP, in timm's order."""
     if args.model_ema:
         task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup)
-        if args.resume:
-            load_task_ema_checkpoint(task, args.resume)
+        if resumed is not None:
+            load_resumed_ema(task, resumed)
     if args.torchcompile:
         task.compile(backend=args.torchcompile)
     if args.distributed:
@@ -461,12 +528,22 @@ def create_lr_scheduler(args: argparse.Namespace, optim: Optimization, start_epo
 # run folder
 # --------------------------------------------------------------------------------------------------
 def setup_output_dir(args: argparse.Namespace) -> str:
-    """``<output>/<experiment or time-model>``; resuming without --experiment continues the checkpoint's folder."""
+    """``<output>/<experiment or time-model>``; resuming without --experiment continues the checkpoint's folder.
+
+    Never an earlier run's folder without --resume: a named --experiment holding a run was refused with the
+    flags (``args._check_run_folder``); a time-stamped name already taken gets a numeric suffix (``-1``, ``-2``),
+    as timm's train.py does.
+    """
     if args.resume and not args.experiment:
         out = os.path.dirname(os.path.abspath(args.resume))  # continue the run in its own folder
+    elif args.experiment:
+        out = os.path.join(args.output, args.experiment)
     else:
-        name = args.experiment or '-'.join([time.strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model)])
-        out = os.path.join(args.output, name)
+        out = base = os.path.join(args.output, '-'.join([time.strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model)]))
+        n = 0
+        while run_outputs(out):
+            n += 1
+            out = f'{base}-{n}'
     if is_primary(args):
         os.makedirs(out, exist_ok=True)
     return out
@@ -484,18 +561,71 @@ def open_run_folder(
     run = RunFolder(output_dir=output_dir)
     if not is_primary(args):
         return run
-    run.saver = CheckpointSaver(
+    run.saver = RunCheckpointSaver(
         model=model, optimizer=optim.optimizer, args=checkpoint_args(args), model_ema=None,
         amp_scaler=optim.loss_scaler, checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=False,
-        max_history=args.checkpoint_hist, task=task.task)
-    with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
-        yaml.safe_dump(yaml_safe(vars(args)), f, default_flow_style=False)
+        max_history=args.checkpoint_hist, task=task.task, resumed_from=args.resume or None,
+        resumed_epoch=start_epoch - 1 if args.resume else None)
+    if start_epoch == 0:
+        write_args_yaml(args, output_dir, start_epoch)
+    else:  # written with the first saved epoch, as the kept metrics rows (rewritten whole each epoch)
+        run.pending = partial(write_args_yaml, args, output_dir, start_epoch)
+        for name in ('metrics.jsonl', 'summary.csv'):
+            run.originals[name] = _read_bytes(os.path.join(output_dir, name))
     if os.path.isfile(run.metrics_path):
         run.rows = [r for r in read_metrics(run.metrics_path) if r['epoch'] < start_epoch]
-        write_metrics(run.metrics_path, run.rows)
     if run.rows:
         best = max(run.rows, key=lambda r: row_metric(r, args))
         run.saver.best_metric, run.saver.best_epoch = row_metric(best, args), best['epoch']
+        run.saver.checkpoint_files = kept_checkpoints(output_dir, run.rows, args)
     _logger.info(f'Output: {output_dir}; task {task.kind}; epochs {start_epoch}..{optim.num_epochs - 1}; '
                  f'{optim.updates_per_epoch} updates/epoch')
     return run
+
+
+def _read_bytes(path: str) -> Optional[bytes]:
+    if not os.path.isfile(path):
+        return None
+    with open(path, 'rb') as f:
+        return f.read()
+
+
+def kept_checkpoints(output_dir: str, rows: List[dict], args: argparse.Namespace) -> List[Tuple[str, float]]:
+    """The saver's history on resume: the ``checkpoint-N.pth.tar`` files of the kept epochs, best first, so
+    --checkpoint-hist keeps counting them (timm's saver starts with an empty history)."""
+    files = []
+    for r in rows:
+        path = os.path.join(output_dir, f'checkpoint-{r["epoch"]}.pth.tar')
+        if os.path.isfile(path):
+            files.append((path, row_metric(r, args)))
+    return sorted(files, key=lambda f: f[1], reverse=True)
+
+
+# flags that do not change what a run computes: a resume that changes only these keeps args.yaml as it is
+_RECORD_NEUTRAL = {
+    'resume', 'no_resume_opt', 'trust_checkpoint', 'output', 'experiment', 'data_dir', 'device', 'threads', 'workers',
+    'no_progress', 'no_plot', 'log_interval', 'teacher_checkpoint', 'dist_backend', 'dist_url', 'rank', 'world_size',
+    'local_rank', 'distributed', 'prefetcher', 'pin_mem', 'config',
+}
+
+
+def write_args_yaml(args: argparse.Namespace, output_dir: str, start_epoch: int) -> None:
+    """``args.yaml``: this invocation's flags. A resume whose flags change what the run computes (e.g. another
+    --lr, which the resumed optimizer takes) keeps the earlier file as ``args-to-epoch<k-1>.yaml``, so the record
+    says which flags trained which epochs (the per-epoch lr is also in metrics.jsonl)."""
+    path = os.path.join(output_dir, 'args.yaml')
+    now = yaml_safe(vars(args))
+    if start_epoch > 0 and os.path.isfile(path):
+        with open(path) as f:
+            before = yaml.safe_load(f) or {}
+        changed = sorted(k for k in set(before) | set(now) if k not in _RECORD_NEUTRAL and before.get(k) != now.get(k)
+                         and not k.endswith('_resolved') and k != 'model_arch')
+        if changed:
+            kept = os.path.join(output_dir, f'args-to-epoch{start_epoch - 1}.yaml')
+            os.replace(path, kept)
+            _logger.info(f'--resume changes {", ".join(changed)}: the flags of epochs 0-{start_epoch - 1} are kept in '
+                         f'{kept}; args.yaml holds those from epoch {start_epoch} on.')
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        yaml.safe_dump(now, f, default_flow_style=False)
+    os.replace(tmp, path)

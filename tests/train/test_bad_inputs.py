@@ -1,0 +1,620 @@
+"""Bad inputs and faults of the trainer and the export: each gets a message naming the cause and the fix, and
+nothing is lost (the files of earlier runs are byte-equal before and after, a good checkpoint stays the resume
+point). The tables are meant to grow: a new flag adds a row."""
+import argparse
+import csv
+import errno
+import gzip
+import os
+import pathlib
+import shutil
+import stat
+import time
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from PIL import Image
+
+import timm_tgr  # noqa: F401
+from test_export import _offline  # switches the Hugging Face hub offline onto an (empty) cache
+from timm_tgr.data import write_idx
+from timm_tgr.export import main as export_main
+from timm_tgr.train import main as train_main, parse_args, read_metrics
+from timm_tgr.utils.checkpoint import CheckpointWriteError, NonFiniteError
+
+# a tiny V-MoE without a teacher: the fastest real run (3 classes of 16x16 grayscale images)
+TINY = [
+    '--dataset', '', '--model', 'vmoe_deit_tiny',
+    '--model-kwargs', 'embed_dim=32', 'num_heads=2', 'patch_size=4', 'num_experts=4',
+    '--img-size', '16', '--in-chans', '1', '--num-classes', '3', '--mean', '0.5', '--std', '0.25', '--teacher', 'none',
+    '-b', '8', '-j', '0', '--warmup-epochs', '1', '--probe-samples', '8', '--no-progress', '--checkpoint-hist', '10',
+    '--threads', '1', '--no-plot',
+]
+# the same student guided by a tiny random teacher
+TEACHER = ['--teacher', 'deit3_small_patch16_224', '--teacher-kwargs', 'embed_dim=32', 'num_heads=2', 'patch_size=4',
+           'img_size=16', 'in_chans=1', 'num_classes=3', '--no-teacher-pretrained']
+
+
+@pytest.fixture(scope='module')
+def image_folder(tmp_path_factory):
+    """3 classes of 16x16 grayscale PNGs: 8 train and 4 validation images per class."""
+    root = tmp_path_factory.mktemp('syn')
+    rng = np.random.default_rng(0)
+    for split, n in (('train', 8), ('validation', 4)):
+        for c in range(3):
+            d = root / split / f'c{c}'
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray((rng.random((16, 16)) * 80 + c * 80).astype(np.uint8), 'L').save(d / f'{i}.png')
+    return str(root)
+
+
+def _argv(image_folder, out, name, *extra):
+    return TINY + ['--data-dir', image_folder, '--output', str(out), '--experiment', name, *extra]
+
+
+@pytest.fixture(scope='module')
+def done(image_folder, tmp_path_factory):
+    """A finished 2-epoch run (checkpoints of epochs 0 and 1), kept read-only by the tests (they copy it)."""
+    out = tmp_path_factory.mktemp('done')
+    train_main(_argv(image_folder, out, 'run', '--epochs', '2'))
+    return out / 'run'
+
+
+def _copy_run(done, tmp_path, name='run'):
+    dst = tmp_path / name
+    shutil.copytree(done, dst)
+    return dst
+
+
+def _files(folder):
+    """{relative path: bytes} of every file under ``folder``: what 'nothing lost' compares."""
+    folder = pathlib.Path(folder)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+def _summary_epochs(run):
+    with open(run / 'summary.csv', newline='') as f:
+        return [int(r['epoch']) for r in csv.DictReader(f)]
+
+
+# --------------------------------------------------------------------------------------------------
+# flags refused by the parser, before anything is built or written
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('argv, message', [
+    (['--lr', 'nan'], '--lr must be >= 0.0 (a finite number), got nan'),
+    (['--lr', '-1'], '--lr must be >= 0.0'),
+    (['--distill-weight', '-5'], '--distill-weight must be >= 0.0 (a finite number), got -5.0'),
+    (['--distill-weight', 'inf'], '--distill-weight must be >= 0.0 (a finite number), got inf'),
+    (['--teacher-load-weight', 'nan'], '--teacher-load-weight must be >= 0.0'),
+    (['--teacher-entropy-weight', '-1'], '--teacher-entropy-weight must be >= 0.0'),
+    (['--weight-decay', '-0.1'], '--weight-decay must be >= 0.0'),
+    (['--smoothing', '1.5'], '--smoothing must be in [0.0, 1.0]'),
+    (['--drop-path', '2'], '--drop-path must be in [0.0, 1.0]'),
+    (['--clip-grad', '0'], '--clip-grad must be > 0.0'),
+    (['--checkpoint-hist', '0'], '--checkpoint-hist must be >= 1'),
+    (['--log-interval', '0'], '--log-interval must be >= 1'),
+    (['-vb', '0'], '--validation-batch-size must be >= 1'),
+    (['--model-ema-decay', '1.5'], '--model-ema-decay must be in [0.0, 1.0]'),
+    (['--probe-samples', '-1'], '--probe-samples must be >= 0'),
+    (['--upcycle-from', 'deit_tiny_patch16_224.fb_in1k', '--pretrained'],
+     "--upcycle-from 'deit_tiny_patch16_224.fb_in1k' and --pretrained both give the model its starting weights"),
+    (['--initial-checkpoint', '/no/such.pth'], '--initial-checkpoint \'/no/such.pth\': no such file'),
+])
+def test_bad_flags_are_refused_by_the_parser(argv, message, capsys):
+    t0 = time.time()
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert message in capsys.readouterr().err
+    assert time.time() - t0 < 10  # --upcycle-from with --pretrained: no Hub access before the conflict
+
+
+# --------------------------------------------------------------------------------------------------
+# an earlier run's folder: never written into
+# --------------------------------------------------------------------------------------------------
+def test_existing_run_folder_without_resume_is_refused_and_kept(image_folder, done, tmp_path, capsys):
+    run = _copy_run(done, tmp_path)
+    before = _files(run)
+    with pytest.raises(SystemExit):
+        train_main(_argv(image_folder, tmp_path, 'run', '--epochs', '1'))
+    err = capsys.readouterr().err
+    assert 'holds an earlier run' in err and f'--resume {run / "last.pth.tar"}' in err and 'another --experiment' in err
+    assert _files(run) == before
+
+
+def test_resume_into_another_runs_folder_is_refused(image_folder, done, tmp_path, capsys):
+    other = _copy_run(done, tmp_path, 'other')
+    before = _files(other)
+    with pytest.raises(SystemExit):
+        train_main(_argv(image_folder, tmp_path, 'other', '--epochs', '2',
+                         '--resume', str(done / 'checkpoint-0.pth.tar')))
+    assert 'holds another run' in capsys.readouterr().err
+    assert _files(other) == before
+
+
+def test_time_stamped_folders_never_collide(image_folder, tmp_path, monkeypatch):
+    """Without --experiment the folder is named by the time; a name already taken gets a numeric suffix."""
+    monkeypatch.setattr(time, 'strftime', lambda fmt, *a: '20260101-000000')
+    argv = [a for a in TINY] + ['--data-dir', image_folder, '--output', str(tmp_path), '--epochs', '1']
+    first = train_main(argv)['output_dir']
+    before = _files(first)
+    second = train_main(argv)['output_dir']
+    assert first.endswith('20260101-000000-vmoe_deit_tiny') and second == first + '-1'
+    assert _files(first) == before
+
+
+# --------------------------------------------------------------------------------------------------
+# resume: corrupt or mismatched checkpoints, flags changed on resume, summary.csv
+# --------------------------------------------------------------------------------------------------
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def _empty(path):
+    path.write_bytes(b'')
+
+
+@pytest.mark.parametrize('damage, extra, error, message', [
+    (_truncate, [], RuntimeError, 'is truncated, corrupt or not a checkpoint'),
+    (_empty, [], RuntimeError, 'is empty (0 bytes)'),
+    (None, TEACHER, ValueError, '--teacher (the run: None; this command: deit3_small_patch16_224)'),
+    (None, ['--model-kwargs', 'embed_dim=32', 'num_heads=2', 'patch_size=4', 'num_experts=8'], ValueError,
+     '--model-kwargs num_experts (the run: 4; this command: 8)'),
+    (None, ['--opt', 'sgd'], ValueError, '--opt (the run: adamw; this command: sgd)'),
+])
+def test_bad_resume_names_the_file_and_the_fix(image_folder, done, tmp_path, damage, extra, error, message):
+    run = _copy_run(done, tmp_path)
+    ckpt = run / 'checkpoint-0.pth.tar'
+    if damage is not None:
+        damage(ckpt)
+    before = _files(run)
+    with pytest.raises(error) as e:
+        train_main(TINY + ['--data-dir', image_folder, '--epochs', '2', '--resume', str(ckpt), *extra])
+    assert message in str(e.value) and str(ckpt) in str(e.value)
+    if damage is None:  # the ways out
+        assert f'--initial-checkpoint {ckpt}' in str(e.value) and 'args.yaml' in str(e.value)
+    assert _files(run) == before
+
+
+def test_resume_with_another_lr_honours_it_and_keeps_the_record(image_folder, done, tmp_path):
+    """--lr on resume drives the remaining epochs (as a run started with it would at that epoch), and args.yaml
+    keeps the earlier flags beside it."""
+    run = _copy_run(done, tmp_path)
+    resumed = train_main(TINY + ['--data-dir', image_folder, '--epochs', '2', '--lr', '1e-3',
+                                 '--resume', str(run / 'checkpoint-0.pth.tar')])
+    reference = train_main(_argv(image_folder, tmp_path, 'ref', '--epochs', '2', '--lr', '1e-3'))
+    assert resumed['rows'][-1]['epoch'] == 1
+    assert resumed['rows'][-1]['lr'] == reference['rows'][1]['lr']
+    assert read_metrics(done / 'metrics.jsonl')[1]['lr'] != reference['rows'][1]['lr']
+    import yaml
+    assert yaml.safe_load((run / 'args.yaml').read_text())['lr'] == 1e-3
+    assert yaml.safe_load((run / 'args-to-epoch0.yaml').read_text())['lr'] == 5e-4
+    assert _summary_epochs(run) == [0, 1]  # rewritten, never appended twice
+
+
+def test_summary_has_no_duplicate_rows_after_resume(image_folder, done, tmp_path):
+    run = _copy_run(done, tmp_path)
+    train_main(TINY + ['--data-dir', image_folder, '--epochs', '2', '--resume', str(run / 'checkpoint-0.pth.tar')])
+    assert _summary_epochs(run) == [0, 1]
+    assert [r['epoch'] for r in read_metrics(run / 'metrics.jsonl')] == [0, 1]
+    with open(run / 'summary.csv') as f:
+        assert f.read().count('epoch,') == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# NaN / Inf: the run stops at the first non-finite value; the last finite checkpoint stays the resume point
+# --------------------------------------------------------------------------------------------------
+def test_a_diverging_resume_stops_and_keeps_every_file(image_folder, done, tmp_path):
+    run = _copy_run(done, tmp_path)
+    before = _files(run)
+    ckpt = run / 'checkpoint-0.pth.tar'
+    with pytest.raises(RuntimeError) as e:
+        train_main(TINY + ['--data-dir', image_folder, '--epochs', '2', '--lr', '1e8', '--resume', str(ckpt)])
+    msg = str(e.value)
+    assert 'training diverged in epoch 1, step ' in msg and 'first non-finite values: ' in msg
+    assert f'{ckpt} (epoch 0) is the last finite checkpoint' in msg and 'lower --lr (this run: 1e+08)' in msg
+    assert _files(run) == before  # nothing of the diverged epoch written, nothing of the earlier run changed
+
+
+def test_a_diverging_run_stops_in_its_first_epoch_without_checkpoints(image_folder, tmp_path):
+    with pytest.raises(RuntimeError, match=r'training diverged in epoch 0, step \d+ of 3: first non-finite values: '
+                                           r'.*No checkpoint of this run was written'):
+        train_main(_argv(image_folder, tmp_path, 'nan', '--epochs', '2', '--lr', '1e8', '--warmup-epochs', '0'))
+    assert not [p for p in (tmp_path / 'nan').iterdir() if p.name != 'args.yaml']
+
+
+def test_non_finite_router_or_teacher_router_output_is_named(image_folder, tmp_path, monkeypatch):
+    """A teacher router going non-finite stops the run at that step, naming it (checked on every step on CPU)."""
+    from timm_tgr.task import teacher_router
+    forward = teacher_router.TeacherRouter.forward
+    calls = {'n': 0}
+
+    def poisoned(self, h):
+        calls['n'] += 1
+        p = forward(self, h)
+        return p * float('nan') if calls['n'] > 3 * 4 else p  # 3 teacher routers: from the 5th step on
+
+    monkeypatch.setattr(teacher_router.TeacherRouter, 'forward', poisoned)
+    with pytest.raises(RuntimeError) as e:
+        train_main(_argv(image_folder, tmp_path, 'tr', '--epochs', '2', *TEACHER))
+    msg = str(e.value)
+    assert 'training diverged in epoch 1, step 1 of 3' in msg
+    assert 'teacher router output of MoE block 7 (NaN/Inf)' in msg and 'teacher_router_loss = nan' in msg
+    assert 'last.pth.tar (epoch 0) is the last finite checkpoint' in msg
+    assert [r['epoch'] for r in read_metrics(tmp_path / 'tr' / 'metrics.jsonl')] == [0]
+
+
+def test_fp16_scaler_skipped_steps_are_not_divergence():
+    """Only the forward's values are watched: an update whose gradients overflow (a GradScaler skip) passes."""
+    from timm_tgr.train.loop import FiniteGuard
+    task = argparse.Namespace(get_trainable_module=lambda: torch.nn.Linear(1, 1))
+    guard = FiniteGuard(task, epoch=0, num_batches=2, device=torch.device('cpu'))
+    guard.observe({'loss': torch.tensor(1.0), 'output': torch.tensor([float('inf')])}, 0)
+    guard.check()  # the logits are not a loss term; the loss is finite
+    guard.observe({'loss': torch.tensor(float('inf'))}, 1)
+    with pytest.raises(RuntimeError, match='step 1 of 2: first non-finite values: loss = inf'):
+        guard.check()
+
+
+def test_non_finite_weights_are_never_saved(image_folder, tmp_path, monkeypatch):
+    """Weights that turn non-finite without a non-finite loss (the epoch's last update) are refused at the save:
+    last.pth.tar stays epoch 0's, byte for byte, and the epoch's metrics row is taken back."""
+    from timm_tgr.train import run as run_module
+    run_epoch = run_module.run_epoch
+
+    def poison_after_epoch_1(epoch, t, args, num_updates):
+        row, n = run_epoch(epoch, t, args, num_updates)
+        if epoch == 1:
+            with torch.no_grad():
+                t.model.head.weight[0, 0] = float('inf')
+        return row, n
+
+    monkeypatch.setattr(run_module, 'run_epoch', poison_after_epoch_1)
+    out = tmp_path / 'w'
+    with pytest.raises(NonFiniteError) as e:
+        train_main(_argv(image_folder, tmp_path, 'w', '--epochs', '3', '--checkpoint-hist', '1'))
+    assert 'the weights after epoch 1 hold NaN or Inf (state_dict.head.weight)' in str(e.value)
+    assert f'{out / "last.pth.tar"} (epoch 0) is intact' in str(e.value)
+    assert torch.load(out / 'last.pth.tar', weights_only=False)['epoch'] == 0
+    assert [r['epoch'] for r in read_metrics(out / 'metrics.jsonl')] == [0] and _summary_epochs(out) == [0]
+
+
+# --------------------------------------------------------------------------------------------------
+# a full disk: the error says so and where; no good checkpoint is replaced
+# --------------------------------------------------------------------------------------------------
+def _fail_second_save(monkeypatch, error):
+    import timm.utils.checkpoint_saver as saver_module
+    save, calls = torch.save, {'n': 0}
+
+    def save_or_fail(obj, path, *args, **kwargs):
+        calls['n'] += 1
+        if calls['n'] == 2:
+            with open(path, 'wb') as f:
+                f.write(b'PK\x03\x04 half a checkpoint')
+            raise error
+        return save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(saver_module.torch, 'save', save_or_fail)
+
+
+@pytest.mark.parametrize('error, message', [
+    (RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 4000 vs 3866'),
+     'the usual cause is a full disk'),
+    (OSError(errno.ENOSPC, 'No space left on device'), 'the disk is full: no space left to write'),
+])
+def test_disk_full_on_save_keeps_the_last_good_checkpoint(image_folder, tmp_path, monkeypatch, error, message):
+    out = tmp_path / 'full'
+    _fail_second_save(monkeypatch, error)
+    with pytest.raises(CheckpointWriteError) as e:
+        train_main(_argv(image_folder, tmp_path, 'full', '--epochs', '3'))
+    msg = str(e.value)
+    assert message in msg and str(out) in msg and 'MB free there now' in msg
+    assert f'{out / "last.pth.tar"} (epoch 0) is intact: continue from it with --resume' in msg
+    for name in ('last.pth.tar', 'model_best.pth.tar', 'checkpoint-0.pth.tar'):
+        assert torch.load(out / name, weights_only=False)['epoch'] == 0, name
+    assert not (out / 'tmp.pth.tar').exists()
+    assert [r['epoch'] for r in read_metrics(out / 'metrics.jsonl')] == [0] and _summary_epochs(out) == [0]
+    monkeypatch.undo()  # the resume the message names continues the run
+    result = train_main(TINY + ['--data-dir', image_folder, '--epochs', '3', '--resume', str(out / 'last.pth.tar')])
+    assert [r['epoch'] for r in result['rows']] == [0, 1, 2] and _summary_epochs(out) == [0, 1, 2]
+
+
+def test_disk_full_when_linking_model_best_keeps_the_old_one(image_folder, tmp_path, monkeypatch):
+    import timm_tgr.train.saver as saver
+    out = tmp_path / 'link'
+    calls = {'n': 0}
+    link = os.link
+
+    def link_or_fail(src, dst):
+        calls['n'] += 1
+        if calls['n'] > 2:  # epoch 0: checkpoint-0 and model_best are linked; from epoch 1 on the disk is full
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        return link(src, dst)
+
+    monkeypatch.setattr(saver.os, 'link', link_or_fail)
+    monkeypatch.setattr(saver.shutil, 'copy2', lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, 'full')))
+    with pytest.raises(CheckpointWriteError) as e:
+        train_main(_argv(image_folder, tmp_path, 'link', '--epochs', '3', '--checkpoint-hist', '5'))
+    # last.pth.tar was saved before its copy failed: it is the resume point, and the epoch's row stays
+    assert 'the disk is full' in str(e.value) and f'{out / "last.pth.tar"} (epoch 1) is intact' in str(e.value)
+    assert torch.load(out / 'last.pth.tar', weights_only=False)['epoch'] == 1
+    assert torch.load(out / 'model_best.pth.tar', weights_only=False)['epoch'] == 0
+    assert [r['epoch'] for r in read_metrics(out / 'metrics.jsonl')] == [0, 1]
+    assert not [p for p in out.iterdir() if p.name.endswith('.tmp')]
+
+
+# --------------------------------------------------------------------------------------------------
+# starting weights: the same reader and messages as --resume
+# --------------------------------------------------------------------------------------------------
+def _nan_checkpoint(done, tmp_path):
+    ckpt = torch.load(done / 'last.pth.tar', weights_only=False)
+    ckpt['state_dict']['blocks.0.attn.qkv.weight'][0, 0] = float('nan')
+    path = tmp_path / 'nan.pth.tar'
+    torch.save(ckpt, path)
+    return path
+
+
+def _pickled_path_checkpoint(done, tmp_path):
+    ckpt = torch.load(done / 'last.pth.tar', weights_only=False)
+    ckpt['args'].output = pathlib.Path('/runs/out')  # an object weights_only refuses
+    path = tmp_path / 'pickled.pth.tar'
+    torch.save(ckpt, path)
+    return path
+
+
+def _truncated_copy(done, tmp_path):
+    path = tmp_path / 'cut.pth.tar'
+    data = (done / 'last.pth.tar').read_bytes()
+    path.write_bytes(data[:len(data) // 3])
+    return path
+
+
+@pytest.mark.parametrize('make, flag, message', [
+    (_nan_checkpoint, '--initial-checkpoint', 'holds non-finite values (NaN or Inf) in 1 of'),
+    (_truncated_copy, '--initial-checkpoint', 'could not read --initial-checkpoint'),
+    (_pickled_path_checkpoint, '--initial-checkpoint', 'rerun with --trust-checkpoint'),
+    (_nan_checkpoint, '--resume', 'holds non-finite values (NaN or Inf) in 1 of'),
+    (_truncated_copy, '--upcycle-from', 'could not read dense checkpoint'),
+])
+def test_bad_starting_weights_name_the_file(image_folder, done, tmp_path, make, flag, message):
+    path = make(done, tmp_path)
+    extra = [flag, str(path)]
+    with pytest.raises((ValueError, RuntimeError)) as e:
+        train_main(_argv(image_folder, tmp_path, 'x', '--epochs', '1', *extra) if flag != '--resume' else
+                   TINY + ['--data-dir', image_folder, '--output', str(tmp_path), '--epochs', '2', *extra])
+    assert message in str(e.value) and str(path) in str(e.value)
+    if 'non-finite' in message:
+        assert 'blocks.0.attn.qkv.weight' in str(e.value)
+
+
+def test_trust_checkpoint_is_a_trainer_flag(image_folder, done, tmp_path):
+    path = _pickled_path_checkpoint(done, tmp_path)
+    result = train_main(_argv(image_folder, tmp_path, 'trusted', '--epochs', '1', '--initial-checkpoint', str(path),
+                              '--trust-checkpoint'))
+    assert result['rows'][0]['epoch'] == 0
+
+
+def test_truncated_teacher_checkpoint_names_the_file(image_folder, done, tmp_path):
+    path = _truncated_copy(done, tmp_path)
+    with pytest.raises(RuntimeError, match=f'could not read teacher checkpoint {path}'):
+        train_main(_argv(image_folder, tmp_path, 'tc', '--epochs', '1', *TEACHER, '--teacher-checkpoint', str(path)))
+
+
+def test_default_teacher_offline_names_the_flag(image_folder, tmp_path, monkeypatch):
+    _offline(monkeypatch, tmp_path / 'empty_cache')
+    argv = [a for a in TINY if a not in ('--teacher', 'none')]
+    argv[argv.index('vmoe_deit_tiny')] = 'tgr_moe_deit_tiny'
+    with pytest.raises(RuntimeError) as e:
+        train_main(argv + ['--data-dir', image_folder, '--output', str(tmp_path), '--experiment', 'dt',
+                           '--epochs', '1'])
+    msg = str(e.value)
+    assert "could not load teacher 'deit3_small_patch16_224.fb_in22k_ft_in1k' weights" in msg
+    assert '--teacher-checkpoint FILE' in msg and 'teacher_pretrained_path' not in msg
+
+
+def test_upcycle_from_an_uncached_hub_name_offline(image_folder, tmp_path, monkeypatch):
+    _offline(monkeypatch, tmp_path / 'empty_cache')
+    with pytest.raises(RuntimeError, match="could not get the dense weights of 'deit_tiny_patch16_224.fb_in1k' "
+                                           r'\(.*\): they are neither in the local Hugging Face cache'):
+        train_main(_argv(image_folder, tmp_path, 'up', '--epochs', '1',
+                         '--upcycle-from', 'deit_tiny_patch16_224.fb_in1k'))
+
+
+# --------------------------------------------------------------------------------------------------
+# python -m timm_tgr.export
+# --------------------------------------------------------------------------------------------------
+def test_export_a_run_folder_takes_its_best_checkpoint(done, tmp_path):
+    export_main([str(done), '--out', str(tmp_path / 'e')])
+    best = torch.load(done / 'model_best.pth.tar', weights_only=False)['state_dict']
+    exported = safetensors.torch.load_file(str(tmp_path / 'e' / 'model.safetensors'))
+    assert set(exported) == set(best) and all(torch.equal(exported[k], best[k]) for k in best)
+    assert 'Exported from: model_best.pth.tar' in (tmp_path / 'e' / 'README.md').read_text()
+
+
+def test_export_files_have_the_mode_of_any_user_file(done, tmp_path):
+    old = os.umask(0o022)
+    try:
+        export_main([str(done / 'last.pth.tar'), '--out', str(tmp_path / 'e')])
+        (tmp_path / 'plain').write_text('x')  # any file the user writes
+    finally:
+        os.umask(old)
+    want = stat.S_IMODE((tmp_path / 'plain').stat().st_mode)
+    assert want == 0o644
+    for f in (tmp_path / 'e').iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == want, f.name
+
+
+def _export_into_existing(done, tmp_path):
+    export_main([str(done / 'last.pth.tar'), '--out', str(tmp_path / 'e')])
+    return [str(done / 'checkpoint-0.pth.tar'), '--out', str(tmp_path / 'e')]
+
+
+def _empty_run_folder(done, tmp_path):
+    (tmp_path / 'nothing').mkdir()
+    return [str(tmp_path / 'nothing'), '--out', str(tmp_path / 'e')]
+
+
+def _run_folder_without_best(done, tmp_path):
+    run = _copy_run(done, tmp_path)
+    os.remove(run / 'model_best.pth.tar')
+    return [str(run), '--out', str(tmp_path / 'e')]
+
+
+def _non_finite_export(done, tmp_path):
+    return [str(_nan_checkpoint(done, tmp_path)), '--out', str(tmp_path / 'e')]
+
+
+def _truncated_export(done, tmp_path):
+    return [str(_truncated_copy(done, tmp_path)), '--out', str(tmp_path / 'e')]
+
+
+def _ema_without_ema(done, tmp_path):
+    return [str(done / 'last.pth.tar'), '--out', str(tmp_path / 'e'), '--ema']
+
+
+@pytest.mark.parametrize('make, error, message', [
+    (_export_into_existing, FileExistsError, 'already holds an export (model.safetensors, config.json, README.md): '
+                                             'give another --out folder, or pass --overwrite'),
+    (_empty_run_folder, FileNotFoundError, 'is a folder without model_best.pth.tar'),
+    (_run_folder_without_best, FileNotFoundError, 'give one of its checkpoints: checkpoint-0.pth.tar'),
+    (_non_finite_export, NonFiniteError, 'holds non-finite values (NaN or Inf) in 1 of'),
+    (_truncated_export, RuntimeError, 'is truncated, corrupt or not a checkpoint'),
+    (_ema_without_ema, ValueError, "has no EMA weights ('state_dict_ema')"),
+])
+def test_bad_export_inputs(done, tmp_path, make, error, message):
+    argv = make(done, tmp_path)
+    out = tmp_path / 'e'
+    before = _files(out) if out.exists() else None
+    with pytest.raises(error) as e:
+        export_main(argv)
+    assert message in str(e.value)
+    assert (_files(out) if out.exists() else None) == before  # an earlier export stays as it was
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith('.e.tmp-')]
+
+
+def test_export_overwrite_replaces_the_export(done, tmp_path):
+    argv = _export_into_existing(done, tmp_path)
+    export_main(argv + ['--overwrite'])
+    exported = safetensors.torch.load_file(str(tmp_path / 'e' / 'model.safetensors'))
+    first = torch.load(done / 'checkpoint-0.pth.tar', weights_only=False)['state_dict']
+    assert all(torch.equal(exported[k], first[k]) for k in first)
+
+
+def test_export_disk_full_leaves_the_earlier_export(done, tmp_path, monkeypatch):
+    import timm_tgr.export as export
+    _export_into_existing(done, tmp_path)
+    before = _files(tmp_path / 'e')
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr(export, 'save_for_hf', full)
+    with pytest.raises(CheckpointWriteError, match=r'the disk is full: .*e/model.safetensors'):
+        export_main([str(done / 'checkpoint-0.pth.tar'), '--out', str(tmp_path / 'e'), '--overwrite'])
+    assert _files(tmp_path / 'e') == before
+
+
+# --------------------------------------------------------------------------------------------------
+# corrupt data: checked before the first step, naming the file and the fix
+# --------------------------------------------------------------------------------------------------
+FMNIST = [a for a in TINY if a not in ('--dataset', '', '--img-size', '16', '--num-classes', '3', '--mean', '0.5',
+                                       '--std', '0.25')]
+FMNIST[FMNIST.index('patch_size=4')] = 'patch_size=7'
+
+
+def _raw(root):
+    return root / 'FashionMNIST' / 'raw'
+
+
+def _fmnist(tmp_path):
+    from timm_tgr.data import write_synthetic_fashion_mnist
+    root = tmp_path / 'data'
+    write_synthetic_fashion_mnist(str(root), n_train=16, n_test=8)
+    return root
+
+
+def _truncate_images(root):
+    _truncate(_raw(root) / 'train-images-idx3-ubyte')
+    return [], 'train-images-idx3-ubyte is truncated'
+
+
+def _bad_magic(root):
+    path = _raw(root) / 't10k-labels-idx1-ubyte'
+    path.write_bytes(b'\x12\x34' + path.read_bytes()[2:])
+    return [], 't10k-labels-idx1-ubyte is not an IDX file'
+
+
+def _fewer_labels(root):
+    from timm_tgr.data import read_idx
+    path = _raw(root) / 'train-labels-idx1-ubyte'
+    write_idx(str(path), read_idx(str(path))[:12])
+    return [], 'train-labels-idx1-ubyte holds 12 labels for the 16 images'
+
+
+def _more_classes_than_the_model(root):
+    return ['--num-classes', '5'], ("the train split of --dataset 'torch/fashion_mnist' in {data} has labels 0..9, "
+                                    'but the model is built for 5 classes (labels 0..4): pass --num-classes 10')
+
+
+@pytest.mark.parametrize('damage', [_truncate_images, _bad_magic, _fewer_labels, _more_classes_than_the_model])
+def test_corrupt_fashion_mnist_files_stop_before_the_first_step(tmp_path, damage):
+    root = _fmnist(tmp_path)
+    extra, message = damage(root)
+    before = _files(root)
+    with pytest.raises(ValueError) as e:
+        train_main(FMNIST + ['--dataset', 'torch/fashion_mnist', '--data-dir', str(root), '--output', str(tmp_path),
+                             '--experiment', 'x', '--epochs', '1', *extra])
+    assert message.format(data=root) in str(e.value)
+    assert _files(root) == before and not (tmp_path / 'x').exists()
+
+
+def test_corrupt_gz_source_is_named_and_never_copied(tmp_path, monkeypatch):
+    from timm_tgr.data import FASHION_MNIST_FILES
+    src = tmp_path / 'src'
+    src.mkdir()
+    for f in _raw(_fmnist(tmp_path)).iterdir():
+        with gzip.open(src / (f.name + '.gz'), 'wb') as g:
+            g.write(f.read_bytes())
+    bad = src / 'train-labels-idx1-ubyte.gz'
+    bad.write_bytes(bad.read_bytes()[:20])  # cut short
+    monkeypatch.setenv('TIMM_TGR_FASHION_MNIST', str(src))
+    data = tmp_path / 'prepared'
+    with pytest.raises(ValueError) as e:
+        train_main(FMNIST + ['--dataset', 'torch/fashion_mnist', '--data-dir', str(data), '--output', str(tmp_path),
+                             '--experiment', 'x', '--epochs', '1'])
+    assert f'{bad} is not a readable gzip file' in str(e.value) and 'apt-get install --reinstall' in str(e.value)
+    raw = _raw(data)
+    assert 'train-labels-idx1-ubyte' not in os.listdir(raw) and not [p for p in os.listdir(raw) if p.endswith('.part')]
+    assert set(os.listdir(raw)) < set(FASHION_MNIST_FILES)
+
+
+def test_missing_folder_dataset_names_the_flag(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f'--data-dir {tmp_path / "nowhere"} does not exist'):
+        train_main(TINY + ['--data-dir', str(tmp_path / 'nowhere'), '--output', str(tmp_path), '--experiment', 'x',
+                           '--epochs', '1'])
+    assert not (tmp_path / 'x').exists()
+
+
+def test_more_class_folders_than_classes(image_folder, tmp_path):
+    data = tmp_path / 'four'
+    shutil.copytree(image_folder, data)
+    for split in ('train', 'validation'):
+        shutil.copytree(data / split / 'c0', data / split / 'c3')
+    with pytest.raises(ValueError, match="the train split of --dataset '' in .* has 4 class folders, but the model is "
+                                         r'built for 3 classes \(labels 0..2\): pass --num-classes 4'):
+        train_main(TINY + ['--data-dir', str(data), '--output', str(tmp_path), '--experiment', 'x', '--epochs', '1'])
+    assert not (tmp_path / 'x').exists()
+
+
+def test_quickstart_refuses_an_output_holding_an_earlier_quickstart(tmp_path, capsys):
+    from timm_tgr.quickstart import main as quickstart
+    (tmp_path / 'qs' / 'teacher').mkdir(parents=True)
+    (tmp_path / 'qs' / 'teacher' / 'metrics.jsonl').write_text('{"epoch": 0}\n')
+    before = _files(tmp_path / 'qs')
+    with pytest.raises(SystemExit):
+        quickstart(['--output', str(tmp_path / 'qs'), '--data-dir', str(tmp_path / 'data')])
+    assert f'--output {tmp_path / "qs"} holds an earlier quickstart' in capsys.readouterr().err
+    assert _files(tmp_path / 'qs') == before
