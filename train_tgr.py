@@ -3,7 +3,7 @@
 
 The trainer lives in :mod:`timm_tgr.train` (also installed as the ``timm-tgr-train`` command).
 """
-from timm_tgr.train import main
+from timm_tgr.train import cli
 
 if __name__ == '__main__':
-    main()
+    cli()

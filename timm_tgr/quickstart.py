@@ -158,4 +158,5 @@ def main(argv: Optional[List[str]] = None) -> dict:
 
 
 if __name__ == '__main__':
-    main()
+    from .utils.cli import run_cli
+    run_cli(main, 'python -m timm_tgr.quickstart')

@@ -16,5 +16,11 @@ from .loop import train_one_epoch, validate
 from .report import plot_routing_consistency
 from .run import main, train
 
-__all__ = ['main', 'train', 'build_parser', 'parse_args', 'read_metrics', 'train_one_epoch', 'validate',
+__all__ = ['main', 'cli', 'train', 'build_parser', 'parse_args', 'read_metrics', 'train_one_epoch', 'validate',
            'plot_routing_consistency']
+
+
+def cli() -> None:
+    """``train_tgr.py`` / ``timm-tgr-train``: :func:`main` with errors as one ``error:`` line."""
+    from ..utils.cli import run_cli
+    run_cli(main, 'train_tgr.py')
