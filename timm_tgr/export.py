@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -71,6 +72,7 @@ _RECIPE_KEYS = (
 _RECIPE_PREFIXES = ('tgr', 'teacher', 'distill', 'routing', 'stablemoe', 'moe_')
 _NOT_RECIPE = {'teacher_checkpoint', 'teacher_routers_from', 'teacher_routers'}  # local paths stay out of the card
 _READERS = ('torch/', 'hfds/', 'hfids/', 'tfds/', 'wds/')  # timm dataset reader prefixes
+CARD_PICTURE = 'routing_class_expert.png'  # the model card's class-by-expert heatmap, next to README.md
 
 
 def load_checkpoint_file(path: Union[str, Path], trust_checkpoint: bool = False) -> Dict[str, Any]:
@@ -352,6 +354,10 @@ def _usage(arch: str, repo_id: Optional[str]) -> Tuple[str, str]:
     """The card's description and its loading snippet."""
     name = f'hf-hub:{repo_id}' if repo_id else 'hf-hub:ORG/NAME'
     usage = (
+        'The architecture is defined by the timm plugin `timm_tgr`, so install it next to timm first:\n\n'
+        '```bash\n'
+        'pip install timm-tgr   # or, in a clone of the timm-tgr repository: pip install -e .\n'
+        '```\n\n'
         '```python\n'
         'import timm\n'
         'import timm_tgr  # registers the timm_tgr architectures with timm\n\n'
@@ -376,8 +382,12 @@ def make_model_card(
         metrics_note: str = '',
         checkpoint_info: Optional[Dict[str, Any]] = None,
         repo_id: Optional[str] = None,
+        routing_picture: Optional[str] = None,
 ) -> Dict[str, Any]:
-    """Model card dict for timm's ``generate_readme``: the run's recipe and measured results, nothing else."""
+    """Model card dict for timm's ``generate_readme``: the run's recipe and measured results, nothing else.
+
+    ``routing_picture``: what the class-by-expert heatmap saved next to the card as :data:`CARD_PICTURE` shows
+    (None: no picture)."""
     cfg = model.pretrained_cfg
     details = {'Model Type': 'Image classification, sparse Vision Mixture-of-Experts ViT (student weights only)',
                'Architecture': f'`{arch}` (timm_tgr)', 'Model Stats': _model_stats(model), 'Papers': _papers(cfg)}
@@ -385,6 +395,9 @@ def make_model_card(
     details['Weights'] = dict(checkpoint_info or {})
     details.update(_start_details(run_args, metrics))
     details.update(_results_details(metrics, metrics_note))
+    if routing_picture:
+        details['Expert use per class'] = (
+            f"![share of each class's patch tokens per expert]({CARD_PICTURE})<br>{routing_picture}")
     description, usage = _usage(arch, repo_id)
     return {
         'description': description, 'details': details, 'usage': usage, 'citation': TGR_CITATION,
@@ -489,6 +502,26 @@ def _checkpoint_info(path: Path, key: Optional[str], ema: bool, ckpt: Dict[str, 
     return info
 
 
+def _card_picture(picture: Optional[Union[str, Path]], path: Path, epoch: Optional[int]) -> Tuple[Optional[Path], str]:
+    """The class-by-expert heatmap for the card and its caption: ``picture`` if given, else the one
+    ``train_tgr.py --visualize-every`` drew in the checkpoint's run folder (its epoch's, else the latest)."""
+    what = "Share of each class's patch tokens sent to each expert (top-1 choice) per MoE block, rows sum to 1"
+    if picture is not None:
+        picture = Path(picture)
+        if not picture.is_file():
+            raise FileNotFoundError(f'routing picture {picture} not found.')
+        return picture, f'{what} (python -m timm_tgr.visualize).'
+    from .visualize.writer import latest_class_expert_picture
+    found = latest_class_expert_picture(str(path.parent), epoch)
+    if found is None:
+        return None, ''
+    file, drawn = found
+    note = '' if drawn == epoch else f', the latest drawn; the checkpoint is from epoch {epoch}'
+    caption = f'{what}, over the probe set of the validation split at epoch {drawn}{note} ' \
+              f'(train_tgr.py --visualize-every).'
+    return Path(file), caption
+
+
 def export_checkpoint(
         checkpoint: Union[str, Path],
         out: Optional[Union[str, Path]] = None,
@@ -500,13 +533,16 @@ def export_checkpoint(
         metrics: Optional[Union[str, Path]] = None,
         trust_checkpoint: bool = False,
         token: Optional[str] = None,
+        routing_picture: Optional[Union[str, Path]] = None,
 ) -> nn.Module:
     """Export the student of ``checkpoint`` to ``out`` and/or push it to the Hub repo ``push``; returns it.
 
     ``checkpoint`` is a train_tgr.py / timm CheckpointSaver checkpoint ('state_dict', optional
     'state_dict_ema', 'args', 'epoch', ...) or a bare state_dict (.pth or .safetensors; give ``model``
     and ``model_kwargs`` unless an args.yaml sits next to it). ``ema`` exports 'state_dict_ema'.
-    Run metrics come from ``metrics`` or ``<checkpoint dir>/metrics.jsonl``.
+    Run metrics come from ``metrics`` or ``<checkpoint dir>/metrics.jsonl``. The card embeds a class-by-expert
+    heatmap (copied next to it as :data:`CARD_PICTURE`): ``routing_picture``, else the run's own from
+    ``train_tgr.py --visualize-every`` when it drew one.
     """
     if out is None and push is None:
         raise ValueError('nothing to do: give an output folder (--out DIR) and/or a Hub repo (--push ORG/NAME).')
@@ -516,16 +552,24 @@ def export_checkpoint(
     arch, model_args = resolve_model_args(run_args, model, model_kwargs, checkpoint_arch=ckpt.get('arch'))
     student = _load_student(raw, arch, model_args, run_args, path, checkpoint_arch=ckpt.get('arch'))
     row, note = _card_metrics(metrics, path, ckpt.get('epoch'))
+    picture, caption = _card_picture(routing_picture, path, ckpt.get('epoch'))
     card = make_model_card(student, arch, run_args, row, note, _checkpoint_info(path, key, ema, ckpt, run_args),
-                           repo_id=push)
+                           repo_id=push, routing_picture=caption or None)
     if out is not None:
         out = Path(out)
         save_for_hf(student, out, model_args=dict(model_args), safe_serialization=True)
         (out / 'README.md').write_text(generate_readme(card, push.split('/')[-1] if push else arch))
+        if picture is not None:
+            shutil.copyfile(picture, out / CARD_PICTURE)
     if push is not None:
         push_to_hf_hub(
             student, push, commit_message=f'Add {arch} student weights (timm_tgr.export)', token=token,
             private=private, model_card=card, model_args=dict(model_args), safe_serialization=True)
+        if picture is not None:
+            from huggingface_hub import HfApi
+            HfApi(token=token).upload_file(
+                path_or_fileobj=str(picture), path_in_repo=CARD_PICTURE, repo_id=push,
+                commit_message='Add the routing picture of the model card (timm_tgr.export)')
     return student
 
 
@@ -546,6 +590,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--metrics', default=None, help='metrics.jsonl of the run (default: next to the checkpoint)')
     p.add_argument('--trust-checkpoint', action='store_true',
                    help='torch.load with weights_only=False (runs code in the file: only your own checkpoints)')
+    p.add_argument('--routing-picture', default=None, metavar='PNG',
+                   help='class x expert heatmap for the model card (e.g. class_expert.png of python -m '
+                        'timm_tgr.visualize; default: the run\'s own from train_tgr.py --visualize-every, if any)')
     return p
 
 
@@ -554,7 +601,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     export_checkpoint(
         args.checkpoint, out=args.out, ema=args.ema, push=args.push, private=args.private, model=args.model,
-        model_kwargs=args.model_kwargs, metrics=args.metrics, trust_checkpoint=args.trust_checkpoint)
+        model_kwargs=args.model_kwargs, metrics=args.metrics, trust_checkpoint=args.trust_checkpoint,
+        routing_picture=args.routing_picture)
     if args.out:
         print(f"wrote {args.out}: load with timm.create_model('local-dir:{args.out}', pretrained=True)")
     if args.push:
