@@ -172,7 +172,9 @@ def test_cli_on_an_exported_model_writes_the_pictures(tmp_path):
                     '--dataset', 'folder', '--data-dir', str(data), '--num-images', '3', '--out', str(out),
                     '--device', 'cpu'])
     sheets = _pngs(out, 'sheets')
-    assert len(sheets) == 4 and not (out / 'agreement').exists() and not (out / 'agreement.png').exists()
+    names = [os.path.basename(f) for f in sheets]
+    assert names == ['0.png', 'validation-00000-0.png', 'validation-00003-1.png', 'validation-00006-2.png']
+    assert not (out / 'agreement').exists() and not (out / 'agreement.png').exists()
     for f in sheets:
         with Image.open(f) as img:
             assert img.size == plots.image_sheet_size(2, E)
@@ -233,6 +235,14 @@ def test_cli_on_a_tgr_checkpoint_draws_the_teacher_agreement(tmp_path, caplog):
     assert '--teacher-checkpoint FILE' in caplog.text
     assert len(_pngs(out2, 'sheets')) == 2 and not (out2 / 'agreement').exists()
     assert (out2 / 'class_expert.png').is_file()  # the images' classes come from their folder
+
+
+def test_image_folders_name_their_images_by_their_path_inside(tmp_path):
+    from timm_tgr.visualize.cli import image_files
+    data = _image_tree(tmp_path / 'data', per_class=2)
+    names = [n for _, n in image_files([str(data / 'validation'), str(data / 'validation' / '0' / '1.png')])]
+    assert names == ['0_0', '0_1', '1_0', '1_1', '2_0', '2_1', '1']
+    assert [n for _, n in image_files([str(data / 'validation' / c / '0.png') for c in '01'])] == ['0', '0-2']
 
 
 def test_cli_refuses_a_dense_model_and_nothing_to_draw(tmp_path):

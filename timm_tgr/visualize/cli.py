@@ -8,7 +8,7 @@ import argparse
 import logging
 import math
 import os
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
@@ -76,31 +76,36 @@ class _ConvertThen:
         return self.transform(img.convert(self.mode))
 
 
-def image_files(paths: Sequence[str]) -> List[str]:
-    """Image files of ``paths`` (folders searched recursively, sorted)."""
-    files = []
+def image_files(paths: Sequence[str]) -> List[Tuple[str, str]]:
+    """(file, name) of the images of ``paths``: folders searched recursively (sorted), each image named by its
+    path inside the folder given (``class/img``), a file by its own name; repeated names get ``-2``, ``-3``, ..."""
+    found = []
     for p in paths:
         if os.path.isdir(p):
-            found = sorted(os.path.join(root, f) for root, _, names in os.walk(p) for f in names
-                           if f.lower().endswith(IMAGE_EXTENSIONS))
-            if not found:
+            inside = sorted(os.path.join(root, f) for root, _, names in os.walk(p) for f in names
+                            if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not inside:
                 raise FileNotFoundError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) under {p}.')
-            files += found
+            found += [(f, os.path.splitext(os.path.relpath(f, p))[0].replace(os.sep, '_')) for f in inside]
         elif os.path.isfile(p):
-            files.append(p)
+            found.append((p, os.path.splitext(os.path.basename(p))[0]))
         else:
             raise FileNotFoundError(f'--images {p}: no such file or folder.')
-    return files
+    seen, out = {}, []
+    for f, name in found:
+        seen[name] = seen.get(name, 0) + 1
+        out.append((f, name if seen[name] == 1 else f'{name}-{seen[name]}'))
+    return out
 
 
-def _file_probe(files: Sequence[str], transform, class_names: Sequence[str]) -> ProbeImages:
+def _file_probe(files: Sequence[Tuple[str, str]], transform, class_names: Sequence[str]) -> ProbeImages:
     images, targets, names = [], [], []
-    for f in files:
+    for f, name in files:
         with Image.open(f) as img:
             images.append(transform(img))
         parent = os.path.basename(os.path.dirname(os.path.abspath(f)))
         targets.append(class_names.index(parent) if parent in class_names else None)
-        names.append(os.path.splitext(os.path.basename(f))[0])
+        names.append(name)
     return ProbeImages(torch.stack(images), targets, names)
 
 

@@ -21,6 +21,7 @@ TITLE_IN = 0.4  # the sheet's title
 ROW_TITLE_IN = 0.3  # each row's panel titles
 LEGEND_ROW_IN = 0.3  # one row of legend entries
 LEGEND_COLS = 9
+MAX_LABELLED_CLASSES = 40  # heatmaps with more classes get a fixed height and no class labels
 OVERLAY_ALPHA = 0.6  # expert colours over the image
 AGREE_COLORS = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])  # differ (black), agree (white): no expert colour
 
@@ -200,9 +201,10 @@ def class_expert_figure(shares: Mapping[int, np.ndarray], orders: Mapping[int, L
     blocks = sorted(shares)
     num_classes = max(len(orders[b]) for b in blocks)
     num_experts = np.asarray(shares[blocks[0]]).shape[1]
-    label_in = min(0.08 * max((len(n) for n in class_names), default=1) + 0.3, 1.6)
-    panel_w = label_in + 0.42 * num_experts + 0.2
-    panel_h = 0.3 * num_classes + 1.0
+    label_rows = num_classes <= MAX_LABELLED_CLASSES
+    label_in = min(0.08 * max((len(n) for n in class_names), default=1) + 0.3, 1.6) if label_rows else 0.5
+    panel_w = label_in + 0.42 * min(num_experts, 32) + 0.2
+    panel_h = 0.3 * min(num_classes, MAX_LABELLED_CLASSES) + 1.0
     width = max(panel_w * len(blocks) + 0.8, 4.0)
     fig, axes = plt.subplots(1, len(blocks), figsize=(width, panel_h + 0.6), dpi=DPI,
                              layout='constrained', squeeze=False)
@@ -221,11 +223,14 @@ def class_expert_figure(shares: Mapping[int, np.ndarray], orders: Mapping[int, L
         for e, lab in enumerate(ax.get_xticklabels()):
             lab.set_color(palette[e])
             lab.set_fontweight('bold')
-        ax.set_yticks(range(len(order)))
-        names = [class_names[c] if c < len(class_names) else str(c) for c in order]
-        if tokens is not None:
-            names = [f'{n} ({int(tokens[b][c])})' if len(order) <= 12 else n for n, c in zip(names, order)]
-        ax.set_yticklabels(names, fontsize=7)
+        if label_rows:
+            ax.set_yticks(range(len(order)))
+            names = [class_names[c] if c < len(class_names) else str(c) for c in order]
+            if tokens is not None:
+                names = [f'{n} ({int(tokens[b][c])})' if len(order) <= 12 else n for n, c in zip(names, order)]
+            ax.set_yticklabels(names, fontsize=7)
+        else:
+            ax.set_ylabel(f'{len(order)} classes, grouped by dominant expert', fontsize=7)
         ax.set_xlabel('expert', fontsize=8)
         ax.set_title(f'block {b + 1} (index {b})', fontsize=8)
     cbar = fig.colorbar(image, ax=list(axes[0]), shrink=0.8)
