@@ -230,6 +230,7 @@ def class_expert_figure(shares: Mapping[int, np.ndarray], orders: Mapping[int, L
                 names = [f'{n} ({int(tokens[b][c])})' if len(order) <= 12 else n for n, c in zip(names, order)]
             ax.set_yticklabels(names, fontsize=7)
         else:
+            ax.set_yticks([])
             ax.set_ylabel(f'{len(order)} classes, grouped by dominant expert', fontsize=7)
         ax.set_xlabel('expert', fontsize=8)
         ax.set_title(f'block {b + 1} (index {b})', fontsize=8)
