@@ -18,7 +18,7 @@ from timm.utils import ParseKwargs
 from .load import class_names_for, load_model, load_teacher_routing, run_title
 from .writer import ProbeImages, round_robin, write_routing_pictures
 
-__all__ = ['main', 'build_parser']
+__all__ = ['main', 'draw', 'build_parser', 'model_data_config', 'image_files']
 
 _logger = logging.getLogger('timm_tgr.visualize')
 
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('-b', '--batch-size', type=int, default=256, help='images per forward pass')
     p.add_argument('-j', '--workers', type=int, default=0, help='data loading workers')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
     p.add_argument('--trust-checkpoint', action='store_true',
                    help='torch.load with weights_only=False (runs code in the file: only your own checkpoints)')
     return p
@@ -165,6 +166,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         import matplotlib  # noqa: F401
     except ImportError:
         raise SystemExit('python -m timm_tgr.visualize draws with matplotlib: pip install "timm-tgr[plot]"')
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return draw(args)
+    finally:
+        torch.set_num_threads(threads)  # in-process callers get theirs back
+
+
+def draw(args: argparse.Namespace) -> dict:
+    """Load, pick the images, write the pictures (see :func:`write_routing_pictures`); returns the summary."""
     device = torch.device(args.device)
     loaded = load_model(args.model, model_kwargs=args.model_kwargs, ema=args.ema,
                         trust_checkpoint=args.trust_checkpoint)

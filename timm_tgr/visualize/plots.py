@@ -20,7 +20,7 @@ PANEL_IN = 2.0  # a map panel is PANEL_IN x PANEL_IN inches
 TITLE_IN = 0.4  # the sheet's title
 ROW_TITLE_IN = 0.3  # each row's panel titles
 LEGEND_ROW_IN = 0.3  # one row of legend entries
-LEGEND_COLS = 9
+LEGEND_COLS = 12
 MAX_LABELLED_CLASSES = 40  # heatmaps with more classes get a fixed height and no class labels
 OVERLAY_ALPHA = 0.6  # expert colours over the image
 AGREE_COLORS = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])  # differ (black), agree (white): no expert colour
@@ -83,8 +83,11 @@ def agreement_sheet_size(num_blocks: int, num_experts: int) -> Tuple[int, int]:
     return round(w * DPI), round(h * DPI)
 
 
-def _show_image(ax, image: np.ndarray) -> Tuple[int, int]:
+def _show_image(ax, image: np.ndarray, lighten: float = 0.) -> Tuple[int, int]:
+    """``image`` (values in [0, 1]) on ``ax``; ``lighten`` lifts black towards gray (under colour overlays)."""
     h, w = image.shape[:2]
+    if lighten:
+        image = lighten + (1 - lighten) * image
     ax.imshow(image, cmap='gray' if image.ndim == 2 else None, vmin=0, vmax=1, extent=(0, w, h, 0),
               interpolation='nearest')
     ax.set_xticks([])
@@ -95,7 +98,7 @@ def _show_image(ax, image: np.ndarray) -> Tuple[int, int]:
 def _draw_grid_colors(ax, image: np.ndarray, colors: np.ndarray, dropped: Optional[np.ndarray] = None) -> None:
     """``image`` with the ``[rows, columns, 3]`` colours over its patches; ``dropped`` patches hatched."""
     from matplotlib.patches import Rectangle
-    h, w = _show_image(ax, image)
+    h, w = _show_image(ax, image, lighten=0.35)  # expert colours stay readable over black backgrounds
     ax.imshow(colors, extent=(0, w, h, 0), alpha=OVERLAY_ALPHA, interpolation='nearest')
     rows, cols = colors.shape[:2]
     ph, pw = h / rows, w / cols
@@ -209,15 +212,17 @@ def class_expert_figure(shares: Mapping[int, np.ndarray], orders: Mapping[int, L
     fig, axes = plt.subplots(1, len(blocks), figsize=(width, panel_h + 0.6), dpi=DPI,
                              layout='constrained', squeeze=False)
     palette = expert_palette(num_experts)
+    # colour scale up to the largest share (at least 1/E, what a class spread evenly over the experts gets)
+    vmax = max([1 / num_experts] + [float(np.asarray(shares[b])[orders[b]].max()) for b in blocks if orders[b]])
     image = None
     for ax, b in zip(axes[0], blocks):
         order = orders[b]
         data = np.asarray(shares[b])[order]
-        image = ax.imshow(data, vmin=0, vmax=1, cmap='magma', aspect='auto', interpolation='nearest')
+        image = ax.imshow(data, vmin=0, vmax=vmax, cmap='magma', aspect='auto', interpolation='nearest')
         if data.size <= 400:
             for (r, e), v in np.ndenumerate(data):
                 ax.text(e, r, f'{100 * v:.0f}', ha='center', va='center', fontsize=6,
-                        color='black' if v > 0.6 else 'white')
+                        color='black' if v > 0.6 * vmax else 'white')
         ax.set_xticks(range(num_experts))
         ax.set_xticklabels([str(e) for e in range(num_experts)], fontsize=7)
         for e, lab in enumerate(ax.get_xticklabels()):
@@ -235,7 +240,7 @@ def class_expert_figure(shares: Mapping[int, np.ndarray], orders: Mapping[int, L
         ax.set_xlabel('expert', fontsize=8)
         ax.set_title(f'block {b + 1} (index {b})', fontsize=8)
     cbar = fig.colorbar(image, ax=list(axes[0]), shrink=0.8)
-    cbar.set_label("share of the class's patch tokens", fontsize=7)
+    cbar.set_label("share of the class's patch tokens (numbers in %)", fontsize=7)
     cbar.ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(_wrap(title, width), fontsize=8)
