@@ -18,7 +18,7 @@ import yaml
 from timm.utils import CheckpointSaver
 
 from reference import architecture_kwargs
-from timm_tgr.export import export_checkpoint, main, student_state_dict
+from timm_tgr.export import CARD_PICTURE, export_checkpoint, main, student_state_dict
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ARCH = 'tgr_moe_deit_tiny'
@@ -339,6 +339,47 @@ def test_push_builds_exact_upload(run, monkeypatch):
         assert files[name] == (out / name).read_bytes(), name
     assert "timm.create_model('hf-hub:some-user/tiny-tgr', pretrained=True)" in files['README.md'].decode()
     assert 'timm_tgr.export' in calls['upload']['kwargs']['commit_message']
+
+
+def test_card_embeds_the_routing_picture(run, monkeypatch):
+    """The run's --visualize-every heatmap (the checkpoint's epoch, else the latest drawn) or --routing-picture
+    is copied next to the card, which embeds it; a push uploads it beside the weights."""
+    out = run.tmp / 'export'
+    export_checkpoint(run.best, out=out)
+    card = (out / 'README.md').read_text()
+    assert not (out / CARD_PICTURE).exists() and CARD_PICTURE not in card
+    assert 'pip install timm-tgr' in card  # the card says where the architecture comes from
+    for epoch, data in ((1, b'epoch 1'), (0, b'epoch 0')):
+        (run.dir / 'visualize' / f'epoch-{epoch:03d}').mkdir(parents=True)
+        (run.dir / 'visualize' / f'epoch-{epoch:03d}' / 'class_expert.png').write_bytes(data)
+    export_checkpoint(run.best, out=out, overwrite=True)  # model_best is epoch 0
+    assert (out / CARD_PICTURE).read_bytes() == b'epoch 0'
+    card = (out / 'README.md').read_text()
+    assert f'![share of each class\'s patch tokens per expert]({CARD_PICTURE})' in card and 'at epoch 0 (' in card
+    export_checkpoint(run.last, out=out, overwrite=True)  # epoch 1
+    assert (out / CARD_PICTURE).read_bytes() == b'epoch 1'
+    (run.dir / 'visualize' / 'epoch-001' / 'class_expert.png').unlink()
+    export_checkpoint(run.last, out=out, overwrite=True)
+    assert (out / CARD_PICTURE).read_bytes() == b'epoch 0'
+    assert 'at epoch 0, the latest drawn; the checkpoint is from epoch 1' in (out / 'README.md').read_text()
+    own = run.tmp / 'own.png'
+    own.write_bytes(b'visualize')
+    main([str(run.best), '--out', str(out), '--routing-picture', str(own), '--overwrite'])
+    assert (out / CARD_PICTURE).read_bytes() == b'visualize' and 'python -m timm_tgr.visualize' in (
+        out / 'README.md').read_text()
+
+    uploads = []
+    monkeypatch.setattr(huggingface_hub.HfApi, 'create_repo',
+                        lambda self, repo_id, **k: types.SimpleNamespace(repo_id=repo_id))
+    monkeypatch.setattr(huggingface_hub.HfApi, 'file_exists', lambda self, *a, **k: False)
+    monkeypatch.setattr(huggingface_hub.HfApi, 'upload_folder', lambda self, **k: 'https://huggingface.co/x/y/commit/0')
+    monkeypatch.setattr(huggingface_hub.HfApi, 'upload_file', lambda self, **k: uploads.append(k))
+    export_checkpoint(run.best, push='some-user/tiny-tgr')
+    assert [(u['path_in_repo'], u['repo_id'], open(u['path_or_fileobj'], 'rb').read()) for u in uploads] == [
+        (CARD_PICTURE, 'some-user/tiny-tgr', b'epoch 0')]
+    shutil.rmtree(run.dir / 'visualize')
+    export_checkpoint(run.best, out=out, overwrite=True)  # no picture now: none left over from before
+    assert not (out / CARD_PICTURE).exists() and CARD_PICTURE not in (out / 'README.md').read_text()
 
 
 def test_bare_state_dict_needs_model(run):

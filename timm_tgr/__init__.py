@@ -9,7 +9,7 @@ Layout (as timm's): ``layers/`` MoE blocks that know no models, ``models/`` the 
 families, ``task/`` the training-time teacher, losses, schedules, metrics and timm ``TrainingTask``s,
 ``train/`` the trainer (``train_tgr.py``), ``data/`` dataset helpers, ``export`` the Hub export.
 """
-from .version import __version__  # noqa: F401
+from .version import __version__
 from .layers import (
     ExpertChoiceMoE, GroupedExperts, RouterOutput, RoutingInfo, SoftMoE, SoftMoERouter, SparseMoE, TopKRouter,
     assign_slots, expert_capacity, expert_choice_capacity, soft_moe_slots,
@@ -25,6 +25,14 @@ from .models import (
 from .models import moe_baselines
 from .task import stablemoe
 from .task import timm_train as _timm_train
+
+__all__ = [
+    '__version__', 'ExpertChoiceMoE', 'GroupedExperts', 'RouterOutput', 'RoutingInfo', 'SoftMoE', 'SoftMoERouter',
+    'SparseMoE', 'TopKRouter', 'assign_slots', 'expert_capacity', 'expert_choice_capacity', 'soft_moe_slots',
+    'losses', 'ExpertChoiceVisionTransformer', 'MoEBlock', 'PAPER_MOE_LAYERS', 'SoftMoEVisionTransformer',
+    'VMoEVisionTransformer', 'VMoEVisionTransformerDistilled', 'UPCYCLED_TAG', 'load_dense_state_dict',
+    'upcycle_dense_state_dict', 'upcycle_from', 'upcycled_eval_capacity_factor', 'moe_baselines', 'stablemoe',
+]
 
 # Inside pytorch-image-models' train.py (``--device-modules timm_tgr``) make its tasks MoE-aware;
 # anywhere else this does nothing (see timm_tgr.task.timm_train).

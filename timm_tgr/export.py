@@ -22,7 +22,6 @@ export is refused unless ``--overwrite``; the files are written to a temporary f
 when complete, with the permissions of any file the user writes (the umask).
 """
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -30,23 +29,19 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-import torch
 import torch.nn as nn
 
-import timm
 from timm.models import push_to_hf_hub, save_for_hf
 from timm.models._hub import generate_readme  # the model card writer of push_to_hf_hub (not in timm.models)
 from timm.utils import ParseKwargs
 
-from .utils.checkpoint import (
-    RUN_CHECKPOINTS, as_dict, check_finite, describe_weights, read_checkpoint, select_weights,
-    state_dict_mismatches, student_state_dict, write_error,
-)
+from .models._factory import load_student
+from .utils.checkpoint import RUN_CHECKPOINTS, describe_weights, read_checkpoint, student_state_dict, write_error
 from .utils.metrics_log import metrics_row, read_metrics
 
 __all__ = [
-    'load_checkpoint_file', 'student_state_dict', 'resolve_model_args', 'build_student', 'read_metrics',
-    'make_model_card', 'export_checkpoint', 'checkpoint_of', 'EXPORT_FILES', 'TGR_CITATION',
+    'load_checkpoint_file', 'student_state_dict', 'read_metrics', 'make_model_card', 'export_checkpoint',
+    'checkpoint_of', 'EXPORT_FILES', 'TGR_CITATION', 'CARD_PICTURE',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -58,12 +53,6 @@ TGR_CITATION = """@inproceedings{tgrmoe2026,
   note      = {arXiv:2604.21330}
 }"""
 
-# create_model kwargs that do not change the architecture or the weights, and are not written to config.json
-_NOT_MODEL_ARGS = {
-    'drop_rate', 'drop_path_rate', 'attn_drop_rate', 'proj_drop_rate', 'pos_drop_rate', 'patch_drop_rate',
-    'drop_block_rate', 'pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay', 'checkpoint_path', 'cache_dir',
-    'scriptable', 'exportable', 'no_jit', 'features_only', 'out_indices', 'device', 'dtype',
-}
 # run args shown as the training recipe in the model card (when present; names of timm_tgr/train/ and timm)
 _RECIPE_KEYS = (
     'dataset', 'train_split', 'val_split', 'pretrained', 'num_classes', 'img_size', 'in_chans', 'input_size',
@@ -77,6 +66,7 @@ _RECIPE_KEYS = (
 _RECIPE_PREFIXES = ('tgr', 'teacher', 'distill', 'routing', 'stablemoe', 'moe_')
 _NOT_RECIPE = {'teacher_checkpoint', 'teacher_routers_from', 'teacher_routers'}  # local paths stay out of the card
 _READERS = ('torch/', 'hfds/', 'hfids/', 'tfds/', 'wds/')  # timm dataset reader prefixes
+CARD_PICTURE = 'routing_class_expert.png'  # the model card's class-by-expert heatmap, next to README.md
 
 
 def load_checkpoint_file(path: Union[str, Path], trust_checkpoint: bool = False) -> Any:
@@ -100,105 +90,6 @@ def checkpoint_of(path: Union[str, Path]) -> Path:
     raise FileNotFoundError(
         f'{path} is a folder without {RUN_CHECKPOINTS[0]} (the best checkpoint train_tgr.py writes in a run folder); '
         + (f'give one of its checkpoints: {", ".join(found[:6])}.' if found else 'it holds no checkpoint files.'))
-
-
-def _read_args_yaml(path: Path) -> Dict[str, Any]:
-    import yaml
-    with open(path, 'r') as f:
-        data = yaml.safe_load(f)
-    if not isinstance(data, dict):
-        raise ValueError(f'{path} is not a mapping of run args.')
-    return data
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    return v
-
-
-def resolve_model_args(
-        run_args: Dict[str, Any],
-        model: Optional[str] = None,
-        model_kwargs: Optional[Dict[str, Any]] = None,
-        checkpoint_arch: Optional[str] = None,
-) -> Tuple[str, Dict[str, Any]]:
-    """Architecture name and the ``timm.create_model`` kwargs that rebuild the trained model.
-
-    From the run's ``model`` / ``model_kwargs`` plus its top-level ``num_classes``, ``in_chans``,
-    ``img_size`` (or ``input_size``) and ``gp``; ``model`` and ``model_kwargs`` given here override them.
-    Dropout rates, ``tgr_*`` guidance options and other arguments that do not change the architecture
-    are left out.
-    """
-    # timm_tgr/train/ records the architecture of an hf-hub: / local-dir: --model as model_arch (args.yaml)
-    arch = model or run_args.get('model_arch') or run_args.get('model')
-    if not arch and checkpoint_arch and timm.is_model(checkpoint_arch):
-        arch = checkpoint_arch
-    if not arch:
-        raise ValueError(
-            'the checkpoint does not name its architecture (no args.model and no registered arch): pass '
-            '--model NAME, e.g. --model tgr_moe_deit_small, and the --model-kwargs it was trained with.')
-    if not timm.is_model(arch):
-        raise ValueError(
-            f"unknown architecture '{arch}': it is not a registered timm model. timm_tgr registers "
-            f"{', '.join(timm.list_models('*moe_deit*')[:4])}, ...; pass --model with one of "
-            f"timm.list_models('*moe_deit*').")
-    # timm_tgr/train/ records the resolved create_model kwargs ('model_kwargs_resolved' in its args.yaml)
-    args = dict(run_args.get('model_kwargs_resolved') or run_args.get('model_kwargs') or {})
-    for k in ('num_classes', 'in_chans', 'img_size'):
-        if run_args.get(k) is not None:
-            args.setdefault(k, run_args[k])
-    input_size = run_args.get('input_size')
-    if input_size:
-        args.setdefault('in_chans', input_size[0])
-        args.setdefault('img_size', tuple(input_size[1:]))
-    if run_args.get('gp'):
-        args.setdefault('global_pool', run_args['gp'])
-    args.update(model_kwargs or {})
-    # tgr_* kwargs are teacher-guidance options for timm's train.py (timm_tgr.task.timm_train), not architecture
-    args = {k: _jsonable(v) for k, v in args.items()
-            if k not in _NOT_MODEL_ARGS and not k.startswith('tgr_') and v is not None}
-    try:
-        json.dumps(args)
-    except TypeError as e:
-        raise ValueError(f'model args {args} cannot be written to config.json ({e}): pass them as numbers, '
-                         f'strings or lists with --model-kwargs.') from e
-    return arch, args
-
-
-def _shape_hints(sd: Dict[str, torch.Tensor]) -> str:
-    hints = []
-    w = sd.get('patch_embed.proj.weight')
-    if w is not None and w.ndim == 4:
-        hints += [f'embed_dim={w.shape[0]}', f'in_chans={w.shape[1]}', f'patch_size={w.shape[2]}']
-    if 'head.weight' in sd:
-        hints.append(f'num_classes={sd["head.weight"].shape[0]}')
-    return f' The weights look like {", ".join(hints)}.' if hints else ''
-
-
-def build_student(
-        arch: str,
-        model_args: Dict[str, Any],
-        state_dict: Dict[str, torch.Tensor],
-        source: str = 'the checkpoint',
-        checkpoint_arch: Optional[str] = None,
-) -> nn.Module:
-    """``timm.create_model(arch, **model_args)`` with ``state_dict`` loaded strictly, in eval mode."""
-    model = timm.create_model(arch, **model_args)
-    parts = state_dict_mismatches(state_dict, model.state_dict())
-    if parts:
-        if checkpoint_arch and checkpoint_arch != arch and timm.is_model(checkpoint_arch):
-            fix = (f"The checkpoint was saved for architecture '{checkpoint_arch}': export it with "
-                   f'--model {checkpoint_arch} (or without --model).')
-        else:
-            fix = ('Pass the architecture and model args the weights were trained with '
-                   '(--model NAME --model-kwargs k=v ...).' + _shape_hints(state_dict))
-        raise RuntimeError(
-            f"{source} does not fit '{arch}' built with {model_args}: {'; '.join(parts)}. {fix}")
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval()
 
 
 def _fmt(v: Any) -> str:
@@ -297,6 +188,10 @@ def _usage(arch: str, repo_id: Optional[str]) -> Tuple[str, str]:
     """The card's description and its loading snippet."""
     name = f'hf-hub:{repo_id}' if repo_id else 'hf-hub:ORG/NAME'
     usage = (
+        'The architecture is defined by the timm plugin `timm_tgr`, so install it next to timm first:\n\n'
+        '```bash\n'
+        'pip install timm-tgr   # or, in a clone of the timm-tgr repository: pip install -e .\n'
+        '```\n\n'
         '```python\n'
         'import timm\n'
         'import timm_tgr  # registers the timm_tgr architectures with timm\n\n'
@@ -321,8 +216,12 @@ def make_model_card(
         metrics_note: str = '',
         checkpoint_info: Optional[Dict[str, Any]] = None,
         repo_id: Optional[str] = None,
+        routing_picture: Optional[str] = None,
 ) -> Dict[str, Any]:
-    """Model card dict for timm's ``generate_readme``: the run's recipe and measured results, nothing else."""
+    """Model card dict for timm's ``generate_readme``: the run's recipe and measured results, nothing else.
+
+    ``routing_picture``: what the class-by-expert heatmap saved next to the card as :data:`CARD_PICTURE` shows
+    (None: no picture)."""
     cfg = model.pretrained_cfg
     details = {'Model Type': 'Image classification, sparse Vision Mixture-of-Experts ViT (student weights only)',
                'Architecture': f'`{arch}` (timm_tgr)', 'Model Stats': _model_stats(model), 'Papers': _papers(cfg)}
@@ -330,58 +229,15 @@ def make_model_card(
     details['Weights'] = dict(checkpoint_info or {})
     details.update(_start_details(run_args, metrics))
     details.update(_results_details(metrics, metrics_note))
+    if routing_picture:
+        details['Expert use per class'] = (
+            f"![share of each class's patch tokens per expert]({CARD_PICTURE})<br>{routing_picture}")
     description, usage = _usage(arch, repo_id)
     return {
         'description': description, 'details': details, 'usage': usage, 'citation': TGR_CITATION,
-        'license': cfg.get('license', 'apache-2.0'), 'tags': ['image-classification', 'timm', 'timm_tgr',
-                                                             'mixture-of-experts'],
+        'license': cfg.get('license', 'apache-2.0'),
+        'tags': ['image-classification', 'timm', 'timm_tgr', 'mixture-of-experts'],
     }
-
-
-def _update_pretrained_cfg(model: nn.Module, run_args: Dict[str, Any], source: str) -> None:
-    """Make the model's pretrained_cfg (written to config.json) describe the exported weights."""
-    cfg = dict(model.pretrained_cfg)
-    pe = getattr(model, 'patch_embed', None)
-    img_size = tuple(pe.img_size) if pe is not None and pe.img_size is not None else tuple(cfg['input_size'][1:])
-    cfg['input_size'] = (getattr(model, 'in_chans', cfg['input_size'][0]), *img_size)
-    cfg['num_classes'] = model.num_classes
-    if getattr(model, 'dynamic_img_size', False):
-        cfg['fixed_input_size'] = False
-    for k in ('mean', 'std', 'crop_pct', 'interpolation', 'crop_mode'):
-        if run_args.get(k) not in (None, ''):
-            cfg[k] = tuple(run_args[k]) if isinstance(run_args[k], list) else run_args[k]
-    if cfg['input_size'][0] != 3:
-        # timm "converts" `first_conv` of pretrained weights whenever in_chans != 3, assuming RGB weights;
-        # these are already in_chans wide (for 1 channel the sum over one channel is a no-op that still logs
-        # a misleading conversion), so skip that: they load at the exported in_chans only
-        cfg['first_conv'] = None
-    cfg['notes'] = (f'Student weights exported by timm_tgr.export from {source}.',)
-    for k in ('url', 'file', 'hf_hub_id', 'hf_hub_filename', 'source', 'state_dict'):
-        cfg.pop(k, None)
-    model.pretrained_cfg = model.default_cfg = cfg
-
-
-def _run_args(ckpt: Dict[str, Any], path: Path) -> Dict[str, Any]:
-    """The run's args: the checkpoint's 'args', else the args.yaml next to it, else empty."""
-    run_args = as_dict(ckpt.get('args'))
-    args_yaml = path.parent / 'args.yaml'
-    if not run_args and args_yaml.is_file():
-        run_args = _read_args_yaml(args_yaml)
-    return run_args
-
-
-def _load_student(
-        raw: Dict[str, torch.Tensor], arch: str, model_args: Dict[str, Any], run_args: Dict[str, Any], path: Path,
-        checkpoint_arch: Optional[str] = None,
-) -> nn.Module:
-    """The student of ``raw`` (teacher tensors left out) with a pretrained_cfg describing the export."""
-    state_dict, dropped = student_state_dict(raw)
-    if dropped:
-        _logger.info(f'left out {len(dropped)} non-student tensors: {", ".join(dropped[:8])}'
-                     + (' ...' if len(dropped) > 8 else ''))
-    student = build_student(arch, model_args, state_dict, source=str(path), checkpoint_arch=checkpoint_arch)
-    _update_pretrained_cfg(student, run_args, path.name)
-    return student
 
 
 def _card_metrics(
@@ -427,15 +283,19 @@ def _check_out(out: Path, overwrite: bool) -> None:
             f'--overwrite (overwrite=True) to replace it.')
 
 
-def _write_export(student: nn.Module, out: Path, model_args: Dict[str, Any], readme: str) -> None:
-    """save_for_hf + README.md into a temporary folder beside ``out``, then moved into ``out`` file by file:
-    a failed write leaves ``out`` as it was. Files get the mode of any file the user writes (0666 & ~umask)."""
+def _write_export(student: nn.Module, out: Path, model_args: Dict[str, Any], readme: str,
+                  picture: Optional[Path] = None) -> None:
+    """save_for_hf + README.md (+ the card's picture) into a temporary folder beside ``out``, then moved into
+    ``out`` file by file: a failed write leaves ``out`` as it was. Files get the mode of any file the user writes
+    (0666 & ~umask)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.tmp-', dir=out.parent))
     try:
         try:
             save_for_hf(student, tmp, model_args=dict(model_args), safe_serialization=True)
             (tmp / 'README.md').write_text(readme)
+            if picture is not None:
+                shutil.copyfile(picture, tmp / CARD_PICTURE)
         except (OSError, RuntimeError) as e:
             error = write_error(e, out / EXPORT_FILES[0], kept=f'{out} was not changed.')
             if error is None:
@@ -447,8 +307,30 @@ def _write_export(student: nn.Module, out: Path, model_args: Dict[str, Any], rea
         for f in sorted(tmp.iterdir()):
             os.chmod(f, 0o666 & ~umask)
             os.replace(f, out / f.name)
+        if picture is None and (out / CARD_PICTURE).exists():  # an earlier export's picture: not this card's
+            (out / CARD_PICTURE).unlink()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _card_picture(picture: Optional[Union[str, Path]], path: Path, epoch: Optional[int]) -> Tuple[Optional[Path], str]:
+    """The class-by-expert heatmap for the card and its caption: ``picture`` if given, else the one
+    ``train_tgr.py --visualize-every`` drew in the checkpoint's run folder (its epoch's, else the latest)."""
+    what = "Share of each class's patch tokens sent to each expert (top-1 choice) per MoE block, rows sum to 1"
+    if picture is not None:
+        picture = Path(picture)
+        if not picture.is_file():
+            raise FileNotFoundError(f'routing picture {picture} not found.')
+        return picture, f'{what} (python -m timm_tgr.visualize).'
+    from .visualize.writer import latest_class_expert_picture
+    found = latest_class_expert_picture(str(path.parent), epoch)
+    if found is None:
+        return None, ''
+    file, drawn = found
+    note = '' if drawn == epoch else f', the latest drawn; the checkpoint is from epoch {epoch}'
+    caption = f'{what}, over the probe set of the validation split at epoch {drawn}{note} ' \
+              f'(train_tgr.py --visualize-every).'
+    return Path(file), caption
 
 
 def export_checkpoint(
@@ -463,6 +345,7 @@ def export_checkpoint(
         trust_checkpoint: bool = False,
         token: Optional[str] = None,
         overwrite: bool = False,
+        routing_picture: Optional[Union[str, Path]] = None,
 ) -> nn.Module:
     """Export the student of ``checkpoint`` to ``out`` and/or push it to the Hub repo ``push``; returns it.
 
@@ -472,30 +355,36 @@ def export_checkpoint(
     ``ema``: None exports the EMA weights when the checkpoint has them, else the model's; True requires
     them; False exports the model's. Run metrics come from ``metrics`` or ``<checkpoint dir>/metrics.jsonl``.
     An ``out`` holding an export is refused unless ``overwrite``.
+    The card embeds a class-by-expert heatmap (copied next to it as :data:`CARD_PICTURE`): ``routing_picture``,
+    else the run's own from ``train_tgr.py --visualize-every`` when it drew one.
     """
     if out is None and push is None:
         raise ValueError('nothing to do: give an output folder (--out DIR) and/or a Hub repo (--push ORG/NAME).')
     if out is not None:
         _check_out(Path(out), overwrite)
     path = checkpoint_of(checkpoint)
-    ckpt = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
-    raw, key = select_weights(ckpt, path, ema=ema)
-    ckpt = ckpt if key is not None else {}
+    loaded = load_student(path, ema=ema, model=model, model_kwargs=model_kwargs, trust_checkpoint=trust_checkpoint,
+                          fix='Export an earlier checkpoint of the run (checkpoint-N.pth.tar of an epoch before it '
+                              'diverged).')
+    student, arch, model_args, run_args, ckpt, key = (loaded.model, loaded.arch, loaded.model_args, loaded.run_args,
+                                                      loaded.checkpoint, loaded.weights_key)
     _logger.info(f'exporting {describe_weights(key)} of {path}')
-    check_finite(student_state_dict(raw)[0], f'{path} [{key or "state_dict"}]',
-                 'Export an earlier checkpoint of the run (checkpoint-N.pth.tar of an epoch before it diverged).')
-    run_args = _run_args(ckpt, path)
-    arch, model_args = resolve_model_args(run_args, model, model_kwargs, checkpoint_arch=ckpt.get('arch'))
-    student = _load_student(raw, arch, model_args, run_args, path, checkpoint_arch=ckpt.get('arch'))
     row, note = _card_metrics(metrics, path, ckpt.get('epoch'))
+    picture, caption = _card_picture(routing_picture, path, ckpt.get('epoch'))
     card = make_model_card(student, arch, run_args, row, note, _checkpoint_info(path, key, ckpt, run_args),
-                           repo_id=push)
+                           repo_id=push, routing_picture=caption or None)
     if out is not None:
-        _write_export(student, Path(out), model_args, generate_readme(card, push.split('/')[-1] if push else arch))
+        _write_export(student, Path(out), model_args, generate_readme(card, push.split('/')[-1] if push else arch),
+                      picture)
     if push is not None:
         push_to_hf_hub(
             student, push, commit_message=f'Add {arch} student weights (timm_tgr.export)', token=token,
             private=private, model_card=card, model_args=dict(model_args), safe_serialization=True)
+        if picture is not None:
+            from huggingface_hub import HfApi
+            HfApi(token=token).upload_file(
+                path_or_fileobj=str(picture), path_in_repo=CARD_PICTURE, repo_id=push,
+                commit_message='Add the routing picture of the model card (timm_tgr.export)')
     return student
 
 
@@ -523,6 +412,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--metrics', default=None, help='metrics.jsonl of the run (default: next to the checkpoint)')
     p.add_argument('--trust-checkpoint', action='store_true',
                    help='torch.load with weights_only=False (runs code in the file: only your own checkpoints)')
+    p.add_argument('--routing-picture', default=None, metavar='PNG',
+                   help='class x expert heatmap for the model card (e.g. class_expert.png of python -m '
+                        'timm_tgr.visualize; default: the run\'s own from train_tgr.py --visualize-every, if any)')
     return p
 
 
@@ -532,7 +424,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     export_checkpoint(
         args.checkpoint, out=args.out, ema=args.ema, push=args.push, private=args.private, model=args.model,
         model_kwargs=args.model_kwargs, metrics=args.metrics, trust_checkpoint=args.trust_checkpoint,
-        overwrite=args.overwrite)
+        overwrite=args.overwrite, routing_picture=args.routing_picture)
     if args.out:
         print(f"wrote {args.out}: load with timm.create_model('local-dir:{args.out}', pretrained=True)")
     if args.push:

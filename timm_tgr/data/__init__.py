@@ -7,3 +7,10 @@ from .fashion_mnist import (
 )
 from .idx import check_idx_size, read_idx, read_idx_shape, write_idx, write_synthetic_fashion_mnist
 from .subsets import write_class_subset
+
+__all__ = [
+    'DEFAULT_CROP_PADDING', 'DeviceDataLoader', 'check_device_data_args', 'crop_flip', 'random_crop_flip',
+    'DEBIAN_FASHION_MNIST_DIR', 'FASHION_MNIST_FILES', 'FASHION_MNIST_MEAN', 'FASHION_MNIST_STD', 'MNIST_FOLDERS',
+    'check_mnist_files', 'prepare_fashion_mnist', 'check_idx_size', 'read_idx', 'read_idx_shape', 'write_idx',
+    'write_synthetic_fashion_mnist', 'write_class_subset',
+]

@@ -8,7 +8,8 @@ Modules: ``args`` (flags, ``-c`` YAML configs, checks), ``setup`` (data, model, 
 optimizer, scheduler, resume, run folder), ``finetune`` (starting from trained weights: hf-hub: /
 local-dir: models, --initial-checkpoint with a fresh classifier, mismatch errors), ``loop``
 (train_one_epoch, validate), ``report`` (metrics rows, metrics.jsonl, summary.csv,
-routing_consistency.json), ``run`` (main: setup, the starting weights' routing, epochs, end).
+routing_consistency.json), ``pictures`` (routing pictures every ``--visualize-every`` epochs), ``wandb_log``
+(``--log-wandb``), ``run`` (main: setup, the starting weights' routing, epochs, end).
 """
 from ..utils.metrics_log import read_metrics
 from .args import build_parser, parse_args

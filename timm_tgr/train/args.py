@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('-c', '--config', default='', type=str, metavar='FILE', help='YAML config with flag values')
     for add_group in (
             _add_dataset_args, _add_model_args, _add_guidance_args, _add_optimizer_args, _add_schedule_args,
-            _add_augmentation_args, _add_ema_args, _add_misc_args):
+            _add_augmentation_args, _add_ema_args, _add_misc_args, _add_observation_args):
         add_group(parser)
     return parser
 
@@ -224,6 +224,23 @@ def _add_misc_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--threads', type=int, default=None, help='torch CPU threads per process')
 
 
+def _add_observation_args(parser: argparse.ArgumentParser) -> None:
+    """Routing pictures during training, and experiment logging to Weights & Biases as in timm's train.py."""
+    group = parser.add_argument_group('Routing pictures and experiment logging')
+    group.add_argument('--visualize-every', type=int, default=0, metavar='N',
+                       help='every N epochs and after the last, draw the routing pictures of a fixed validation '
+                            'batch into <run>/visualize/epoch-NNN/ (python -m timm_tgr.visualize\'s sheets; 0: off)')
+    group.add_argument('--visualize-images', type=int, default=8, metavar='N',
+                       help='validation images with a sheet each in --visualize-every pictures (default: 8)')
+    group.add_argument('--log-wandb', action='store_true',
+                       help='log metrics, routing per MoE block and the pictures to Weights & Biases '
+                            '(pip install "timm-tgr[wandb]"; WANDB_MODE=offline works without network)')
+    group.add_argument('--wandb-project', default=None, type=str, help='wandb project name')
+    group.add_argument('--wandb-tags', default=[], type=str, nargs='+', help='wandb tags')
+    group.add_argument('--wandb-resume-id', default='', type=str, metavar='ID',
+                       help='continue this wandb run (with --resume)')
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse flags, with ``-c FILE`` YAML values as defaults (unknown YAML keys are an error)."""
     parser = build_parser()
@@ -263,7 +280,8 @@ _RANGES = (
     ('grad_accum_steps', 1, None, True), ('num_classes', 1, None, True), ('img_size', 1, None, True),
     ('in_chans', 1, None, True), ('workers', 0, None, True), ('threads', 1, None, True),
     ('log_interval', 1, None, True), ('checkpoint_hist', 1, None, True), ('probe_samples', 0, None, True),
-    ('warmup_epochs', 0, None, True), ('cooldown_epochs', 0, None, True),
+    ('warmup_epochs', 0, None, True), ('cooldown_epochs', 0, None, True), ('visualize_every', 0, None, True),
+    ('visualize_images', 1, None, True),
     ('lr', 0., None, True), ('warmup_lr', 0., None, True), ('min_lr', 0., None, True),
     ('weight_decay', 0., None, True), ('momentum', 0., None, True), ('clip_grad', 0., None, False),
     ('layer_decay', 0., None, False), ('drop', 0., 1., True), ('drop_path', 0., 1., True),
@@ -291,6 +309,8 @@ def _check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     _check_ranges(parser, args)
+    if args.wandb_resume_id and not args.resume:
+        parser.error('--wandb-resume-id continues a wandb run: resume the training run too (--resume CHECKPOINT)')
     if args.freeze_router_at is not None and not 0. <= args.freeze_router_at <= 1.:
         parser.error(f'--freeze-router-at is a fraction of training in [0, 1], got {args.freeze_router_at}')
     if not 0. <= args.distill_fraction <= 1.:

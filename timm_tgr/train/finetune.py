@@ -22,7 +22,7 @@ import torch.nn as nn
 from timm.models import load_model_config_from_hf, parse_model_name
 from timm.models._hub import load_model_config_from_path
 
-from ..export import resolve_model_args
+from ..models._factory import resolve_model_args
 from ..utils.checkpoint import (
     as_dict, check_finite, describe_weights, read_checkpoint, select_weights, state_dict_mismatches, student_state_dict,
 )

@@ -5,7 +5,9 @@ Per epoch, ``<output>/metrics.jsonl`` gets one JSON row (every loss component, t
 layer: expert-utilization entropy, load, dropped fraction, and adjacent-epoch routing consistency on
 a fixed probe set: the first ``--probe-samples`` validation images); ``summary.csv`` gets timm's flat
 CSV row. At the end ``routing_consistency.json`` holds adjacent and to-final consistency per epoch and
-``routing_consistency.png`` plots them (needs matplotlib: ``pip install timm-tgr[plot]``). A run
+``routing_consistency.png`` plots them (needs matplotlib: ``pip install timm-tgr[plot]``). With
+``--visualize-every N`` the routing pictures of a fixed probe batch land in ``visualize/epoch-NNN/`` every N
+epochs and after the last; ``--log-wandb`` logs every row (and the pictures) to Weights & Biases. A run
 started from trained weights also logs ``consistency_pretrained``: per MoE layer, the fraction of probe
 tokens whose top-1 expert is the one the starting weights chose before the first step.
 
@@ -33,8 +35,10 @@ from timm.utils import is_primary, random_seed, setup_default_logging
 from ..task import RoutingStats, TGRTask, record_assignments
 from .args import parse_args
 from .loop import TrainingDiverged, reduce_routing_stats, set_epoch, train_one_epoch, validate
+from .pictures import RoutingPictures, picture_epoch_dir
 from .report import epoch_row, log_row, record_epoch, routing_row, row_metric, unrecord_epoch, write_consistency
 from .setup import Training, setup_training
+from .wandb_log import WandbLogger
 
 __all__ = ['main', 'train']
 
@@ -60,18 +64,23 @@ def train(args: argparse.Namespace) -> dict:
     t = setup_training(args)
     if t.reference is not None:
         record_reference(t, args)
+    observers = Observers.create(t, args)
     best_metric, best_epoch = None, None
     num_updates = t.start_epoch * t.optim.updates_per_epoch
-    for epoch in range(t.start_epoch, t.optim.num_epochs):
-        try:
-            row, num_updates = run_epoch(epoch, t, args, num_updates)
-        except TrainingDiverged as e:
-            raise diverged(e, t, args) from None
-        metric = row_metric(row, args)
-        if t.run.saver is not None:
-            best_metric, best_epoch = save_epoch(t, epoch, row, metric)
-            log_row(row)
-        t.optim.lr_scheduler.step(epoch + 1, metric)
+    try:
+        for epoch in range(t.start_epoch, t.optim.num_epochs):
+            try:
+                row, num_updates = run_epoch(epoch, t, args, num_updates)
+            except TrainingDiverged as e:
+                raise diverged(e, t, args) from None
+            metric = row_metric(row, args)
+            if t.run.saver is not None:
+                best_metric, best_epoch = save_epoch(t, epoch, row, metric)
+                log_row(row)
+                observers.epoch_done(epoch, row, t, args)
+            t.optim.lr_scheduler.step(epoch + 1, metric)
+    finally:
+        observers.close()
     return finish(t, args, best_metric, best_epoch)
 
 
@@ -130,6 +139,35 @@ def diverged(e: TrainingDiverged, t: Training, args: argparse.Namespace) -> Trai
     if is_primary(args):
         _logger.error(str(error))
     return error
+
+
+class Observers:
+    """What watches a run from the primary process besides metrics.jsonl: the routing pictures
+    (``--visualize-every``) and the wandb run (``--log-wandb``)."""
+
+    def __init__(self, pictures: Optional[RoutingPictures] = None, wandb: Optional[WandbLogger] = None):
+        self.pictures, self.wandb = pictures, wandb
+
+    @classmethod
+    def create(cls, t: Training, args: argparse.Namespace) -> 'Observers':
+        if t.run.saver is None:  # not the primary process
+            return cls()
+        return cls(pictures=RoutingPictures.create(args, t.model, t.optim.num_epochs),
+                   wandb=WandbLogger.create(args, t.run.output_dir) if args.log_wandb else None)
+
+    def epoch_done(self, epoch: int, row: dict, t: Training, args: argparse.Namespace) -> None:
+        """After the epoch's row is recorded: draw its pictures if due, log the row (and pictures) to wandb."""
+        pictures, picture_dir = None, ''
+        if self.pictures is not None and self.pictures.due(epoch):
+            picture_dir = picture_epoch_dir(t.run.output_dir, epoch)
+            pictures = self.pictures.write(epoch, t.run.output_dir, t.task.get_eval_model(), t.task, t.loaders.eval,
+                                           t.loaders.probe_batches, args, t.device)
+        if self.wandb is not None:
+            self.wandb.log(row, pictures, picture_dir)
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 def record_reference(t: Training, args: argparse.Namespace) -> None:
