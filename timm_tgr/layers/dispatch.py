@@ -192,4 +192,6 @@ def combine_sorted(expert_out: torch.Tensor, order: torch.Tensor, gates: torch.T
     inverse = torch.empty_like(order).scatter_(0, order, torch.arange(T, device=order.device))
     weights = gates.to(expert_out.dtype).reshape(T, 1)
     out = expert_out.index_select(0, inverse) * weights
+    if K == 1:  # nothing to sum: skip a copy
+        return out.view(*gates.shape[:-1], D)
     return out.view(*gates.shape[:-1], K, D).sum(dim=-2)

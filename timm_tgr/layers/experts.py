@@ -97,20 +97,20 @@ def jagged_linear(
         weight: torch.Tensor,
         bias: Optional[torch.Tensor],
         offs: torch.Tensor,
-        row_expert: torch.Tensor,
+        row_expert: Optional[torch.Tensor],
         dtype: torch.dtype,
 ) -> torch.Tensor:
     """Row t of ``x`` (``[T, in]``, sorted by expert) times its expert's ``weight^T`` plus its bias, ``[T, out]``.
 
     ``offs`` (int32 ``[E]``) are the cumulative group ends (``offs[-1] == T``: every row belongs to a group),
-    ``row_expert`` (``[T]``) the expert of each row, for the bias. Operands are cast to ``dtype`` (autocast does
-    not cover the grouped matmul).
+    ``row_expert`` (``[T, E]`` one-hot in ``dtype``) each row's expert, for the bias: ``one_hot @ bias`` adds it
+    in one matmul pass, without materializing a gathered ``[T, out]`` bias. Operands are cast to ``dtype``
+    (autocast does not cover the grouped matmul).
     """
     out = grouped_mm_op()(x.to(dtype), weight.to(dtype).transpose(1, 2), offs=offs)
-    out = _ContiguousGrad.apply(out)  # its backward rejects expanded (stride-0) output grads
-    if bias is not None:
-        out = out + bias.to(out.dtype).index_select(0, row_expert)
-    return out
+    if bias is not None:  # in place: the grouped matmul's backward needs its inputs only
+        out = out.addmm_(row_expert, bias.to(out.dtype))
+    return _ContiguousGrad.apply(out)  # the grouped matmul's backward rejects expanded (stride-0) output grads
 
 
 class GroupedExperts(nn.Module):
@@ -218,9 +218,12 @@ class GroupedExperts(nn.Module):
         ``row_expert`` ``[T]`` each row's expert; output ``[T, dim]``. Check :meth:`jagged_dtype` first."""
         dtype = self.jagged_dtype(x)
         offs = counts.cumsum(0).to(torch.int32)
-        x = jagged_linear(x, self.fc1_weight, self.fc1_bias, offs, row_expert, dtype)
+        one_hot = None
+        if self.fc1_bias is not None or self.fc2_bias is not None:
+            one_hot = F.one_hot(row_expert, self.num_experts).to(dtype)
+        x = jagged_linear(x, self.fc1_weight, self.fc1_bias, offs, one_hot, dtype)
         x = self.drop1(self.act(x))
-        x = jagged_linear(x, self.fc2_weight, self.fc2_bias, offs, row_expert, dtype)
+        x = jagged_linear(x, self.fc2_weight, self.fc2_bias, offs, one_hot, dtype)
         return self.drop2(x)
 
     def extra_repr(self) -> str:
