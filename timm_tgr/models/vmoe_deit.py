@@ -388,10 +388,10 @@ def _build(variant: str, size: dict, pretrained: bool, distilled: bool, kwargs: 
         cfg = resolve_pretrained_cfg(
             variant, given.get('pretrained_cfg'), dict(given.get('pretrained_cfg_overlay') or {}))
         _logger.warning(
-            f'{variant}: loaded the dense DeiT weights of the {_weights_location(cfg)}, upcycled into '
+            f'{variant}: loaded the dense weights of the {_weights_location(cfg)}, upcycled into '
             f'{kwargs["num_experts"]} experts per MoE block (sparse upcycling, not trained MoE weights: none are '
-            f'published yet). Eval outputs are the dense model\'s; the routers start near uniform, so fine-tune, '
-            f'with TGR, before relying on routing.')
+            f'published yet). At eval capacity E/K the outputs are the dense model\'s; the routers start near '
+            f'uniform, so fine-tune, with TGR, before relying on routing.')
     return model
 
 
