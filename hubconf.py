@@ -1,6 +1,8 @@
 """torch.hub entrypoints: every model timm_tgr registers with timm.
 
     model = torch.hub.load('/path/to/timm-tgr', 'tgr_moe_deit_small', source='local', num_classes=100)
+    # timm's dense DeiT-Small weights upcycled on load (the default tag until trained weights are published)
+    model = torch.hub.load('/path/to/timm-tgr', 'tgr_moe_deit_small', source='local', pretrained=True)
     model = torch.hub.load('/path/to/timm-tgr', 'tgr_moe_deit_small', source='local', pretrained=True,
                            pretrained_cfg_overlay=dict(file='DIR/model.safetensors'))
 

@@ -8,10 +8,17 @@
 - after 1 epoch of fine-tuning (``train_tgr.py --upcycle-from``), without teacher (V-MoE) and with teacher-guided
   routing (the dense parent is the frozen teacher: upcycle from it and guide with it);
 - against 3 epochs from scratch with the same recipe (the CPU tier of ``benchmarks/reproduce.py`` when
-  ``--scratch-runs`` points at its ``runs/`` folder, else trained here).
+  ``--scratch-runs`` points at its ``runs/`` folder, else trained here; ``--no-scratch`` skips it);
+- with ``--finetune-variants``, how to fine-tune from upcycled weights (the upcycled tags' training defaults):
+  ``noise1`` the paper's router noise std 1.0 (always run: the baseline), ``noise1e`` V-MoE's code's '1/E',
+  ``dropless`` noise 1.0 with ``capacity_factor='dropless'``. Each fine-tuned run is evaluated on the test split at
+  eval capacity 1.05 and dropless (the upcycled tags' eval), and each variant's step-0 MoE output scale in training
+  mode is measured (E/K * the kept gates: 1 would be the dense MLP).
 
     python benchmarks/upcycle.py --data-dir data --output output/upcycle --scratch-runs output/cpu_tier/runs
-    python benchmarks/upcycle.py --quick --output /tmp/upcycle     # CI smoke run on synthetic data (numbers mean nothing)
+    python benchmarks/upcycle.py --data-dir data --output output/upcycle --finetune-variants noise1,noise1e,dropless \
+        --no-scratch
+    python benchmarks/upcycle.py --quick --output /tmp/upcycle     # CI smoke run, synthetic data (numbers mean nothing)
 
 Runs are ordinary ``train_tgr.py`` folders under ``<output>/runs``; finished ones are skipped on a second call.
 """
@@ -39,6 +46,12 @@ VARIANTS = {  # label, model, whether the dense parent guides routing
     'tgr': ('TGR (first half)', 'tgr_moe_deit_tiny', True),
 }
 SCRATCH_RUN = {'vmoe': 'vmoe-E8-s{seed}', 'tgr': 'tgr_first-E8-s{seed}'}  # reproduce.py's run folder names
+FINETUNES = {  # label, model kwargs of the fine-tuning run (on top of the quickstart student's)
+    'noise1': ('router noise 1.0 (paper)', {}),
+    'noise1e': ("router noise '1/E' (V-MoE's code)", {'router_noise_std': '1/E'}),
+    'dropless': ("dropless (capacity_factor='dropless'), noise 1.0", {'capacity_factor': 'dropless'}),
+}
+EVAL_CAPACITIES = ('1.05', 'dropless')  # the fine-tuned runs' test evaluations
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--scratch-runs', default=None,
                    help="reproduce.py's runs/ folder with vmoe-E8-s<seed> / tgr_first-E8-s<seed> (else trained here)")
     p.add_argument('--scratch-epochs', type=int, default=3)
+    p.add_argument('--no-scratch', action='store_true', help='skip the from-scratch comparison')
+    p.add_argument('--finetune-variants', default='noise1',
+                   help=f'comma list from {list(FINETUNES)}: how the upcycled model is fine-tuned (noise1 always runs)')
+    p.add_argument('--guidance', default=','.join(VARIANTS),
+                   help=f'comma list from {list(VARIANTS)}: fine-tune without teacher (vmoe) and/or with TGR (tgr) '
+                        f'for the --finetune-variants other than noise1 (noise1 runs both)')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--quick', action='store_true', help='CI: synthetic data, width 32, 1 epoch everywhere')
     return p
@@ -108,20 +127,24 @@ def train_dense(args) -> str:
     return os.path.join(run_dir, 'model_best.pth.tar')
 
 
-def _student_argv(args, variant: str, seed: int) -> List[str]:
+def _student_argv(args, variant: str, seed: int, extra_kwargs: Optional[dict] = None) -> List[str]:
     label, model, guided = VARIANTS[variant]
     argv = ['-c', _config('fmnist_quick_tgr.yaml'), '--model', model, '--seed', str(seed),
-            '--model-kwargs', *_kv({**_dims(args), 'num_experts': EXPERTS})]
+            '--model-kwargs', *_kv({**_dims(args), 'num_experts': EXPERTS, **(extra_kwargs or {})})]
     return argv + (['--teacher-kwargs', *_kv({**_dims(args), 'img_size': 28, 'in_chans': 1, 'num_classes': 10})]
                    if guided else ['--teacher', 'none'])
 
 
-def finetune(args, dense_ckpt: str, variant: str, seed: int) -> str:
-    argv = _student_argv(args, variant, seed) + ['--upcycle-from', dense_ckpt, '--lr', str(args.finetune_lr),
-                                                 '--min-lr', str(args.finetune_lr / 20)]
+def _finetune_name(variant: str, seed: int, ft: str = 'noise1') -> str:
+    return f'upcycled-{variant}-s{seed}' if ft == 'noise1' else f'upcycled-{variant}-{ft}-s{seed}'
+
+
+def finetune(args, dense_ckpt: str, variant: str, seed: int, ft: str = 'noise1') -> str:
+    argv = _student_argv(args, variant, seed, FINETUNES[ft][1]) + [
+        '--upcycle-from', dense_ckpt, '--lr', str(args.finetune_lr), '--min-lr', str(args.finetune_lr / 20)]
     if VARIANTS[variant][2]:
         argv += ['--teacher', DENSE_MODEL, '--teacher-checkpoint', dense_ckpt]
-    return _train(args, f'upcycled-{variant}-s{seed}', argv, args.finetune_epochs)
+    return _train(args, _finetune_name(variant, seed, ft), argv, args.finetune_epochs)
 
 
 def scratch(args, variant: str, seed: int, teacher_ckpt: str) -> str:
@@ -145,7 +168,7 @@ def _test_loader(args):
     from timm_tgr.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
     from timm_tgr.data.device_loader import DeviceDataLoader
     return DeviceDataLoader.from_fashion_mnist(args.data_dir, train=False, batch_size=500, mean=FASHION_MNIST_MEAN,
-                                              std=FASHION_MNIST_STD, device=args.device)
+                                               std=FASHION_MNIST_STD, device=args.device)
 
 
 @torch.no_grad()
@@ -190,6 +213,57 @@ def step0(args, dense_ckpt: str) -> dict:
     return result
 
 
+def _model_kwargs(args, ft: str = 'noise1', **kw) -> dict:
+    return dict(_dims(args), img_size=28, in_chans=1, num_classes=10, num_experts=EXPERTS, **FINETUNES[ft][1], **kw)
+
+
+@torch.no_grad()
+def train_mode_scale(args, dense_ckpt: str, ft: str) -> float:
+    """Step 0 of fine-tuning variant ``ft``: mean over tokens and MoE blocks of E/K * sum of the kept gates in
+    training mode (router noise on) on one test batch. The upcycled experts are the dense MLP times E/K, so this is
+    the MoE MLP's output scale relative to the dense one (1 in eval mode)."""
+    import timm
+    from timm_tgr.models import upcycle_from
+    moe = upcycle_from(dense_ckpt, timm.create_model('vmoe_deit_tiny', **_model_kwargs(args, ft))).to(args.device)
+    x, _ = next(iter(_test_loader(args)))
+    torch.manual_seed(0)
+    moe.train()(x)
+    scales = [(info.gates * info.kept).sum(-1).mean() * EXPERTS / moe.top_k for info in moe.routing_infos().values()]
+    return float(torch.stack(scales).mean())
+
+
+def evaluate_run(args, run_dir: str, ft: str) -> Dict[str, dict]:
+    """Test-split top-1 (and dropped choices) of a fine-tuned run's last checkpoint at each of EVAL_CAPACITIES."""
+    import timm
+    from timm_tgr.models import load_dense_state_dict
+    sd = load_dense_state_dict(os.path.join(run_dir, 'last.pth.tar'))  # any checkpoint's student state_dict
+    loader, out = _test_loader(args), {}
+    for cf in EVAL_CAPACITIES:
+        model = timm.create_model('vmoe_deit_tiny', **_model_kwargs(args, ft, eval_capacity_factor=(
+            cf if cf == 'dropless' else float(cf))))
+        model.load_state_dict(sd)
+        logits, targets, dropped = _logits(model.to(args.device).eval(), loader)
+        out[cf] = {'top1': _top1(logits, targets), 'dropped_fraction': dropped}
+    return out
+
+
+def finetune_study(args, dense_ckpt: str, runs: Dict[str, Dict[str, List[str]]]) -> dict:
+    """Per fine-tuning variant and guidance: step-0 training scale, and mean ± std over seeds of the test top-1 at
+    each eval capacity and of the wall time."""
+    study = {}
+    for ft, by_variant in runs.items():
+        entry = {'label': FINETUNES[ft][0], 'model_kwargs': FINETUNES[ft][1],
+                 'train_scale_step0': train_mode_scale(args, dense_ckpt, ft), 'guidance': {}}
+        for variant, dirs in by_variant.items():
+            evals = [evaluate_run(args, d, ft) for d in dirs]
+            entry['guidance'][variant] = {
+                **{f'top1_eval_{cf}': mean_std([e[cf]['top1'] for e in evals]) for cf in EVAL_CAPACITIES},
+                'dropped_eval_1.05': mean_std([e['1.05']['dropped_fraction'] for e in evals]),
+                'time_s': mean_std([_final(d)['time_s'] for d in dirs]), 'runs': dirs}
+        study[ft] = entry
+    return study
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------------------------
@@ -201,7 +275,29 @@ def _final(run_dir: str) -> dict:
 
 def summarize(runs: Dict[str, Dict[str, List[str]]]) -> dict:
     return {kind: {v: {k: mean_std([_final(d)[k] for d in dirs]) for k in ('top1', 'time_s')}
-                   for v, dirs in by_variant.items()} for kind, by_variant in runs.items()}
+                   for v, dirs in by_variant.items()} for kind, by_variant in runs.items() if by_variant}
+
+
+def _render_finetune_study(result: dict) -> List[str]:
+    study = result.get('finetune_study') or {}
+    if not study:
+        return []
+    lines = ['', f"Fine-tuning from upcycled weights, {result['finetune_epochs']} epoch(s), seeds {result['seeds']}: "
+             'test top-1 of the last checkpoint at eval capacity 1.05 / dropless (the upcycled tags\' eval), mean ± '
+             'std; MoE output scale at step 0 in training mode (E/K x kept gates; the dense MLP is 1):', '',
+             '| fine-tuning | scale at step 0 | guidance | top-1, eval 1.05 | top-1, eval dropless | '
+             'wall time per run |', '|---|---|---|---|---|---|']
+    for entry in study.values():
+        for variant, g in entry['guidance'].items():
+            lines.append(f"| {entry['label']} | {entry['train_scale_step0']:.2f} | {VARIANTS[variant][0]} | "
+                         f"{fmt(g['top1_eval_1.05'])} | {fmt(g['top1_eval_dropless'])} | "
+                         f"{g['time_s']['mean']:.0f} s |")
+    best = max(((ft, v, g['top1_eval_dropless']['mean']) for ft, e in study.items() for v, g in e['guidance'].items()
+                if g['top1_eval_dropless']['mean'] is not None), key=lambda t: t[2], default=None)
+    if best:
+        lines += ['', f"Highest mean top-1 at eval dropless: {study[best[0]]['label']} with {VARIANTS[best[1]][0]} "
+                      f"({best[2]:.2f})."]
+    return lines
 
 
 def render(result: dict) -> str:
@@ -213,15 +309,20 @@ def render(result: dict) -> str:
              '|---|---|---|---|---|', f"| dense parent ({DENSE_MODEL}, {result['dense_epochs']} epoch(s)) | | "
              f"{s0['dense_top1']:.2f} | | |"]
     for r in s0['upcycled'].values():
-        lines.append(f"| upcycled vmoe_deit_tiny, E={EXPERTS}, step 0 | {r['eval_capacity_factor']:g} | {r['top1']:.2f} "
+        lines.append(f"| upcycled vmoe_deit_tiny, E={EXPERTS}, step 0 | {r['eval_capacity_factor']:g} | "
+                     f"{r['top1']:.2f} "
                      f"| {r['max_abs_logit_diff_rel']:.1e} | {100 * r['dropped_fraction']:.1f} % |")
     lines += ['', f"Seeds {result['seeds']}, mean ± std of the last epoch's top-1 (eval capacity 1.05):", '',
-              '| start | epochs | V-MoE | TGR (first half) | wall time per run (V-MoE / TGR) |', '|---|---|---|---|---|']
+              '| start | epochs | V-MoE | TGR (first half) | wall time per run (V-MoE / TGR) |',
+              '|---|---|---|---|---|']
     for kind, label, ep in (('finetune', 'upcycled', result['finetune_epochs']),
                             ('scratch', 'from scratch', result['scratch_epochs'])):
+        if kind not in result['summary']:
+            continue
         s = result['summary'][kind]
         lines.append(f"| {label} | {ep} | {fmt(s['vmoe']['top1'])} | {fmt(s['tgr']['top1'])} | "
                      f"{s['vmoe']['time_s']['mean']:.0f} s / {s['tgr']['time_s']['mean']:.0f} s |")
+    lines += _render_finetune_study(result)
     return '\n'.join(lines) + '\n'
 
 
@@ -244,9 +345,19 @@ def _prepare(args) -> None:
         args.data_dir = prepare_fashion_mnist(args.data_dir or 'data')
 
 
+def _csv(value: str, allowed, flag: str) -> List[str]:
+    items = [v.strip() for v in value.split(',') if v.strip()]
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise SystemExit(f'{flag}: give a comma list from {list(allowed)}, got {value!r}.')
+    return items
+
+
 def main(argv: Optional[List[str]] = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    fts = ['noise1'] + [ft for ft in _csv(args.finetune_variants, FINETUNES, '--finetune-variants') if ft != 'noise1']
+    guidance = _csv(args.guidance, VARIANTS, '--guidance')
     os.makedirs(args.output, exist_ok=True)
     _prepare(args)
     dense_ckpt = train_dense(args)
@@ -254,10 +365,14 @@ def main(argv: Optional[List[str]] = None) -> dict:
               'dense_epochs': args.dense_epochs, 'finetune_epochs': args.finetune_epochs,
               'finetune_lr': args.finetune_lr, 'scratch_epochs': args.scratch_epochs,
               'scratch_runs': args.scratch_runs, 'step0': step0(args, dense_ckpt)}
-    runs = {'finetune': {v: [finetune(args, dense_ckpt, v, s) for s in args.seeds] for v in VARIANTS},
-            'scratch': {v: [scratch(args, v, s, dense_ckpt) for s in args.seeds] for v in VARIANTS}}
+    ft_runs = {ft: {v: [finetune(args, dense_ckpt, v, s, ft) for s in args.seeds]
+                    for v in (VARIANTS if ft == 'noise1' else guidance)} for ft in fts}
+    runs = {'finetune': ft_runs['noise1'],
+            'scratch': {} if args.no_scratch else {v: [scratch(args, v, s, dense_ckpt) for s in args.seeds]
+                                                   for v in VARIANTS}}
     result['runs'] = runs
     result['summary'] = summarize(runs)
+    result['finetune_study'] = finetune_study(args, dense_ckpt, ft_runs)
     with open(os.path.join(args.output, 'results.json'), 'w') as f:
         json.dump(result, f, indent=1)
     with open(os.path.join(args.output, 'results.md'), 'w') as f:

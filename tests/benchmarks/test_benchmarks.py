@@ -95,13 +95,54 @@ def test_goals_on_cuda_pass_and_fail(throughput):
     assert all(g['pass'] is None for g in throughput.evaluate_goals(rows, overheads, on_cuda=False))
 
 
+def test_dropless_targets_judged_on_every_device(throughput):
+    """Upcycled eval time <= 1.10x dense and dropless train step <= the capacity path's, on CPU too."""
+    rows = [_row('dense', 'small', 'infer', 100., batch=16)]
+    for path, ips in (('capacity', 40.), ('dropless', 95.)):  # 2.5x and 1.05x the dense time
+        rows.append(dict(_row('upcycled', 'small', 'infer', ips, e=8, batch=16), moe_path=path))
+    for path, ips in (('capacity', 50.), ('dropless', 45.)):  # dropless 1.11x the capacity step time: fail
+        rows.append(dict(_row('vmoe', 'tiny', 'train', ips, e=16, batch=16), moe_path=path))
+    comparisons = throughput.dropless_comparisons(rows)
+    assert [(c['kind'], c['moe_path'], round(c['ratio'], 3), c['goal_max']) for c in comparisons] == [
+        ('upcycled_eval_vs_dense', 'capacity', 2.5, None), ('upcycled_eval_vs_dense', 'dropless', 1.053, 1.10),
+        ('dropless_vs_capacity_vmoe_train', 'dropless', 1.111, 1.0)]
+    goals = throughput.evaluate_goals(rows, [], on_cuda=False, comparisons=comparisons)
+    judged = [(g['threshold'], g['pass']) for g in goals if g['evaluated']]
+    assert judged == [(1.10, True), (1.0, False)]
+
+
+def test_quick_upcycled_rows(throughput, tmp_path):
+    """The upcycled rows (capacity buffer at C = S and dropless) next to dense, at the smoke size."""
+    out = tmp_path / 'bench.json'
+    throughput.main(_QUICK + ['--variants', 'dense,upcycled', '--modes', 'infer', '--moe-paths', 'capacity,dropless',
+                              '--out', str(out)])
+    data = json.loads(out.read_text())
+    assert [(r['variant'], r['moe_path']) for r in data['results']] == [
+        ('dense', None), ('upcycled', 'capacity'), ('upcycled', 'dropless')]
+    assert [c['moe_path'] for c in data['dropless']] == ['capacity', 'dropless']
+    assert [g['evaluated'] for g in data['goals'] if 'upcycled eval' in g['goal']] == [True]
+    assert 'dropless targets are evaluated on every device' in data['goals_note']
+
+
+def test_dropless_preset(throughput):
+    args = throughput.parse_args(['--device', 'cpu', '--preset', 'dropless'])
+    assert (args.batch_size, args.img_size, args.compile_modes) == (16, 224, ['eager'])
+    rows = [tuple(r) for r in args.row_specs]
+    assert ('small', 'upcycled', 'infer', 8, 'dropless', 'any') in rows
+    assert {('tiny', 'vmoe', 'train', 16, p, 'any') for p in ('capacity', 'dropless')} <= set(rows)
+    assert all(r[-1] == 'cuda' for r in rows if r[3] == 128)  # the GPU rows
+    args = throughput.parse_args(['--device', 'cpu', '--preset', 'dropless', '--batch-size', '4'])
+    assert args.batch_size == 4
+
+
 def test_cli_validation(throughput):
     args = throughput.parse_args(['--quick', '--device', 'cpu'])
     assert (args.img_size, args.models, args.compile_modes, args.amp_dtype) == (32, ['tiny'], ['eager'], 'float32')
     args = throughput.parse_args(['--device', 'cpu', '--compile', '--models', 'small', '--experts', '8,128'])
     assert args.compile_modes == ['eager', 'compile'] and args.experts == [8, 128] and args.models == ['small']
     for bad in (['--models', 'huge'], ['--experts', 'eight'], ['--modes', 'fit'], ['--img-size', '30'],
-                ['--amp-dtype', 'int8'], ['--expert-impl', 'loop']):
+                ['--amp-dtype', 'int8'], ['--expert-impl', 'loop'], ['--moe-paths', 'padded'],
+                ['--preset', 'everything']):
         with pytest.raises(SystemExit):
             throughput.parse_args(['--device', 'cpu'] + bad)
     if not torch.cuda.is_available():

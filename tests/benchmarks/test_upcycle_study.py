@@ -15,7 +15,8 @@ def study(tmp_path_factory):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path_factory.mktemp('upcycle')
-    return module, out, module.main(['--quick', '--output', str(out), '--device', 'cpu'])
+    return module, out, module.main(['--quick', '--output', str(out), '--device', 'cpu',
+                                     '--finetune-variants', 'noise1e,dropless', '--guidance', 'tgr'])
 
 
 def test_step0_upcycled_model_is_its_dense_parent_at_full_eval_capacity(study):
@@ -45,3 +46,24 @@ def test_finished_runs_are_skipped(study):
     marker = os.path.getmtime(os.path.join(out, 'runs', 'upcycled-tgr-s0', 'metrics.jsonl'))
     module.main(['--quick', '--output', str(out), '--device', 'cpu'])
     assert os.path.getmtime(os.path.join(out, 'runs', 'upcycled-tgr-s0', 'metrics.jsonl')) == marker
+
+
+def test_finetune_variants_evaluated_both_ways(study):
+    """noise1 (always, both guidances), '1/E' and dropless (TGR only here): step-0 scale, top-1 at both evals."""
+    module, out, result = study
+    study_ = result['finetune_study']
+    assert list(study_) == ['noise1', 'noise1e', 'dropless']
+    assert list(study_['noise1']['guidance']) == ['vmoe', 'tgr'] and list(study_['dropless']['guidance']) == ['tgr']
+    assert study_['dropless']['model_kwargs'] == {'capacity_factor': 'dropless'}
+    for ft, entry in study_.items():
+        assert entry['train_scale_step0'] > 0
+        for g in entry['guidance'].values():
+            assert g['top1_eval_1.05']['values'] and g['top1_eval_dropless']['values'], ft
+    # the runs were trained with the variant's kwargs (train_tgr.py records them)
+    args = (out / 'runs' / 'upcycled-tgr-noise1e-s0' / 'args.yaml').read_text()
+    assert "router_noise_std: 1/E" in args
+    assert result['runs']['finetune']['tgr'] == study_['noise1']['guidance']['tgr']['runs']
+    md = module.render(result)  # (results.md may have been rewritten by another test's rerun)
+    assert "router noise '1/E'" in md and 'Highest mean top-1 at eval dropless' in md
+    with pytest.raises(SystemExit, match='--finetune-variants'):
+        module.main(['--quick', '--output', str(out), '--finetune-variants', 'noise2'])

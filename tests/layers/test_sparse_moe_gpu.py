@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from timm_tgr import SparseMoE
-from timm_tgr.layers.experts import grouped_mm_available
+from timm_tgr.layers.experts import grouped_mm_available, grouped_mm_op
 
 from reference import brute_force_moe
 
@@ -66,7 +66,8 @@ def _close(actual, expected, tol, what):
 def _check(device, precision, impl, K, group, bpr, cf=1.0):
     moe = _moe(K, group, bpr, cf=cf)
     x, g = torch.randn(3, 17, 64), torch.randn(3, 17, 64)
-    ref_out, ref_kept, ref_gx, ref_grads = _reference(moe, x, g, cf, group, bpr)
+    dropless = cf == 'dropless'
+    ref_out, ref_kept, ref_gx, ref_grads = _reference(moe, x, g, moe.num_experts / K if dropless else cf, group, bpr)
 
     dev = torch.device(device)
     model = copy.deepcopy(moe).to(dev)
@@ -77,7 +78,7 @@ def _check(device, precision, impl, K, group, bpr, cf=1.0):
     (out.float() * g.to(dev)).sum().backward()
 
     assert torch.equal(model.routing.kept.cpu(), ref_kept), 'capacity kept/dropped choices differ from the reference'
-    assert not ref_kept.all(), 'no choice was dropped: the capacity path is not exercised'
+    assert ref_kept.all() if dropless else not ref_kept.all(), 'the path meant is not exercised'
     tol = TOL[precision]
     _close(out, ref_out, tol, 'output')
     _close(xd.grad, ref_gx, tol, 'input grad')
@@ -105,3 +106,35 @@ def test_grouped_mm_matches_float64_reference(device, precision, K, group, bpr):
         if isinstance(e, NotImplementedError) or 'mat_a to be' in str(e):
             pytest.skip(f'torch._grouped_mm does not support {device}/{precision} here: {e}')
         raise
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('precision', ['bf16', 'fp32'])
+@pytest.mark.parametrize('K, group, bpr', CASES)
+@pytest.mark.skipif(grouped_mm_op() is None, reason='the dropless path needs a jagged grouped_mm (torch >= 2.9)')
+def test_dropless_matches_float64_reference(device, precision, K, group, bpr):
+    _check(device, precision, 'bmm', K, group, bpr, cf='dropless')
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.skipif(grouped_mm_op() is None, reason='the dropless path needs a jagged grouped_mm (torch >= 2.9)')
+def test_dropless_has_no_host_sync_in_bf16():
+    """The dropless forward and backward in bf16 never wait for the device (torch's sync debug mode raises on a
+    sync). On GPUs without torch's grouped GEMM kernel (it is sm90/sm100 bf16) torch's fallback reads the group
+    offsets on the host: skipped there."""
+    if torch.cuda.get_device_capability()[0] not in (9, 10):
+        pytest.skip('torch takes its fallback grouped_mm (host-read offsets) on this GPU')
+    moe = _moe(1, 'sample', False, cf='dropless').cuda().train()
+    x = torch.randn(8, 197, 64, device='cuda', requires_grad=True)
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        moe(x).float().sum().backward()  # warm up (lazy init may sync)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        with torch.autocast('cuda', dtype=torch.bfloat16):
+            out = moe(x)
+        out.float().sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert moe.routing.kept.all()

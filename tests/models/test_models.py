@@ -100,7 +100,9 @@ def test_timm_conventions():
     assert m(x).shape == (2, 192)
     assert m.pretrained_cfg['paper_ids'] == 'arXiv:2106.05974'
     assert timm.create_model('tgr_moe_deit_tiny', img_size=32).pretrained_cfg['paper_ids'] == 'arXiv:2604.21330'
-    assert not m.pretrained_cfg.get('hf_hub_id') and not m.pretrained_cfg.get('url')
+    # the default tag is the upcycled one (timm's dense DeiT on the Hub), the only weights there are
+    assert m.pretrained_cfg['tag'] == 'fb_in1k_upcycled'
+    assert m.pretrained_cfg['hf_hub_id'] == 'timm/deit_tiny_patch16_224.fb_in1k'
 
 
 def test_features_only():

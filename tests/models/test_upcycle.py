@@ -6,8 +6,8 @@ import safetensors.torch
 import timm
 import torch
 
-from test_export import _hub_cache, _offline  # an HF cache laid out as huggingface_hub does
-from timm_tgr.models import UPCYCLED_TAG, upcycle_dense_state_dict, upcycle_from
+from test_export import REPO, _hub_cache, _offline  # an HF cache laid out as huggingface_hub does
+from timm_tgr.models import HF_HUB_ORG, UPCYCLED_TAG, upcycle_dense_state_dict, upcycle_from
 
 # eval logits of the upcycled model equal the dense model's to TOL * max|dense logit|: the gates are
 # 1/E * (1 + O(router logit spread = 1e-5)); measured 0.7e-5 to 1.2e-5 of max|logit| (README)
@@ -129,16 +129,97 @@ def test_hub_tag_not_cached_says_how(tmp_path, monkeypatch):
     assert 'timm/deit_small_patch16_224.fb_in1k' in str(e.value) and 'pretrained_cfg_overlay=dict(file=' in str(e.value)
 
 
-def test_default_tag_is_still_the_trained_moe():
+def test_default_tag_is_the_upcycled_one():
+    """Until trained weights are published, every architecture's first (default) tag is the upcycled one."""
     names = timm.list_models(pretrained=True, filter='*moe_deit*')
     arches = [n for n in timm.list_models('*moe_deit*') if n.startswith(('vmoe_', 'tgr_moe_'))]
-    assert names == sorted(f'{a}.{UPCYCLED_TAG}' for a in arches)  # only the upcycled tags claim weights
+    assert len(arches) == 12 and names == sorted(f'{a}.{UPCYCLED_TAG}' for a in arches)
     for arch in arches:
         cfg = timm.models.get_pretrained_cfg(arch)
-        assert cfg.tag is None and not cfg.has_weights and not timm.is_model_pretrained(arch)
+        size = arch.split('_deit_')[1].split('_')[0]
+        dense = f"deit_{size}{'_distilled' if arch.endswith('_distilled') else ''}_patch16_224"
+        assert cfg.tag == UPCYCLED_TAG and timm.is_model_pretrained(arch)
+        assert cfg.hf_hub_id == f'timm/{dense}.fb_in1k'  # a repo that exists: timm's dense DeiT
+    ours = [n for n in timm.list_models() if timm.models.model_entrypoint(n).__module__.startswith('timm_tgr.')]
+    for name in ours:  # no cfg points at a Hub repo of ours (nothing is published there)
+        for cfg in timm.models.get_arch_pretrained_cfgs(name).values():
+            assert not (cfg.hf_hub_id or '').startswith(HF_HUB_ORG), (name, cfg.hf_hub_id)
+    # from scratch (no weights) the untagged name keeps V-MoE's capacity; the tag named explicitly sets E/K
     assert timm.create_model('vmoe_deit_small', img_size=32).get_moe_layers()[7].eval_capacity_factor is None
+    assert timm.create_model('vmoe_deit_small.fb_in1k_upcycled', img_size=32).get_moe_layers()[7].eval_capacity_factor \
+        == 8
     m = timm.create_model('vmoe_deit_small.fb_in1k_upcycled', img_size=32, eval_capacity_factor=2.)
     assert m.get_moe_layers()[7].eval_capacity_factor == 2.  # an explicit eval capacity wins
+
+
+def test_untagged_name_loads_upcycled_offline(tmp_path, monkeypatch, caplog):
+    """timm.create_model('tgr_moe_deit_tiny', pretrained=True) from a pre-filled HF cache with HF_HUB_OFFLINE=1, and
+    the same through torch.hub.load and a local file: the dense DeiT upcycled, said in one log line."""
+    dense = _dense()
+    folder = tmp_path / 'deit'
+    folder.mkdir()
+    safetensors.torch.save_file(dense.state_dict(), str(folder / 'model.safetensors'))
+    _hub_cache(tmp_path, monkeypatch, 'timm/deit_tiny_patch16_224.fb_in1k', folder)
+
+    def loaded_lines():
+        lines = [r.getMessage() for r in caplog.records if 'upcycled into' in r.getMessage()]
+        caplog.clear()
+        return lines
+
+    with caplog.at_level('WARNING', logger='timm_tgr'):
+        model = timm.create_model('tgr_moe_deit_tiny', pretrained=True)
+        lines = loaded_lines()
+        assert len(lines) == 1, lines
+        assert 'Hugging Face Hub repo timm/deit_tiny_patch16_224.fb_in1k' in lines[0]
+        assert 'routers start near uniform' in lines[0] and 'fine-tune, with TGR, before relying on routing' in lines[0]
+        assert model.pretrained_cfg['tag'] == UPCYCLED_TAG
+        assert all(m.eval_capacity_factor == 16 for m in model.get_moe_layers().values())
+        _assert_close(_logits(model), _logits(dense))
+        assert all(float(info.dropped_fraction) == 0 for info in model.routing_infos().values())
+
+        hub = torch.hub.load(str(REPO), 'tgr_moe_deit_tiny', source='local', pretrained=True)
+        assert len(loaded_lines()) == 1
+        assert torch.equal(_logits(hub), _logits(model))
+
+        # a local copy of the dense weights (no Hub at all) under the untagged name
+        local = timm.create_model('vmoe_deit_tiny', pretrained=True,
+                                  pretrained_cfg_overlay=dict(file=str(folder / 'model.safetensors')))
+        assert 'file ' + str(folder / 'model.safetensors') in loaded_lines()[0]
+        assert torch.equal(_logits(local), _logits(model))
+
+        # trained MoE weights in a file under the untagged name are not upcycled: loaded as they are, no line,
+        # and the model keeps its own capacity settings
+        moe_file = tmp_path / 'moe.safetensors'
+        safetensors.torch.save_file(model.state_dict(), str(moe_file))
+        trained = timm.create_model('vmoe_deit_tiny', pretrained=True,
+                                    pretrained_cfg_overlay=dict(file=str(moe_file)))
+        assert loaded_lines() == []
+        assert trained.get_moe_layers()[7].eval_capacity_factor is None
+        assert torch.equal(trained.state_dict()['blocks.7.mlp.router.proj.weight'],
+                           model.state_dict()['blocks.7.mlp.router.proj.weight'])
+
+
+def test_fine_tuning_defaults_of_upcycled_weights(tmp_path, monkeypatch):
+    """UPCYCLED_FINETUNE_DEFAULTS (the one line the fine-tuning study sets) reaches every MoE layer of upcycled
+    weights; kwargs given to create_model win."""
+    from timm_tgr.models import vmoe_deit
+    dense = _dense(**SMALL_KW)
+    path = tmp_path / 'dense.safetensors'
+    safetensors.torch.save_file(dense.state_dict(), str(path))
+    kw = dict(SMALL_KW, num_experts=8, pretrained=True,
+              pretrained_cfg_overlay=dict(file=str(path), num_classes=10))
+    model = timm.create_model('tgr_moe_deit_tiny', **kw)
+    assert all(m.router.noise_std == 1.0 and m.capacity_factor == 1.05 for m in model.get_moe_layers().values())
+    monkeypatch.setattr(vmoe_deit, 'UPCYCLED_FINETUNE_DEFAULTS',
+                        dict(router_noise_std='1/E', capacity_factor='dropless'))
+    model = timm.create_model('tgr_moe_deit_tiny', **kw)
+    for m in model.get_moe_layers().values():
+        assert m.router.noise_std == 1 / 8 and m.capacity_factor == 'dropless' and m.eval_capacity_factor == 8
+    model = timm.create_model('tgr_moe_deit_tiny', router_noise_std=0.5, capacity_factor=1.25, **kw)
+    assert all(m.router.noise_std == 0.5 and m.capacity_factor == 1.25 for m in model.get_moe_layers().values())
+    # from scratch, nothing changes
+    model = timm.create_model('tgr_moe_deit_tiny', **dict(SMALL_KW, num_experts=8))
+    assert all(m.router.noise_std == 1.0 and m.capacity_factor == 1.05 for m in model.get_moe_layers().values())
 
 
 def test_upcycle_from_files(tmp_path):

@@ -17,38 +17,59 @@ The steps, each a function here:
 - :func:`dispatch_tokens` / :func:`combine_outputs`: copy tokens into the ``[E, G*C, D]`` expert
   buffer and sum the gated expert outputs back per token.
 
+Where no choice can be dropped (C >= S: an expert can take every token of a group; or the factor :data:`DROPLESS`)
+the dropless path needs no buffer at all (MegaBlocks' idea): :func:`sort_by_expert` orders all B*N*K choices by
+expert, the experts run on those rows as groups of any size (``GroupedExperts.forward_jagged``), and
+:func:`combine_sorted` sums the gated outputs back per token.
+
 None of them loops over experts in Python or reads a tensor value on the host.
 """
 import math
-from typing import Optional, Tuple
+from typing import Tuple, Union
 
 import torch
 
 from .checks import check_positive
 
 __all__ = [
-    'CAPACITY_GROUPS', 'check_capacity', 'capacity_groups', 'expert_capacity', 'assign_slots', 'slot_index',
-    'dispatch_tokens', 'combine_outputs', 'kept_counts',
+    'CAPACITY_GROUPS', 'DROPLESS', 'check_capacity', 'capacity_groups', 'expert_capacity', 'assign_slots', 'slot_index',
+    'dispatch_tokens', 'combine_outputs', 'kept_counts', 'sort_by_expert', 'combine_sorted',
 ]
 
 CAPACITY_GROUPS = ('sample', 'batch')
+DROPLESS = 'dropless'  # a capacity factor meaning "no capacity limit": no choice is ever dropped
 
 
 def check_capacity(
-        capacity_factor: float,
-        eval_capacity_factor: Optional[float],
+        capacity_factor: Union[float, str, None],
+        eval_capacity_factor: Union[float, str, None],
         capacity_group: str,
         meaning: str,
-) -> Tuple[float, Optional[float], str]:
-    """Checked ``(capacity_factor, eval_capacity_factor, capacity_group)`` as float, float or None, str.
+        dropless: bool = False,
+) -> Tuple[Union[float, str], Union[float, str, None], str]:
+    """Checked ``(capacity_factor, eval_capacity_factor, capacity_group)``.
 
     Factors must be finite and > 0 (``meaning`` says what they are for the calling layer); groups 'sample'/'batch'.
+    ``eval_capacity_factor=None`` means "as in training". ``dropless=True``: the layer also takes
+    :data:`DROPLESS` (``'dropless'``: no capacity limit) for either factor, and ``capacity_factor=None`` as
+    :data:`DROPLESS`.
     """
-    capacity_factor = check_positive('capacity_factor', capacity_factor, meaning)
-    eval_cf = check_positive('eval_capacity_factor', eval_capacity_factor, meaning, allow_none=True)
+    def check(name, cf):
+        if dropless and isinstance(cf, str) and cf.strip().lower() == DROPLESS:
+            return DROPLESS
+        try:
+            return check_positive(name, cf, meaning)
+        except ValueError:
+            if not dropless:
+                raise
+            raise ValueError(f"{name} must be > 0 and finite, or '{DROPLESS}' ({meaning}), got {cf!r}.") from None
+
+    if capacity_factor is None and dropless:
+        capacity_factor = DROPLESS
     if capacity_group not in CAPACITY_GROUPS:
         raise ValueError(f'capacity_group must be one of {CAPACITY_GROUPS}, got {capacity_group!r}.')
-    return capacity_factor, eval_cf, capacity_group
+    eval_cf = check('eval_capacity_factor', eval_capacity_factor) if eval_capacity_factor is not None else None
+    return check('capacity_factor', capacity_factor), eval_cf, capacity_group
 
 
 def capacity_groups(batch: int, tokens: int, capacity_group: str) -> Tuple[int, int]:
@@ -147,3 +168,34 @@ def kept_counts(expert_index: torch.Tensor, kept: torch.Tensor, num_experts: int
     """Kept choices per expert, ``[E]`` int64."""
     counts = torch.zeros(num_experts, dtype=torch.long, device=expert_index.device)
     return counts.scatter_add_(0, expert_index.reshape(-1), kept.reshape(-1).long())
+
+
+def sort_by_expert(expert_index: torch.Tensor, num_experts: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """All choices in expert-major order, for the dropless path.
+
+    Args:
+        expert_index: ``[..., K]`` chosen experts; choice ``c`` of the flattened tensor is token ``c // K``.
+
+    Returns:
+        ``(order, counts)``: ``order`` ``[T]`` (T = every choice) lists the flat choice indices by expert, tokens
+        in their original order within an expert (stable sort); ``counts`` ``[E]`` int64 choices per expert.
+    """
+    flat = expert_index.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.zeros(num_experts, dtype=torch.long, device=flat.device)
+    return order, counts.scatter_add_(0, flat, torch.ones_like(flat))
+
+
+def combine_sorted(expert_out: torch.Tensor, order: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """y_t = sum_k gates[t, k] * expert output of choice (t, k), ``[..., D]`` shaped as ``gates`` without K.
+
+    ``expert_out`` ``[T, D]`` holds the outputs in :func:`sort_by_expert`'s ``order``; ``gates`` ``[..., K]``.
+    """
+    T, D = expert_out.shape
+    K = gates.shape[-1]
+    inverse = torch.empty_like(order).scatter_(0, order, torch.arange(T, device=order.device))
+    weights = gates.to(expert_out.dtype).reshape(T, 1)
+    out = expert_out.index_select(0, inverse) * weights
+    if K == 1:  # nothing to sum: skip a copy
+        return out.view(*gates.shape[:-1], D)
+    return out.view(*gates.shape[:-1], K, D).sum(dim=-2)

@@ -1,24 +1,48 @@
-"""E MLP experts evaluated at once on an expert-major ``[E, T, dim]`` buffer (no loop over experts).
+"""E MLP experts evaluated at once, with no loop over experts in Python.
 
-Two matmul paths, chosen by :attr:`GroupedExperts.impl` (one of :data:`EXPERT_IMPLS`):
+Two layouts:
 
-- ``'bmm'`` (:func:`bmm_linear`): ``torch.baddbmm`` / ``torch.bmm``; autocast casts as for any matmul.
-- ``'grouped_mm'`` (:func:`grouped_mm_linear`): ``torch._grouped_mm`` on the same layout
-  (:func:`grouped_mm_available`).
+- an expert-major capacity buffer ``[E, T, dim]`` (:meth:`GroupedExperts.forward`), with two matmul paths
+  chosen by :attr:`GroupedExperts.impl` (one of :data:`EXPERT_IMPLS`):
+
+  - ``'bmm'`` (:func:`bmm_linear`): ``torch.baddbmm`` / ``torch.bmm``; autocast casts as for any matmul.
+  - ``'grouped_mm'`` (:func:`grouped_mm_linear`): ``torch._grouped_mm`` on the same layout
+    (:func:`grouped_mm_available`).
+
+- jagged rows ``[T, dim]`` sorted by expert, with group ends ``offs`` (:meth:`GroupedExperts.forward_jagged`,
+  :func:`jagged_linear`): one grouped matmul over groups of any size, no padding (the dropless path of
+  :class:`~timm_tgr.layers.sparse_moe.SparseMoE`). Needs :func:`grouped_mm_op`.
 """
-from typing import Optional, Type
+from typing import Callable, Optional, Type
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-__all__ = ['EXPERT_IMPLS', 'GroupedExperts', 'bmm_linear', 'grouped_mm_available', 'grouped_mm_linear']
+__all__ = [
+    'EXPERT_IMPLS', 'GroupedExperts', 'bmm_linear', 'grouped_mm_available', 'grouped_mm_linear', 'grouped_mm_op',
+    'jagged_linear',
+]
 
 EXPERT_IMPLS = ('bmm', 'grouped_mm')
+_GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def grouped_mm_available() -> bool:
     """Whether ``torch._grouped_mm`` exists (CUDA since torch 2.8; CPU and the CUDA fallback since 2.9)."""
     return hasattr(torch, '_grouped_mm')
+
+
+def grouped_mm_op() -> Optional[Callable]:
+    """The grouped matmul with jagged 2D x 3D groups (``offs``) of this torch, or None.
+
+    ``torch.nn.functional.grouped_mm`` (public since torch 2.10), else ``torch._grouped_mm`` from torch 2.9 (the
+    first release with a CPU kernel and a CUDA fallback for every GPU; 2.8 had a bf16 sm90 kernel only).
+    """
+    op = getattr(F, 'grouped_mm', None)
+    if op is None and hasattr(torch, '_grouped_mm') and torch.__version__ >= '2.9':
+        op = torch._grouped_mm
+    return op
 
 
 def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
@@ -68,6 +92,27 @@ def grouped_mm_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     return out
 
 
+def jagged_linear(
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        offs: torch.Tensor,
+        row_expert: Optional[torch.Tensor],
+        dtype: torch.dtype,
+) -> torch.Tensor:
+    """Row t of ``x`` (``[T, in]``, sorted by expert) times its expert's ``weight^T`` plus its bias, ``[T, out]``.
+
+    ``offs`` (int32 ``[E]``) are the cumulative group ends (``offs[-1] == T``: every row belongs to a group),
+    ``row_expert`` (``[T, E]`` one-hot in ``dtype``) each row's expert, for the bias: ``one_hot @ bias`` adds it
+    in one matmul pass, without materializing a gathered ``[T, out]`` bias. Operands are cast to ``dtype``
+    (autocast does not cover the grouped matmul).
+    """
+    out = grouped_mm_op()(x.to(dtype), weight.to(dtype).transpose(1, 2), offs=offs)
+    if bias is not None:  # in place: the grouped matmul's backward needs its inputs only
+        out = out.addmm_(row_expert, bias.to(out.dtype))
+    return _ContiguousGrad.apply(out)  # the grouped matmul's backward rejects expanded (stride-0) output grads
+
+
 class GroupedExperts(nn.Module):
     """E two-layer MLP experts (fc1 -> act -> drop -> fc2 -> drop) evaluated with batched matmuls.
 
@@ -85,6 +130,9 @@ class GroupedExperts(nn.Module):
       multiples of 8 (16-byte strides in bf16). Under ``torch.compile`` only bf16/fp16 operands take
       ``_grouped_mm`` (torch's meta kernel rejects fp32); fp32 there falls back to ``'bmm'``.
       Same results as ``'bmm'`` up to float rounding; no speed claim is made for it (BENCHMARKS.md).
+
+    :meth:`forward_jagged` runs the experts on rows sorted by expert instead (one grouped matmul per layer over
+    groups of any size, no padding); :meth:`jagged_dtype` says whether this torch can, for a given input.
     """
 
     def __init__(
@@ -145,6 +193,37 @@ class GroupedExperts(nn.Module):
         x = linear(x, self.fc1_weight, self.fc1_bias)
         x = self.drop1(self.act(x))
         x = linear(x, self.fc2_weight, self.fc2_bias)
+        return self.drop2(x)
+
+    def jagged_dtype(self, x: torch.Tensor) -> Optional[torch.dtype]:
+        """The compute dtype of :meth:`forward_jagged` on ``x``, or None where it cannot run.
+
+        It cannot without :func:`grouped_mm_op`, for dtypes other than fp32/bf16/fp16, for ``dim`` or
+        ``hidden_dim`` whose rows are not 16-byte aligned in that dtype, and under ``torch.compile`` in fp32
+        (torch's meta kernel of the grouped matmul accepts only bf16/fp16).
+        """
+        dtype = _autocast_dtype(x.device.type) or x.dtype
+        if grouped_mm_op() is None or dtype not in _GROUPED_MM_DTYPES:
+            return None
+        hidden_dim, dim = self.fc1_weight.shape[1:]
+        align = 128 // torch.finfo(dtype).bits  # elements per 16 bytes
+        if dim % align or hidden_dim % align:
+            return None
+        if dtype == torch.float32 and torch.compiler.is_compiling():
+            return None
+        return dtype
+
+    def forward_jagged(self, x: torch.Tensor, counts: torch.Tensor, row_expert: torch.Tensor) -> torch.Tensor:
+        """Experts on rows sorted by expert: ``x`` ``[T, dim]``, ``counts`` ``[E]`` rows per expert (summing to T),
+        ``row_expert`` ``[T]`` each row's expert; output ``[T, dim]``. Check :meth:`jagged_dtype` first."""
+        dtype = self.jagged_dtype(x)
+        offs = counts.cumsum(0).to(torch.int32)
+        one_hot = None
+        if self.fc1_bias is not None or self.fc2_bias is not None:
+            one_hot = F.one_hot(row_expert, self.num_experts).to(dtype)
+        x = jagged_linear(x, self.fc1_weight, self.fc1_bias, offs, one_hot, dtype)
+        x = self.drop1(self.act(x))
+        x = jagged_linear(x, self.fc2_weight, self.fc2_bias, offs, one_hot, dtype)
         return self.drop2(x)
 
     def extra_repr(self) -> str:

@@ -7,6 +7,12 @@
   limit and sums the gated outputs back,
 - :class:`~timm_tgr.layers.experts.GroupedExperts` runs all experts at once with batched matmuls.
 
+Where no choice can be dropped (``capacity_factor='dropless'``, or a capacity C >= S, e.g. the upcycled models'
+``eval_capacity_factor=E/K``) the layer takes the dropless path instead: choices sorted by expert, one
+grouped matmul over groups of any size, no capacity buffer and no padding. It gives the capacity path's
+outputs (to float rounding) with E/(K*cf) times less expert compute than a C = S buffer; on a torch without
+a jagged grouped matmul (:func:`~timm_tgr.layers.experts.grouped_mm_op`) the capacity path runs with C = S.
+
 After every forward the layer keeps a :class:`RoutingInfo`, the routing record every MoE layer of
 this package (also Soft-MoE and Expert-Choice) fills the same way, for the losses and metrics.
 Nothing in the forward loops over experts in Python or reads a tensor value on the host, so
@@ -20,8 +26,8 @@ import torch.nn as nn
 
 from .checks import check_weight
 from .dispatch import (
-    assign_slots, capacity_groups, check_capacity, combine_outputs, dispatch_tokens, expert_capacity, kept_counts,
-    slot_index,
+    DROPLESS, assign_slots, capacity_groups, check_capacity, combine_outputs, combine_sorted, dispatch_tokens,
+    expert_capacity, kept_counts, slot_index, sort_by_expert,
 )
 from .experts import GroupedExperts
 from .losses import load_balance_loss, router_z_loss
@@ -38,6 +44,10 @@ def check_mlp_replacement(layer: str, extra: dict, in_features: int, out_feature
         raise ValueError(f'{layer} keeps the feature size: out_features must equal in_features.')
     if norm_layer is not None:
         raise ValueError(f'{layer} has no inner MLP norm; build the model with scale_mlp_norm=False.')
+
+
+def _fmt(cf: Union[float, str]) -> str:
+    return repr(cf) if isinstance(cf, str) else f'{cf:g}'
 
 
 @dataclass
@@ -70,8 +80,10 @@ class SparseMoE(nn.Module):
     Args:
         num_experts: E.
         top_k: K.
-        capacity_factor: training capacity factor (> 0).
-        eval_capacity_factor: capacity factor in eval mode; None uses ``capacity_factor``.
+        capacity_factor: training capacity factor (> 0), or ``'dropless'`` (also None): no capacity limit, no
+            choice dropped. (``timm.create_model`` drops None kwargs: pass ``'dropless'`` there.)
+        eval_capacity_factor: capacity factor in eval mode, or ``'dropless'``; None uses ``capacity_factor``.
+            Any factor >= E/K (C >= S: nothing can be dropped) runs the dropless path too.
         router_noise_std: Gaussian noise std on router logits in training; ``'1/E'`` allowed.
         batch_prioritized_routing: BPR (higher top-1 gate wins a full expert).
         capacity_group: ``'sample'`` (each sample's tokens are one routing group) or ``'batch'``.
@@ -84,7 +96,8 @@ class SparseMoE(nn.Module):
     recorded ``probs`` stay the router's own, and the override's gates keep their autograd graph, so
     the task loss trains whatever produced it (the teacher router, supplement Eq. S1).
     ``self.detach_gates = True`` stops the task loss from reaching the router through the combine
-    weights (the paper's distillation-only ablation).
+    weights (the paper's distillation-only ablation). ``self.use_dropless = False`` keeps the capacity
+    buffer (C = S when dropless) even where the dropless path could run, to compare the two.
     """
 
     def __init__(
@@ -98,8 +111,8 @@ class SparseMoE(nn.Module):
             drop: float = 0.,
             num_experts: int = 8,
             top_k: int = 1,
-            capacity_factor: float = 1.05,
-            eval_capacity_factor: Optional[float] = None,
+            capacity_factor: Union[float, str, None] = 1.05,
+            eval_capacity_factor: Union[float, str, None] = None,
             router_noise_std: Union[float, str, None] = 1.0,
             batch_prioritized_routing: bool = False,
             capacity_group: str = 'sample',
@@ -113,7 +126,8 @@ class SparseMoE(nn.Module):
         check_mlp_replacement('SparseMoE', kwargs, in_features, out_features, norm_layer)
         self.capacity_factor, self.eval_capacity_factor, self.capacity_group = check_capacity(
             capacity_factor, eval_capacity_factor, capacity_group,
-            '1.0 gives each expert an equal share of the tokens; larger drops fewer tokens')
+            '1.0 gives each expert an equal share of the tokens; larger drops fewer tokens; None drops none',
+            dropless=True)
         self.num_experts = num_experts
         self.top_k = top_k
         self.batch_prioritized_routing = batch_prioritized_routing
@@ -126,8 +140,10 @@ class SparseMoE(nn.Module):
         self.routing: Optional[RoutingInfo] = None
         self.routing_override: Optional[torch.Tensor] = None
         self.detach_gates = False
+        self.use_dropless = True
 
-    def current_capacity_factor(self) -> float:
+    def current_capacity_factor(self) -> Union[float, str]:
+        """The capacity factor of the current mode: a float, or ``'dropless'``."""
         if not self.training and self.eval_capacity_factor is not None:
             return self.eval_capacity_factor
         return self.capacity_factor
@@ -143,11 +159,18 @@ class SparseMoE(nn.Module):
         return out
 
     def _dispatch_combine(self, x: torch.Tensor, route: RouterOutput) -> Tuple[torch.Tensor, ...]:
-        """Capacity-limited dispatch, experts, gated combine: ``(out [B, N, D], kept [B, N, K], counts [E])``."""
+        """Dispatch, experts, gated combine: ``(out [B, N, D], kept [B, N, K], counts [E])``.
+
+        Dropless where no choice can be dropped (an expert takes at most S choices of a group of S tokens, so
+        C >= S drops none) and the experts can run on jagged groups; else the capacity buffer, C at most S.
+        """
         B, N, D = x.shape
         E, K = self.num_experts, self.top_k
         G, S = capacity_groups(B, N, self.capacity_group)
-        capacity = expert_capacity(S, E, K, self.current_capacity_factor())
+        cf = self.current_capacity_factor()
+        capacity = S if cf == DROPLESS else min(S, expert_capacity(S, E, K, cf))
+        if capacity == S and self.use_dropless and self.experts.jagged_dtype(x) is not None:
+            return self._dropless(x, route)
         expert_index = route.expert_index.reshape(G, S, K)
         gates = route.gates.reshape(G, S, K)
         position = assign_slots(expert_index, gates, E, self.batch_prioritized_routing)
@@ -156,6 +179,17 @@ class SparseMoE(nn.Module):
         expert_out = self.experts(dispatch_tokens(x.reshape(G, S, D), slot, E, capacity))
         out = combine_outputs(expert_out, slot, gates * kept)
         return out.view(B, N, D), kept.view(B, N, K), kept_counts(expert_index, kept, E)
+
+    def _dropless(self, x: torch.Tensor, route: RouterOutput) -> Tuple[torch.Tensor, ...]:
+        """Every choice kept: tokens sorted by expert, one grouped matmul per expert layer, gated sum back."""
+        B, N, D = x.shape
+        K = self.top_k
+        order, counts = sort_by_expert(route.expert_index, self.num_experts)
+        tokens = x.reshape(B * N, D).index_select(0, torch.div(order, K, rounding_mode='floor'))
+        row_expert = route.expert_index.reshape(-1).index_select(0, order)
+        out = combine_sorted(self.experts.forward_jagged(tokens, counts, row_expert), order, route.gates)
+        kept = torch.ones_like(route.expert_index, dtype=torch.bool)
+        return out, kept, counts
 
     def _routing_info(self, route: RouterOutput, kept: torch.Tensor, counts: torch.Tensor) -> RoutingInfo:
         load = load_balance_loss(route.probs)
@@ -175,8 +209,8 @@ class SparseMoE(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        s = (f'num_experts={self.num_experts}, top_k={self.top_k}, capacity_factor={self.capacity_factor:g}, '
+        s = (f'num_experts={self.num_experts}, top_k={self.top_k}, capacity_factor={_fmt(self.capacity_factor)}, '
              f'capacity_group={self.capacity_group!r}, bpr={self.batch_prioritized_routing}')
         if self.eval_capacity_factor is not None:
-            s += f', eval_capacity_factor={self.eval_capacity_factor:g}'
+            s += f', eval_capacity_factor={_fmt(self.eval_capacity_factor)}'
         return s

@@ -152,6 +152,7 @@ def _update_pretrained_cfg(model: nn.Module, run_args: Dict[str, Any], source: s
     cfg['notes'] = (f'Student weights of {source} (timm_tgr).',)
     for k in ('url', 'file', 'hf_hub_id', 'hf_hub_filename', 'source', 'state_dict'):
         cfg.pop(k, None)
+    cfg['tag'] = None  # not the tag the architecture was created with (e.g. the upcycled dense weights)
     model.pretrained_cfg = model.default_cfg = cfg
 
 

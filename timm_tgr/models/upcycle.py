@@ -12,7 +12,8 @@ outputs those of the dense model (measurements: README, "Upcycling from dense De
   every token onto expert 0). Its rows are orthogonal to the dense block's norm2 bias, a constant that would
   otherwise favour one expert for every token.
 - No choice may be dropped. Only an expert capacity C >= S, i.e. ``eval_capacity_factor >= E/K``, guarantees that
-  whatever the routing; the ``*.fb_in1k_upcycled`` cfgs of :mod:`timm_tgr.models.vmoe_deit` default to it.
+  whatever the routing; the ``*.fb_in1k_upcycled`` cfgs of :mod:`timm_tgr.models.vmoe_deit` default to it. There the
+  MoE layers take the dropless path (no capacity buffer), so eval costs about what the dense model's does.
 
 The checkpoint first goes through timm's ViT ``checkpoint_filter_fn`` (patch / position embedding resampling for
 another image or patch size, layer-scale renaming; the first conv is adapted to another channel count as timm's
@@ -382,6 +383,11 @@ def _keep_own_head(sd: Dict[str, torch.Tensor], model: nn.Module) -> bool:
     return kept
 
 
+def _drops_nothing_in_eval(moe: SparseMoE) -> bool:
+    cf = moe.eval_capacity_factor if moe.eval_capacity_factor is not None else moe.capacity_factor
+    return isinstance(cf, str) or cf >= upcycled_eval_capacity_factor(moe.num_experts, moe.top_k)  # or 'dropless'
+
+
 def upcycle_from(source: Union[str, os.PathLike], model: nn.Module, ema: Optional[bool] = None,
                  trust_checkpoint: bool = False, **kwargs) -> nn.Module:
     """Load ``model`` (a V-MoE / TGR-MoE DeiT) in place from the dense checkpoint ``source`` by sparse upcycling.
@@ -399,8 +405,7 @@ def upcycle_from(source: Union[str, os.PathLike], model: nn.Module, ema: Optiona
         raise RuntimeError(
             f'the upcycled weights of {source} do not fit {_model_name(model)}: create the model with the dense '
             f'model\'s architecture args (patch_size, num_heads, qkv_bias, init_values, ...).\n{e}') from e
-    short = [i for i, m in _moe_layers(model).items()
-             if (m.eval_capacity_factor or m.capacity_factor) < upcycled_eval_capacity_factor(m.num_experts, m.top_k)]
+    short = [i for i, m in _moe_layers(model).items() if not _drops_nothing_in_eval(m)]
     if short:
         _logger.info(f'MoE blocks {short} may drop tokens in eval mode, so the upcycled model is not exactly the '
                      f'dense one there: create it with eval_capacity_factor=E/K for that.')

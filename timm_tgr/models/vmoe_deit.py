@@ -13,10 +13,13 @@ Two layouts are registered: ``*_deit_{tiny,small,base}`` on timm's plain DeiT
 (``VisionTransformer``), and ``*_distilled`` on DeiT's distilled layout (class + distillation
 token, two heads; ``VisionTransformerDistilled``), which reproduces Table S2's parameter counts.
 
-Pretrained tags: the default (untagged) cfg stands for trained TGR-MoE / V-MoE weights, none published
-yet. ``*.fb_in1k_upcycled`` loads timm's dense DeiT weights from the Hub and upcycles them on load
-(:mod:`timm_tgr.models.upcycle`): in eval mode the model then computes the dense DeiT's function.
+Pretrained tags: no trained TGR-MoE / V-MoE weights are published yet, so every architecture's only (and so
+default) tag is ``*.fb_in1k_upcycled``: ``timm.create_model('tgr_moe_deit_small', pretrained=True)`` loads timm's
+dense DeiT weights from the Hub and upcycles them on load (:mod:`timm_tgr.models.upcycle`). In eval mode the model
+then computes the dense DeiT's function, on the dropless expert path. When trained weights are published, their
+tag goes first in ``default_cfgs`` (the new default) and the upcycled tags stay.
 """
+import logging
 from functools import partial
 from numbers import Integral
 from typing import Dict, Optional, Sequence, Union
@@ -35,12 +38,14 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from ..layers import RoutingInfo, SparseMoE
-from .upcycle import upcycle_checkpoint_filter_fn, upcycled_eval_capacity_factor
+from ..layers import RoutingInfo, SparseMoE, check_capacity, resolve_noise_std
+from .upcycle import is_dense_state_dict, upcycle_checkpoint_filter_fn, upcycled_eval_capacity_factor
 
 __all__ = ['MoEBlock', 'VMoEVisionTransformer', 'VMoEVisionTransformerDistilled', 'PAPER_MOE_LAYERS']
 
 PAPER_MOE_LAYERS = (7, 9, 11)  # blocks 8, 10, 12 of the paper, 0-based
+
+_logger = logging.getLogger(__name__)
 
 
 class MoEBlock(Block):
@@ -92,7 +97,8 @@ class MoEVisionTransformerMixin:
         top_k: K (paper: 1).
         moe_layers: 0-based indices of the blocks whose MLP becomes MoE (paper: (7, 9, 11)); one int is one
             block, a string is comma-separated indices (``'7,9,11'``).
-        capacity_factor / eval_capacity_factor: expert capacity in train / eval mode.
+        capacity_factor / eval_capacity_factor: expert capacity in train / eval mode; ``'dropless'``: no token
+            dropped and no capacity buffer, as for any factor >= E/K.
         router_noise_std: noise std on router logits in training, a number (paper: 1.0) or '1/E'.
         batch_prioritized_routing: V-MoE's BPR.
         capacity_group: 'sample' or 'batch' (see ``timm_tgr.layers.dispatch``).
@@ -115,8 +121,8 @@ class MoEVisionTransformerMixin:
             num_experts: int = 8,
             top_k: int = 1,
             moe_layers: Sequence[int] = PAPER_MOE_LAYERS,
-            capacity_factor: float = 1.05,
-            eval_capacity_factor: Optional[float] = None,
+            capacity_factor: Union[float, str, None] = 1.05,
+            eval_capacity_factor: Union[float, str, None] = None,
             router_noise_std: Union[float, str, None] = 1.0,
             batch_prioritized_routing: bool = False,
             capacity_group: str = 'sample',
@@ -216,8 +222,8 @@ class VMoEVisionTransformerDistilled(MoEVisionTransformerMixin, VisionTransforme
     """
 
 
-# Hugging Face Hub organization of published weights: pretrained=True looks for HF_HUB_ORG/<model name>.
-# Nothing is published there yet, so the default cfgs carry no hf_hub_id (timm would list them as pretrained).
+# Hugging Face Hub organization where trained timm_tgr weights will be published. Nothing is there yet, so no cfg
+# points at it: a cfg gets an hf_hub_id only when its repo exists.
 HF_HUB_ORG = 'timm-tgr'
 _EXPORT_HOWTO = (
     "train one with train_tgr.py, export the student with `python -m timm_tgr.export CHECKPOINT --out DIR` "
@@ -237,41 +243,33 @@ def _weights_location(cfg) -> str:
 
 
 def _download_error(variant: str, cfg, loc: str, e: Exception) -> Optional[RuntimeError]:
-    """The error that names the fix when the Hub weights of a timm_tgr cfg cannot be had; None for others."""
-    reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
-    missing = f'model.safetensors of the {loc} is neither in the local Hugging Face cache nor downloadable'
-    if is_upcycled_tag(cfg.tag) and cfg.source != 'hf-hub':
-        return RuntimeError(
-            f'Could not load the dense weights that {variant}.{cfg.tag} upcycles: {missing} ({type(e).__name__}: '
-            f'{reason}). Download them once online (HF_HUB_OFFLINE unset), or point at a local copy of the dense '
-            f"checkpoint with pretrained_cfg_overlay=dict(file='PATH.safetensors').")
-    if cfg.source == 'hf-hub' or not (cfg.hf_hub_id or '').startswith(HF_HUB_ORG + '/'):
+    """The error that names the fix when the dense Hub weights of an upcycled cfg cannot be had; None for others."""
+    if not is_upcycled_tag(cfg.tag) or cfg.source == 'hf-hub':
         return None
+    reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
     return RuntimeError(
-        f'Could not load pretrained weights for {variant}: {missing} ({type(e).__name__}: {reason}). No weights are '
-        f'published for timm_tgr models yet; to get weights, {_EXPORT_HOWTO.format(name=variant)}.')
+        f'Could not load the dense weights that {variant}.{cfg.tag} upcycles: model.safetensors of the {loc} is '
+        f'neither in the local Hugging Face cache nor downloadable ({type(e).__name__}: {reason}). Download them once '
+        f'online (HF_HUB_OFFLINE unset), or point at a local copy of the dense checkpoint with '
+        f"pretrained_cfg_overlay=dict(file='PATH.safetensors').")
 
 
 def build_model_with_hub_cfg(model_cls, variant: str, pretrained: bool = False, **kwargs):
     """timm's ``build_model_with_cfg`` whose pretrained loading fails with messages that name the fix.
 
-    ``pretrained=True`` with no weight source in the cfg or ``pretrained_cfg_overlay`` (``file``,
-    ``url``, ``hf_hub_id``, ``state_dict``) loads ``model.safetensors`` from the Hub repo
-    ``HF_HUB_ORG/<variant>`` through timm's own download path, so a populated HF cache works offline.
+    ``pretrained=True`` for a cfg with no weights (and no ``file``, ``url``, ``hf_hub_id`` or ``state_dict`` in
+    ``pretrained_cfg_overlay``) fails at once, without asking the Hub, saying how to make and load weights.
     """
     if not pretrained:
         return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
 
-    def resolve():
-        return resolve_pretrained_cfg(
-            variant, kwargs.get('pretrained_cfg'), dict(kwargs.get('pretrained_cfg_overlay') or {}))
-
-    cfg = resolve()
+    cfg = resolve_pretrained_cfg(
+        variant, kwargs.get('pretrained_cfg'), dict(kwargs.get('pretrained_cfg_overlay') or {}))
     if not (cfg.has_weights or cfg.state_dict):
-        kwargs['pretrained_cfg_overlay'] = dict(
-            kwargs.get('pretrained_cfg_overlay') or {},
-            hf_hub_id=f'{HF_HUB_ORG}/{variant}', hf_hub_filename='model.safetensors')
-        cfg = resolve()
+        tag = f'.{cfg.tag}' if cfg.tag else ''
+        raise RuntimeError(
+            f'No weights are published for {variant}{tag}, so pretrained=True has nothing to load. To get '
+            f'weights, {_EXPORT_HOWTO.format(name=variant)}.')
     loc = _weights_location(cfg)
     try:
         return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
@@ -295,14 +293,15 @@ def build_model_with_hub_cfg(model_cls, variant: str, pretrained: bool = False, 
             f'from its config.json, or pass the model args the weights were trained with.\n{detail}') from e
 
 
-def _create_vmoe_deit(variant: str, pretrained: bool = False, distilled: bool = False, **kwargs):
+def _create_vmoe_deit(variant: str, pretrained: bool = False, distilled: bool = False,
+                      pretrained_filter_fn=upcycle_checkpoint_filter_fn, **kwargs):
     out_indices = kwargs.pop('out_indices', 3)
     model_cls = VMoEVisionTransformerDistilled if distilled else VMoEVisionTransformer
     return build_model_with_hub_cfg(
         model_cls,
         variant,
         pretrained,
-        pretrained_filter_fn=upcycle_checkpoint_filter_fn,
+        pretrained_filter_fn=pretrained_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
         **kwargs,
     )
@@ -310,96 +309,113 @@ def _create_vmoe_deit(variant: str, pretrained: bool = False, distilled: bool = 
 
 UPCYCLED_TAG = 'fb_in1k_upcycled'
 
+# Model kwargs that upcycled weights change from V-MoE's defaults, for fine-tuning from them (kwargs given to
+# create_model win). This is the one line to switch after the fine-tuning study (BENCHMARKS.md, "Fine-tuning from
+# upcycled weights"): dict(router_noise_std='1/E') for V-MoE's code's noise, dict(capacity_factor='dropless')
+# for dropless training. Eval mode always gets eval_capacity_factor=E/K (nothing dropped: the dense function).
+UPCYCLED_FINETUNE_DEFAULTS: Dict[str, object] = {}
+
 
 def is_upcycled_tag(tag: Optional[str]) -> bool:
     """Whether a pretrained tag names dense weights upcycled on load (``*.fb_in1k_upcycled``)."""
     return bool(tag) and tag.endswith('_upcycled')
 
 
-def _cfg_tag(pretrained_cfg) -> str:
-    """The tag of a ``pretrained_cfg`` argument as timm's ``create_model`` passes it (tag string, dict or cfg)."""
-    if isinstance(pretrained_cfg, str):
-        return pretrained_cfg
-    if isinstance(pretrained_cfg, dict):
-        return pretrained_cfg.get('tag') or ''
-    return getattr(pretrained_cfg, 'tag', None) or ''
+def _named_tag(pretrained_cfg) -> str:
+    """The tag named in the model name (``create_model('arch.tag')`` passes it as the ``pretrained_cfg`` string).
+
+    A dict or cfg (``local-dir:`` / ``hf-hub:`` config.json, or given by the caller) names none: its weights may be
+    anything, and are judged when loaded.
+    """
+    return pretrained_cfg if isinstance(pretrained_cfg, str) else ''
 
 
-def _cfg(distilled: bool = False, tgr: bool = False, **kwargs) -> dict:
+def _cfg(dense: str, distilled: bool = False, tgr: bool = False, **kwargs) -> dict:
+    """timm's dense DeiT weights on the Hub, upcycled on load; data config of the dense weights (crop_pct .9)."""
     method = 'TGR-MoE' if tgr else 'V-MoE'
     return {
-        'url': '',
+        'url': '', 'hf_hub_id': f'timm/{dense}.fb_in1k',
         'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'fixed_input_size': True,
-        'crop_pct': .875, 'interpolation': 'bicubic',
+        'crop_pct': .9, 'interpolation': 'bicubic',
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'patch_embed.proj', 'classifier': ('head', 'head_dist') if distilled else 'head',
         'license': 'apache-2.0',
         'paper_name': 'Teacher-Guided Routing for Sparse Vision Mixture-of-Experts' if tgr
         else 'Scaling Vision with Sparse Mixture of Experts',
         'paper_ids': 'arXiv:2604.21330' if tgr else 'arXiv:2106.05974',
-        'notes': (f'{method} DeiT architecture only: no pretrained weights are published for it yet.',),
+        'notes': (f'Sparse upcycling (arXiv:2212.05055) of the dense timm/{dense}.fb_in1k on load: every expert a copy '
+                  f'of the dense MLP (fc2 scaled by E/K), router near uniform, eval_capacity_factor=E/K by default '
+                  f'(dropless), so eval outputs are the dense DeiT\'s. A starting point for {method} fine-tuning, not '
+                  f'trained as an MoE; no trained {method} weights are published yet.',),
         **kwargs,
     }
 
 
-def _upcycled_cfg(dense: str, distilled: bool = False, tgr: bool = False) -> dict:
-    """timm's dense DeiT weights on the Hub, upcycled on load; data config of the dense weights (crop_pct .9)."""
-    return _cfg(
-        distilled=distilled, tgr=tgr, hf_hub_id=f'timm/{dense}.fb_in1k', crop_pct=.9,
-        notes=(f'Sparse upcycling (arXiv:2212.05055) of the dense timm/{dense}.fb_in1k on load: every expert a copy '
-               f'of the dense MLP (fc2 scaled by E/K), router near uniform, eval_capacity_factor=E/K by default, so '
-               f'eval outputs are the dense DeiT\'s. A starting point for MoE fine-tuning, not trained as an MoE.',))
-
-
+# The first tag of an architecture is its default (timm): the upcycled tags until trained weights are published.
 default_cfgs = generate_default_cfgs({
-    'vmoe_deit_tiny': _cfg(),
-    'vmoe_deit_small': _cfg(),
-    'vmoe_deit_base': _cfg(),
-    'vmoe_deit_tiny_distilled': _cfg(distilled=True),
-    'vmoe_deit_small_distilled': _cfg(distilled=True),
-    'vmoe_deit_base_distilled': _cfg(distilled=True),
-    'tgr_moe_deit_tiny': _cfg(tgr=True),
-    'tgr_moe_deit_small': _cfg(tgr=True),
-    'tgr_moe_deit_base': _cfg(tgr=True),
-    'tgr_moe_deit_tiny_distilled': _cfg(distilled=True, tgr=True),
-    'tgr_moe_deit_small_distilled': _cfg(distilled=True, tgr=True),
-    'tgr_moe_deit_base_distilled': _cfg(distilled=True, tgr=True),
-
-    # timm's dense DeiT weights, upcycled on load (timm_tgr.models.upcycle)
-    'vmoe_deit_tiny.fb_in1k_upcycled': _upcycled_cfg('deit_tiny_patch16_224'),
-    'vmoe_deit_small.fb_in1k_upcycled': _upcycled_cfg('deit_small_patch16_224'),
-    'vmoe_deit_base.fb_in1k_upcycled': _upcycled_cfg('deit_base_patch16_224'),
-    'vmoe_deit_tiny_distilled.fb_in1k_upcycled': _upcycled_cfg('deit_tiny_distilled_patch16_224', distilled=True),
-    'vmoe_deit_small_distilled.fb_in1k_upcycled': _upcycled_cfg('deit_small_distilled_patch16_224', distilled=True),
-    'vmoe_deit_base_distilled.fb_in1k_upcycled': _upcycled_cfg('deit_base_distilled_patch16_224', distilled=True),
-    'tgr_moe_deit_tiny.fb_in1k_upcycled': _upcycled_cfg('deit_tiny_patch16_224', tgr=True),
-    'tgr_moe_deit_small.fb_in1k_upcycled': _upcycled_cfg('deit_small_patch16_224', tgr=True),
-    'tgr_moe_deit_base.fb_in1k_upcycled': _upcycled_cfg('deit_base_patch16_224', tgr=True),
-    'tgr_moe_deit_tiny_distilled.fb_in1k_upcycled': _upcycled_cfg(
-        'deit_tiny_distilled_patch16_224', distilled=True, tgr=True),
-    'tgr_moe_deit_small_distilled.fb_in1k_upcycled': _upcycled_cfg(
+    'vmoe_deit_tiny.fb_in1k_upcycled': _cfg('deit_tiny_patch16_224'),
+    'vmoe_deit_small.fb_in1k_upcycled': _cfg('deit_small_patch16_224'),
+    'vmoe_deit_base.fb_in1k_upcycled': _cfg('deit_base_patch16_224'),
+    'vmoe_deit_tiny_distilled.fb_in1k_upcycled': _cfg('deit_tiny_distilled_patch16_224', distilled=True),
+    'vmoe_deit_small_distilled.fb_in1k_upcycled': _cfg('deit_small_distilled_patch16_224', distilled=True),
+    'vmoe_deit_base_distilled.fb_in1k_upcycled': _cfg('deit_base_distilled_patch16_224', distilled=True),
+    'tgr_moe_deit_tiny.fb_in1k_upcycled': _cfg('deit_tiny_patch16_224', tgr=True),
+    'tgr_moe_deit_small.fb_in1k_upcycled': _cfg('deit_small_patch16_224', tgr=True),
+    'tgr_moe_deit_base.fb_in1k_upcycled': _cfg('deit_base_patch16_224', tgr=True),
+    'tgr_moe_deit_tiny_distilled.fb_in1k_upcycled': _cfg('deit_tiny_distilled_patch16_224', distilled=True, tgr=True),
+    'tgr_moe_deit_small_distilled.fb_in1k_upcycled': _cfg(
         'deit_small_distilled_patch16_224', distilled=True, tgr=True),
-    'tgr_moe_deit_base_distilled.fb_in1k_upcycled': _upcycled_cfg(
-        'deit_base_distilled_patch16_224', distilled=True, tgr=True),
+    'tgr_moe_deit_base_distilled.fb_in1k_upcycled': _cfg('deit_base_distilled_patch16_224', distilled=True, tgr=True),
 })
-# timm makes the first tag with weights an architecture's default: the untagged cfg (trained MoE weights, not
-# published yet) stays the default, so pretrained=True without a tag still fails with the how-to message
-for _default_cfg in default_cfgs.values():
-    _default_cfg.tags.remove('')
-    _default_cfg.tags.appendleft('')
 
 _TINY = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, num_experts=16)
 _SMALL = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, num_experts=8)
 _BASE = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, num_experts=8)
 
 
+def _set_upcycled_defaults(model: nn.Module, given: dict) -> None:
+    """Every SparseMoE of ``model``: eval capacity E/K and :data:`UPCYCLED_FINETUNE_DEFAULTS`, except kwargs given."""
+    for moe in model.modules():
+        if not isinstance(moe, SparseMoE):
+            continue
+        opts = dict(UPCYCLED_FINETUNE_DEFAULTS,
+                    eval_capacity_factor=upcycled_eval_capacity_factor(moe.num_experts, moe.top_k))
+        opts = {k: v for k, v in opts.items() if k not in given}
+        if 'router_noise_std' in opts:
+            moe.router.noise_std = resolve_noise_std(opts.pop('router_noise_std'), moe.num_experts)
+        cf = opts.pop('capacity_factor', moe.capacity_factor)
+        eval_cf = opts.pop('eval_capacity_factor', moe.eval_capacity_factor)
+        if opts:
+            raise ValueError(f'UPCYCLED_FINETUNE_DEFAULTS has keys {sorted(opts)}; it takes capacity_factor, '
+                             f'eval_capacity_factor and router_noise_std.')
+        moe.capacity_factor, moe.eval_capacity_factor, _ = check_capacity(
+            cf, eval_cf, moe.capacity_group, 'the upcycled defaults', dropless=True)
+
+
 def _build(variant: str, size: dict, pretrained: bool, distilled: bool, kwargs: dict):
+    """The model; upcycled on load when the weights are a dense checkpoint (then logged, with the upcycled defaults)."""
+    given = dict(kwargs)
     kwargs = dict(size, **kwargs)
-    if is_upcycled_tag(_cfg_tag(kwargs.get('pretrained_cfg'))):
-        # no token dropped in eval (C = S), so the upcycled model computes the dense function there
-        kwargs.setdefault(
-            'eval_capacity_factor', upcycled_eval_capacity_factor(kwargs['num_experts'], kwargs.get('top_k', 1)))
-    return _create_vmoe_deit(variant, pretrained=pretrained, distilled=distilled, **kwargs)
+    loaded = {}
+
+    def filter_fn(state_dict, model):
+        loaded['dense'] = is_dense_state_dict(state_dict)
+        return upcycle_checkpoint_filter_fn(state_dict, model)
+
+    model = _create_vmoe_deit(variant, pretrained=pretrained, distilled=distilled, pretrained_filter_fn=filter_fn,
+                              **kwargs)
+    if loaded.get('dense') or is_upcycled_tag(_named_tag(given.get('pretrained_cfg'))):
+        # eval: no token dropped (C = S, dropless path), so the upcycled model computes the dense function there
+        _set_upcycled_defaults(model, given)
+    if loaded.get('dense'):
+        cfg = resolve_pretrained_cfg(
+            variant, given.get('pretrained_cfg'), dict(given.get('pretrained_cfg_overlay') or {}))
+        _logger.warning(
+            f'{variant}: loaded the dense weights of the {_weights_location(cfg)}, upcycled into '
+            f'{kwargs["num_experts"]} experts per MoE block (sparse upcycling, not trained MoE weights: none are '
+            f'published yet). At eval capacity E/K the outputs are the dense model\'s; the routers start near '
+            f'uniform, so fine-tune, with TGR, before relying on routing.')
+    return model
 
 
 @register_model
