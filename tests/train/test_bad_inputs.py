@@ -403,6 +403,22 @@ def test_truncated_teacher_checkpoint_names_the_file(image_folder, done, tmp_pat
         train_main(_argv(image_folder, tmp_path, 'tc', '--epochs', '1', *TEACHER, '--teacher-checkpoint', str(path)))
 
 
+def test_teacher_token_grid_mismatch_names_the_flag(image_folder, tmp_path):
+    """A teacher whose kwargs give it another patch grid than the student's: the error names --teacher-kwargs."""
+    teacher = [a if a != 'img_size=16' else 'img_size=32' for a in TEACHER]
+    with pytest.raises(ValueError, match=r'token-grid mismatch: the student has a 4x4 patch grid, the teacher 8x8\. '
+                                         r'.*pass --teacher-kwargs img_size=16'):
+        train_main(_argv(image_folder, tmp_path, 'grid', '--epochs', '1', *teacher))
+    assert not (tmp_path / 'grid').exists()
+
+
+def test_unknown_tgr_model_kwarg_is_refused(image_folder, tmp_path):
+    """tgr_* model kwargs are timm's train.py's TGR options: a typo fails before anything trains."""
+    with pytest.raises(TypeError, match="unknown TGR option 'tgr_distil_weight'"):
+        train_main(_argv(image_folder, tmp_path, 'typo', '--epochs', '1', '--model-kwargs', 'embed_dim=32',
+                         'num_heads=2', 'patch_size=4', 'num_experts=4', 'tgr_distil_weight=5.0'))
+
+
 def test_default_teacher_offline_names_the_flag(image_folder, tmp_path, monkeypatch):
     _offline(monkeypatch, tmp_path / 'empty_cache')
     argv = [a for a in TINY if a not in ('--teacher', 'none')]

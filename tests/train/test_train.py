@@ -80,7 +80,8 @@ CONFIGS = sorted(os.listdir(os.path.join(ROOT, 'timm_tgr', 'configs')))
 @pytest.mark.parametrize('name', CONFIGS)
 def test_shipped_config_trains_an_epoch_on_synthetic_data(name, image_folder, fake_fashion_mnist, tmp_path):
     """Each shipped recipe as written (model, augmentation, Mixup, AMP, schedule, teacher layout) for one short
-    epoch; only the data, its size, the batch and the teacher's pretrained weights are swapped for tiny ones."""
+    epoch; only the data, its size, the batch and the teacher's pretrained weights are swapped for tiny ones (the
+    named teacher follows the student's --img-size by itself)."""
     config = os.path.join(ROOT, 'timm_tgr', 'configs', name)
     args = parse_args(['-c', config])
     tiny = ['-c', config, '--epochs', '1', '--warmup-epochs', '0', '-b', '8', '-j', '0', '--threads', '1',
@@ -94,8 +95,6 @@ def test_shipped_config_trains_an_epoch_on_synthetic_data(name, image_folder, fa
         tiny += ['--data-dir', data]
     else:  # ImageNet / CIFAR-100 recipes: a 3-class image folder at 32x32
         tiny += ['--dataset', '', '--data-dir', image_folder, '--num-classes', '3', '--img-size', '32']
-        if args.teacher not in (None, 'none'):
-            tiny += ['--teacher-kwargs', 'img_size=32']
     if args.teacher not in (None, 'none'):
         tiny += ['--no-teacher-pretrained']
     result = train_main(tiny)
