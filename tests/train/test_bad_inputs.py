@@ -11,11 +11,9 @@ import shutil
 import stat
 import time
 
-import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from PIL import Image
 
 import timm_tgr  # noqa: F401
 from test_export import _offline  # switches the Hugging Face hub offline onto an (empty) cache
@@ -35,20 +33,6 @@ TINY = [
 # the same student guided by a tiny random teacher
 TEACHER = ['--teacher', 'deit3_small_patch16_224', '--teacher-kwargs', 'embed_dim=32', 'num_heads=2', 'patch_size=4',
            'img_size=16', 'in_chans=1', 'num_classes=3', '--no-teacher-pretrained']
-
-
-@pytest.fixture(scope='module')
-def image_folder(tmp_path_factory):
-    """3 classes of 16x16 grayscale PNGs: 8 train and 4 validation images per class."""
-    root = tmp_path_factory.mktemp('syn')
-    rng = np.random.default_rng(0)
-    for split, n in (('train', 8), ('validation', 4)):
-        for c in range(3):
-            d = root / split / f'c{c}'
-            d.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray((rng.random((16, 16)) * 80 + c * 80).astype(np.uint8), 'L').save(d / f'{i}.png')
-    return str(root)
 
 
 def _argv(image_folder, out, name, *extra):
