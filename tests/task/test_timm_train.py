@@ -80,10 +80,12 @@ def test_teacher_follows_the_student_image_size_or_names_the_kwarg():
     import ast
     kwargs = {k: v for k, v in ast.literal_eval(TEACHER).items()}
     task = create_task(model=_tgr_model(), verbose=False)
-    assert tuple(task.teacher.model.patch_embed.img_size) == (16, 16) and task.teacher.model.patch_embed.proj.in_channels == 1
+    patch_embed = task.teacher.model.patch_embed
+    assert tuple(patch_embed.img_size) == (16, 16) and patch_embed.proj.in_channels == 1
     wrong = timm.create_model('tgr_moe_deit_tiny', **TINY, tgr_teacher='deit3_small_patch16_224',
                               tgr_teacher_kwargs=dict(kwargs, img_size=32), tgr_teacher_pretrained=False)
-    with pytest.raises(ValueError, match=r"token-grid mismatch.*--model-kwargs \"tgr_teacher_kwargs=\{'img_size': 16\}\""):
+    fix = r"--model-kwargs \"tgr_teacher_kwargs=\{'img_size': 16\}\""
+    with pytest.raises(ValueError, match=r'token-grid mismatch.*' + fix):
         create_task(model=wrong, verbose=False)
 
 
