@@ -1,20 +1,14 @@
 """CPU smoke test of benchmarks/throughput.py: it runs, writes the JSON it promises, and judges goals right."""
-import importlib.util
 import json
 import os
 
 import pytest
 import torch
 
-_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'benchmarks', 'throughput.py')
-
 
 @pytest.fixture(scope='module')
-def throughput():
-    spec = importlib.util.spec_from_file_location('timm_tgr_bench_throughput', _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def throughput(load_script):
+    return load_script('throughput')
 
 
 _QUICK = ['--quick', '--device', 'cpu', '--experts', '8', '--steps', '1', '--repeats', '1', '--warmup', '0',

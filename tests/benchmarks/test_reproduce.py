@@ -4,7 +4,6 @@ One module-scoped run (teacher; dense student; V-MoE, TGR, teacher-route at E=4;
 outputs and their fields, --report-only rebuilding the same table, skipping completed runs, resuming
 a partial one, refusing to mix budgets, and the exported student matching the training-time evaluation.
 """
-import importlib.util
 import json
 import math
 import os
@@ -13,15 +12,10 @@ import time
 
 import pytest
 
-_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'benchmarks', 'reproduce.py')
-
 
 @pytest.fixture(scope='module')
-def repro():
-    spec = importlib.util.spec_from_file_location('timm_tgr_bench_reproduce', _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def repro(load_script):
+    return load_script('reproduce')
 
 
 def _argv(out):
@@ -249,12 +243,9 @@ def test_publish_copies_the_results_not_the_runs(repro, quick_run, tmp_path, mon
         repro.main(['--report-only', '--output', str(out), '--publish', '../elsewhere'])
 
 
-def test_eval_capacity_reproduces_training_eval_and_drops_nothing_at_e_over_k(quick_run, tmp_path):
+def test_eval_capacity_reproduces_training_eval_and_drops_nothing_at_e_over_k(quick_run, tmp_path, load_script):
     out, _, _ = quick_run
-    spec = importlib.util.spec_from_file_location(
-        'timm_tgr_bench_eval_capacity', os.path.join(os.path.dirname(_SCRIPT), 'eval_capacity.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script('eval_capacity')
     work = tmp_path / 'study'
     shutil.copytree(out, work)
     report = module.main(['--output', str(work), '--data-dir', str(out / 'synthetic-fashion-mnist'),

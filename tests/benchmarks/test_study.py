@@ -1,23 +1,17 @@
 """benchmarks/study.py tiers and benchmarks/plan.py command lines, against the issue's definitions and the
 records the pre-split reproduce.py wrote (hand-copied), plus the estimate's scheduler on hand-solved cases."""
 import argparse
-import importlib.util
 import os
 
 import pytest
 
-_BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'benchmarks')
-
 
 @pytest.fixture(scope='module')
-def bench():
+def bench(load_script):
     """reproduce.py loaded from its path and its harness modules (conftest.py puts benchmarks/ on sys.path)."""
     from harness import estimate, plan, runner, study
-    spec = importlib.util.spec_from_file_location('timm_tgr_bench_reproduce_study',
-                                                  os.path.join(_BENCH, 'reproduce.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return argparse.Namespace(reproduce=module, study=study, plan=plan, runner=runner, estimate=estimate)
+    return argparse.Namespace(reproduce=load_script('reproduce'), study=study, plan=plan, runner=runner,
+                              estimate=estimate)
 
 
 def _plan(bench, argv, output='/out', data_dir='/data'):

@@ -1,6 +1,5 @@
 """benchmarks/transfer.py --quick end to end (synthetic data, tiny models, 2 seeds): the plan, the class subsets,
 the fine-tuning runs' flags, the aggregates against the run folders' own metrics, resumption, --report-only."""
-import importlib.util
 import json
 import os
 import statistics
@@ -8,15 +7,10 @@ import statistics
 import numpy as np
 import pytest
 
-_BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'benchmarks')
-
 
 @pytest.fixture(scope='module')
-def transfer():
-    spec = importlib.util.spec_from_file_location('timm_tgr_bench_transfer', os.path.join(_BENCH, 'transfer.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def transfer(load_script):
+    return load_script('transfer')
 
 
 @pytest.fixture(scope='module')
@@ -78,7 +72,8 @@ def test_aggregates_match_the_run_folders(study):
         assert all(0 <= c <= 100 and np.isfinite(c) for c in cons)
     assert 'consistency_pretrained' not in _last_row(out, 'pre-tgr-s0')  # pre-training starts from scratch
     md = open(os.path.join(out, 'results.md')).read()
-    for text in ('| V-MoE -> V-MoE |', '| TGR -> V-MoE (TGR as initialization only) |', '| TGR -> TGR (TGR continued) |',
+    for text in ('| V-MoE -> V-MoE |', '| TGR -> V-MoE (TGR as initialization only) |',
+                 '| TGR -> TGR (TGR continued) |',
                  '86.20 / 89.82', '87.03 / 91.78', '| 50.56 |', '| 73.75 |', 'CI smoke run',
                  'python benchmarks/transfer.py --quick'):
         assert text in md, text

@@ -1,19 +1,13 @@
 """benchmarks/upcycle.py end to end in --quick mode: synthetic Fashion-MNIST, width 32, 1 epoch."""
-import importlib.util
 import json
 import os
 
 import pytest
 
-_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'benchmarks',
-                       'upcycle.py')
-
 
 @pytest.fixture(scope='module')
-def study(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location('timm_tgr_bench_upcycle', _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def study(tmp_path_factory, load_script):
+    module = load_script('upcycle')
     out = tmp_path_factory.mktemp('upcycle')
     return module, out, module.main(['--quick', '--output', str(out), '--device', 'cpu',
                                      '--finetune-variants', 'noise1e,dropless', '--guidance', 'tgr'])

@@ -42,17 +42,25 @@ def test_parameter_counts(name):
     assert all(m.router.proj.bias is None for m in model.get_moe_layers().values())
 
 
-@pytest.mark.parametrize('name', ALL)
+BASELINES = [f'{family}_moe_deit_{size}' for family in ('soft', 'ec') for size in ('tiny', 'small')]
+
+
+@pytest.mark.parametrize('name', ALL + BASELINES)
 def test_forward_backward_small_image(name):
+    """Every MoE family at 32x32: logits, a router gradient from the task and aux losses, routing records sized
+    [B, N, E] / [B, N, K] / [E]."""
     model = timm.create_model(name, img_size=32, num_classes=7)
     model.train()
     out = model(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 7)
     (out.logsumexp(-1).mean() + model.moe_aux_loss()).backward()
-    for i, moe in model.get_moe_layers().items():
-        assert moe.router.proj.weight.grad is not None and moe.router.proj.weight.grad.abs().sum() > 0
-        info = moe.routing
-        assert info.probs.shape == (2, model.patch_embed.num_patches + model.num_prefix_tokens, moe.num_experts)
+    tokens = model.patch_embed.num_patches + model.num_prefix_tokens
+    assert sorted(model.routing_infos()) == sorted(model.get_moe_layers())
+    for i, info in model.routing_infos().items():
+        moe = model.blocks[i].mlp
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in moe.router.parameters())
+        assert info.probs.shape == (2, tokens, moe.num_experts) and info.expert_index.shape == (2, tokens, 1)
+        assert info.kept.shape == (2, tokens, 1) and info.expert_counts.shape == (moe.num_experts,)
 
 
 def test_create_model_kwargs():

@@ -233,6 +233,37 @@ def test_teacher_checkpoint_brings_its_input_normalization(tmp_path):
     assert teacher.pretrained_cfg['mean'] == dense.pretrained_cfg['mean']
 
 
+def test_teacher_checkpoint_has_one_meaning_for_every_caller(tmp_path):
+    """TGRTask's teacher_pretrained_path and RoutingTeacher's pretrained_path load as build_teacher's checkpoint:
+    strictly, with the run's mean/std; a checkpoint of another architecture fails naming the kwargs."""
+    import argparse
+    dense = timm.create_model('test_vit', img_size=32)  # timm's 6-block test ViT, patch 16
+    path = tmp_path / 'teacher.pth.tar'
+    torch.save({'state_dict': dense.state_dict(), 'args': argparse.Namespace(mean=[0.25] * 3, std=[0.5] * 3)}, path)
+    task = TGRTask(tiny_student(), 'test_vit', teacher_pretrained_path=str(path), layer_map='last')
+    cfg = task.teacher.model.pretrained_cfg
+    assert (cfg['mean'], cfg['std']) == ((0.25,) * 3, (0.5,) * 3)
+    for k, v in task.teacher.model.state_dict().items():
+        assert torch.equal(v, dense.state_dict()[k]), k
+    teacher = RoutingTeacher('test_vit', blocks=[5], pretrained_path=str(path), img_size=32)
+    assert teacher.model.pretrained_cfg['mean'] == (0.25,) * 3
+    with pytest.raises(RuntimeError, match=r"does not fit 'test_vit' built with .*pos_embed.*Pass the architecture"):
+        RoutingTeacher('test_vit', blocks=[5], pretrained_path=str(path))  # img_size 160, not 32
+
+
+def test_named_teacher_follows_the_student_image_size():
+    """A named teacher built for a student takes the student's img_size unless its kwargs give one."""
+    from timm_tgr.task.teacher import build_teacher
+    student = tiny_student(img_size=48)
+    small = dict(embed_dim=32, num_heads=2, depth=2)
+    teacher = build_teacher('deit3_small_patch16_224', pretrained=False, student=student, **small)
+    assert tuple(teacher.patch_embed.img_size) == (48, 48)
+    # a random teacher normalizes as the student does: nothing to convert
+    assert teacher.pretrained_cfg['mean'] == student.pretrained_cfg['mean']
+    teacher = build_teacher('deit3_small_patch16_224', pretrained=False, student=student, img_size=64, **small)
+    assert tuple(teacher.patch_embed.img_size) == (64, 64)
+
+
 def test_distilled_student_gets_teacher_class_token_on_both_prefix_tokens():
     student = tiny_student('tgr_moe_deit_tiny_distilled')
     task = TGRTask(student, tiny_teacher())

@@ -61,10 +61,32 @@ def test_guidance_kwargs_are_validated():
         pop_guidance_kwargs({'tgr_distil_weight': 5.0})
     with pytest.raises(TypeError, match='must be int or float'):
         pop_guidance_kwargs({'tgr_distill_weight': 'five'})
+    # the model keeps its tgr_* kwargs as a plain dict; the task checks them where it is built
+    assert timm.create_model('vmoe_deit_tiny', **TINY, tgr_distill_weight=2.0).guidance_cfg == {'distill_weight': 2.0}
+    typo = timm.create_model('vmoe_deit_tiny', **TINY, tgr_distil_weight=5.0)
+    with pytest.raises(TypeError, match=r"unknown TGR option 'tgr_distil_weight': the tgr_\* model kwargs are"):
+        create_task(model=typo, verbose=False)
+    with pytest.raises(TypeError, match=r"tgr_distill_weight='five' must be int or float"):
+        create_task(model=_tgr_model(tgr_distill_weight='five'), verbose=False)
     with pytest.raises(ValueError, match='tgr_total_steps'):
         create_task(model=_tgr_model(tgr_schedule='first'), verbose=False)
     with pytest.raises(ValueError, match='adaptive'):
         create_task(model=_tgr_model(tgr_schedule='adaptive'), verbose=False)
+
+
+def test_teacher_follows_the_student_image_size_or_names_the_kwarg():
+    """The named teacher is created at the student's img_size and channels unless tgr_teacher_kwargs say
+    otherwise; a grid that still differs names the model kwarg that fixes it."""
+    import ast
+    kwargs = {k: v for k, v in ast.literal_eval(TEACHER).items()}
+    task = create_task(model=_tgr_model(), verbose=False)
+    patch_embed = task.teacher.model.patch_embed
+    assert tuple(patch_embed.img_size) == (16, 16) and patch_embed.proj.in_channels == 1
+    wrong = timm.create_model('tgr_moe_deit_tiny', **TINY, tgr_teacher='deit3_small_patch16_224',
+                              tgr_teacher_kwargs=dict(kwargs, img_size=32), tgr_teacher_pretrained=False)
+    fix = r"--model-kwargs \"tgr_teacher_kwargs=\{'img_size': 16\}\""
+    with pytest.raises(ValueError, match=r'token-grid mismatch.*' + fix):
+        create_task(model=wrong, verbose=False)
 
 
 def test_vmoe_task_adds_exactly_the_load_loss_gradient():

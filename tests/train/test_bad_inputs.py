@@ -11,11 +11,9 @@ import shutil
 import stat
 import time
 
-import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from PIL import Image
 
 import timm_tgr  # noqa: F401
 from test_export import _offline  # switches the Hugging Face hub offline onto an (empty) cache
@@ -35,20 +33,6 @@ TINY = [
 # the same student guided by a tiny random teacher
 TEACHER = ['--teacher', 'deit3_small_patch16_224', '--teacher-kwargs', 'embed_dim=32', 'num_heads=2', 'patch_size=4',
            'img_size=16', 'in_chans=1', 'num_classes=3', '--no-teacher-pretrained']
-
-
-@pytest.fixture(scope='module')
-def image_folder(tmp_path_factory):
-    """3 classes of 16x16 grayscale PNGs: 8 train and 4 validation images per class."""
-    root = tmp_path_factory.mktemp('syn')
-    rng = np.random.default_rng(0)
-    for split, n in (('train', 8), ('validation', 4)):
-        for c in range(3):
-            d = root / split / f'c{c}'
-            d.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray((rng.random((16, 16)) * 80 + c * 80).astype(np.uint8), 'L').save(d / f'{i}.png')
-    return str(root)
 
 
 def _argv(image_folder, out, name, *extra):
@@ -401,6 +385,22 @@ def test_truncated_teacher_checkpoint_names_the_file(image_folder, done, tmp_pat
     path = _truncated_copy(done, tmp_path)
     with pytest.raises(RuntimeError, match=f'could not read teacher checkpoint {path}'):
         train_main(_argv(image_folder, tmp_path, 'tc', '--epochs', '1', *TEACHER, '--teacher-checkpoint', str(path)))
+
+
+def test_teacher_token_grid_mismatch_names_the_flag(image_folder, tmp_path):
+    """A teacher whose kwargs give it another patch grid than the student's: the error names --teacher-kwargs."""
+    teacher = [a if a != 'img_size=16' else 'img_size=32' for a in TEACHER]
+    with pytest.raises(ValueError, match=r'token-grid mismatch: the student has a 4x4 patch grid, the teacher 8x8\. '
+                                         r'.*pass --teacher-kwargs img_size=16'):
+        train_main(_argv(image_folder, tmp_path, 'grid', '--epochs', '1', *teacher))
+    assert not (tmp_path / 'grid').exists()
+
+
+def test_unknown_tgr_model_kwarg_is_refused(image_folder, tmp_path):
+    """tgr_* model kwargs are timm's train.py's TGR options: a typo fails before anything trains."""
+    with pytest.raises(TypeError, match="unknown TGR option 'tgr_distil_weight'"):
+        train_main(_argv(image_folder, tmp_path, 'typo', '--epochs', '1', '--model-kwargs', 'embed_dim=32',
+                         'num_heads=2', 'patch_size=4', 'num_experts=4', 'tgr_distil_weight=5.0'))
 
 
 def test_default_teacher_offline_names_the_flag(image_folder, tmp_path, monkeypatch):

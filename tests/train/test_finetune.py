@@ -17,6 +17,7 @@ from PIL import Image
 
 import timm_tgr  # noqa: F401
 from reference import architecture_kwargs
+from synthetic import write_image_folder
 from timm_tgr.export import export_checkpoint
 from timm_tgr.train import main as train_main, parse_args, read_metrics
 from timm_tgr.train.setup import create_model, setup_training
@@ -33,15 +34,7 @@ TEACHER = ['--teacher', 'deit3_small_patch16_224', '--no-teacher-pretrained', '-
 
 def _folder(root, num_classes, offset, seed):
     """``num_classes`` classes of 14x14 grayscale PNGs (8 train, 4 validation each), told apart by brightness."""
-    rng = np.random.default_rng(seed)
-    for split, n in (('train', 8), ('validation', 4)):
-        for c in range(num_classes):
-            d = root / split / f'c{c}'
-            d.mkdir(parents=True)
-            for i in range(n):
-                a = (rng.random((14, 14)) * 60 + offset + c * 90).clip(0, 255).astype(np.uint8)
-                Image.fromarray(a, 'L').save(d / f'{i}.png')
-    return str(root)
+    return write_image_folder(root, size=14, num_classes=num_classes, offset=offset, step=90, spread=60, seed=seed)
 
 
 @pytest.fixture(scope='module')

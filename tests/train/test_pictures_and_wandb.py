@@ -26,20 +26,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope='module')
-def image_folder(tmp_path_factory):
-    """3 classes of 16x16 grayscale PNGs: 8 train and 4 validation images per class."""
-    root = tmp_path_factory.mktemp('syn')
-    rng = np.random.default_rng(0)
-    for split, n in (('train', 8), ('validation', 4)):
-        for c in range(3):
-            d = root / split / f'c{c}'
-            d.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray((rng.random((16, 16)) * 80 + c * 80).astype(np.uint8), 'L').save(d / f'{i}.png')
-    return str(root)
-
-
 def test_visualize_every_draws_epochs_and_the_last_and_wandb_logs_offline(image_folder, tmp_path, monkeypatch):
     wandb = pytest.importorskip('wandb')
     monkeypatch.setenv('WANDB_MODE', 'offline')

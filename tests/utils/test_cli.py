@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -38,3 +39,16 @@ def test_export_error_is_one_line_and_traceback_on_request(tmp_path):
 def test_argparse_errors_keep_status_2(tmp_path):
     r = _run([os.path.join(ROOT, 'train_tgr.py'), '--epochs', '0'], tmp_path)
     assert r.returncode == 2 and '--epochs must be >= 1' in r.stderr
+
+
+def test_torch_threads_sets_and_restores_even_on_error():
+    from timm_tgr.utils.cli import torch_threads
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    with pytest.raises(ValueError):
+        with torch_threads(target):
+            assert torch.get_num_threads() == target
+            raise ValueError('boom')
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before

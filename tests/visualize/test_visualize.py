@@ -19,6 +19,7 @@ from timm_tgr.visualize import (  # noqa: E402
 from timm_tgr.visualize import plots  # noqa: E402
 from timm_tgr.visualize.cli import main  # noqa: E402
 from timm_tgr.visualize.writer import round_robin  # noqa: E402
+from synthetic import write_image_folder  # noqa: E402
 
 E = 4
 KW = dict(img_size=16, patch_size=4, in_chans=1, num_classes=3, embed_dim=32, depth=2, num_heads=2, num_experts=E,
@@ -145,12 +146,7 @@ def test_agreement_counts_and_round_robin():
 
 
 def _image_tree(root, split='validation', per_class=3):
-    rng = np.random.default_rng(0)
-    for c in range(3):
-        d = root / split / str(c)
-        d.mkdir(parents=True)
-        for i in range(per_class):
-            Image.fromarray((rng.random((16, 16)) * 80 + c * 80).astype(np.uint8), 'L').save(d / f'{i}.png')
+    write_image_folder(root, splits=((split, per_class),), class_name='{}')
     return root
 
 

@@ -13,7 +13,7 @@ auxiliary loss. With ``capacity_factor=1`` (the default) each expert processes c
 compute of a top-1 V-MoE at capacity factor 1. Groups are as in :mod:`timm_tgr.layers.dispatch`: one sample's
 tokens (``capacity_group='sample'``, outputs independent of the rest of the batch) or the batch.
 
-Routing record (:class:`~timm_tgr.layers.sparse_moe.RoutingInfo`):
+Routing record (:class:`~timm_tgr.layers.moe_base.RoutingInfo`):
 
 - ``probs``: the router softmax over experts ``[B, N, E]`` (noisy logits in training, as for
   :class:`~timm_tgr.layers.sparse_moe.SparseMoE`), with its autograd graph, so TGR's ``KL(p_t || p)`` applies
@@ -39,11 +39,11 @@ import torch
 import torch.nn as nn
 
 from .checks import check_count, check_weight
-from .dispatch import capacity_groups, check_capacity
+from .dispatch import capacity_groups
 from .experts import GroupedExperts
 from .losses import router_z_loss
+from .moe_base import CapacityMoE, RoutingInfo, check_mlp_replacement
 from .router import RouterOutput, TopKRouter
-from .sparse_moe import RoutingInfo, check_mlp_replacement
 
 __all__ = ['ExpertChoiceMoE', 'expert_choice_capacity', 'expert_choice_select']
 
@@ -67,7 +67,7 @@ def expert_choice_select(scores: torch.Tensor, capacity: int):
     return torch.topk(scores.transpose(1, 2), capacity, dim=-1)
 
 
-class ExpertChoiceMoE(nn.Module):
+class ExpertChoiceMoE(CapacityMoE):
     """Expert-Choice MoE replacement for a transformer MLP, on any ``[B, N, C]`` tensor.
 
     Takes timm ``Mlp``'s arguments, so it can be a ViT block's ``mlp_layer``.
@@ -101,9 +101,8 @@ class ExpertChoiceMoE(nn.Module):
             dtype=None,
             **kwargs,
     ):
-        super().__init__()
         check_mlp_replacement('ExpertChoiceMoE', kwargs, in_features, out_features, norm_layer)
-        self.capacity_factor, self.eval_capacity_factor, self.capacity_group = check_capacity(
+        super().__init__(
             capacity_factor, eval_capacity_factor, capacity_group,
             "the average number of experts per token: 1.0 matches a top-1 V-MoE's compute, 2.0 is the "
             "Expert-Choice paper's default")
@@ -115,14 +114,6 @@ class ExpertChoiceMoE(nn.Module):
         self.router = TopKRouter(in_features, num_experts, top_k=1, noise_std=router_noise_std, **dd)
         self.experts = GroupedExperts(
             num_experts, in_features, hidden_features or in_features, act_layer=act_layer, bias=bias, drop=drop, **dd)
-        self.routing: Optional[RoutingInfo] = None
-        self.routing_override: Optional[torch.Tensor] = None
-        self.detach_gates = False
-
-    def current_capacity_factor(self) -> float:
-        if not self.training and self.eval_capacity_factor is not None:
-            return self.eval_capacity_factor
-        return self.capacity_factor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3:

@@ -17,7 +17,7 @@ tokens works (``dynamic_img_size``, patch dropout).
 Compute: ``E*p`` slot evaluations per sample, whatever N. ``p = ceil(N*K/E)`` (:func:`soft_moe_slots`)
 is the capacity of a top-K V-MoE / Expert-Choice layer at capacity factor 1: the same expert compute.
 
-Routing record (:class:`~timm_tgr.layers.sparse_moe.RoutingInfo`), defined so the routing metrics and losses of
+Routing record (:class:`~timm_tgr.layers.moe_base.RoutingInfo`), defined so the routing metrics and losses of
 the token-choice layers read it the same way:
 
 - ``probs[b, n, e]``: token n's *combine mass* on expert e, the combine weights of e's p slots
@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from .checks import check_count
 from .experts import GroupedExperts
-from .sparse_moe import RoutingInfo, check_mlp_replacement
+from .moe_base import RoutingInfo, check_mlp_replacement
 
 __all__ = ['SoftMoE', 'SoftMoERouter', 'soft_moe_slots']
 
@@ -120,12 +120,13 @@ class SoftMoE(nn.Module):
     Args:
         num_experts: E.
         slots_per_expert: p (>= 1); None computes ``ceil(num_tokens * match_top_k / E)``.
-        num_tokens: tokens per sample N, used only when ``slots_per_expert`` is None.
+        num_tokens: tokens per sample N, used only when ``slots_per_expert`` is None (then kept as
+            ``self.num_tokens``; None otherwise).
         match_top_k: K of the top-K layer whose expert compute the slots match (default 1).
         normalize: L2-normalize tokens and slot parameters with a learned scale (paper's default
             for large models; False uses raw dot products).
 
-    After every forward ``self.routing`` holds a :class:`~timm_tgr.layers.sparse_moe.RoutingInfo` (see the module
+    After every forward ``self.routing`` holds a :class:`~timm_tgr.layers.moe_base.RoutingInfo` (see the module
     docstring for what its fields mean here).
     """
 
@@ -151,6 +152,7 @@ class SoftMoE(nn.Module):
         check_mlp_replacement('SoftMoE', kwargs, in_features, out_features, norm_layer)
         self.num_experts = num_experts = check_count('num_experts', num_experts)
         self.slots_per_expert = _resolve_slots_per_expert(slots_per_expert, num_tokens, num_experts, match_top_k)
+        self.num_tokens = num_tokens if slots_per_expert is None else None  # the N the slots were sized for
         self.top_k = 1  # the routing record has one (argmax) expert per token
         dd = dict(device=device, dtype=dtype)
         self.router = SoftMoERouter(in_features, num_experts * self.slots_per_expert, normalize=normalize, **dd)

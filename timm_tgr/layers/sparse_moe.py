@@ -18,7 +18,6 @@ this package (also Soft-MoE and Expert-Choice) fills the same way, for the losse
 Nothing in the forward loops over experts in Python or reads a tensor value on the host, so
 ``torch.compile(fullgraph=True)`` captures the layer whole.
 """
-from dataclasses import dataclass
 from typing import Optional, Tuple, Type, Union
 
 import torch
@@ -26,52 +25,22 @@ import torch.nn as nn
 
 from .checks import check_weight
 from .dispatch import (
-    DROPLESS, assign_slots, capacity_groups, check_capacity, combine_outputs, combine_sorted, dispatch_tokens,
-    expert_capacity, kept_counts, slot_index, sort_by_expert,
+    DROPLESS, assign_slots, capacity_groups, combine_outputs, combine_sorted, dispatch_tokens, expert_capacity,
+    kept_counts, slot_index, sort_by_expert,
 )
 from .experts import GroupedExperts
 from .losses import load_balance_loss, router_z_loss
+from .moe_base import CapacityMoE, RoutingInfo, check_mlp_replacement
 from .router import RouterOutput, TopKRouter
 
-__all__ = ['RoutingInfo', 'SparseMoE', 'check_mlp_replacement']
-
-
-def check_mlp_replacement(layer: str, extra: dict, in_features: int, out_features, norm_layer) -> None:
-    """Shared argument checks of the MoE layers that stand in for a timm ``Mlp``."""
-    if extra:
-        raise TypeError(f'{layer} got unexpected arguments {sorted(extra)}.')
-    if out_features not in (None, in_features):
-        raise ValueError(f'{layer} keeps the feature size: out_features must equal in_features.')
-    if norm_layer is not None:
-        raise ValueError(f'{layer} has no inner MLP norm; build the model with scale_mlp_norm=False.')
+__all__ = ['SparseMoE']
 
 
 def _fmt(cf: Union[float, str]) -> str:
     return repr(cf) if isinstance(cf, str) else f'{cf:g}'
 
 
-@dataclass
-class RoutingInfo:
-    """Routing of one MoE layer in its last forward (tensors keep their autograd graph).
-
-    ``probs``/``logits``: ``[B, N, E]`` fp32; ``expert_index``/``gates``/``kept``: ``[B, N, K]``;
-    ``expert_counts``: ``[E]`` kept choices per expert; ``dropped_fraction``: share of the
-    B*N*K choices dropped by capacity; ``load_loss``/``z_loss``: unweighted L_load and z-loss;
-    ``aux_loss``: their weighted sum as configured on the layer.
-    """
-    probs: torch.Tensor
-    logits: torch.Tensor
-    expert_index: torch.Tensor
-    gates: torch.Tensor
-    kept: torch.Tensor
-    expert_counts: torch.Tensor
-    dropped_fraction: torch.Tensor
-    load_loss: torch.Tensor
-    z_loss: torch.Tensor
-    aux_loss: torch.Tensor
-
-
-class SparseMoE(nn.Module):
+class SparseMoE(CapacityMoE):
     """Top-K sparse MoE replacement for a transformer MLP, on any ``[B, N, C]`` tensor.
 
     The constructor takes timm ``Mlp``'s arguments (``in_features``, ``hidden_features``,
@@ -122,9 +91,8 @@ class SparseMoE(nn.Module):
             dtype=None,
             **kwargs,
     ):
-        super().__init__()
         check_mlp_replacement('SparseMoE', kwargs, in_features, out_features, norm_layer)
-        self.capacity_factor, self.eval_capacity_factor, self.capacity_group = check_capacity(
+        super().__init__(
             capacity_factor, eval_capacity_factor, capacity_group,
             '1.0 gives each expert an equal share of the tokens; larger drops fewer tokens; None drops none',
             dropless=True)
@@ -137,16 +105,7 @@ class SparseMoE(nn.Module):
         self.router = TopKRouter(in_features, num_experts, top_k=top_k, noise_std=router_noise_std, **dd)
         self.experts = GroupedExperts(
             num_experts, in_features, hidden_features or in_features, act_layer=act_layer, bias=bias, drop=drop, **dd)
-        self.routing: Optional[RoutingInfo] = None
-        self.routing_override: Optional[torch.Tensor] = None
-        self.detach_gates = False
         self.use_dropless = True
-
-    def current_capacity_factor(self) -> Union[float, str]:
-        """The capacity factor of the current mode: a float, or ``'dropless'``."""
-        if not self.training and self.eval_capacity_factor is not None:
-            return self.eval_capacity_factor
-        return self.capacity_factor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3:

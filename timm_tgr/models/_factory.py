@@ -18,7 +18,7 @@ import torch.nn as nn
 import timm
 
 from ..utils.checkpoint import (
-    as_dict, check_finite, read_checkpoint, select_weights, state_dict_mismatches, student_state_dict,
+    as_dict, check_finite, plain_value, read_checkpoint, select_weights, state_dict_mismatches, student_state_dict,
 )
 
 __all__ = ['LoadedStudent', 'load_student', 'resolve_model_args', 'build_student', 'run_args_of']
@@ -40,14 +40,6 @@ def _read_args_yaml(path: Path) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f'{path} is not a mapping of run args.')
     return data
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    return v
 
 
 def resolve_model_args(
@@ -89,7 +81,7 @@ def resolve_model_args(
         args.setdefault('global_pool', run_args['gp'])
     args.update(model_kwargs or {})
     # tgr_* kwargs are teacher-guidance options for timm's train.py (timm_tgr.task.timm_train), not architecture
-    args = {k: _jsonable(v) for k, v in args.items()
+    args = {k: plain_value(v) for k, v in args.items()
             if k not in _NOT_MODEL_ARGS and not k.startswith('tgr_') and v is not None}
     try:
         json.dumps(args)

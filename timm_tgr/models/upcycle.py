@@ -43,17 +43,24 @@ except ImportError:  # huggingface_hub < 0.23 keeps them in utils
     from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
 __all__ = [
-    'UPCYCLE_ROUTER_LOGIT_STD', 'init_upcycled_router', 'is_dense_state_dict', 'load_dense_state_dict',
-    'upcycle_checkpoint_filter_fn', 'upcycle_dense_state_dict', 'upcycle_from', 'upcycled_eval_capacity_factor',
+    'UPCYCLED_TAG', 'UPCYCLE_ROUTER_LOGIT_STD', 'is_upcycled_tag', 'init_upcycled_router', 'is_dense_state_dict',
+    'load_dense_state_dict', 'upcycle_checkpoint_filter_fn', 'upcycle_dense_state_dict', 'upcycle_from',
+    'upcycled_eval_capacity_factor',
 ]
 
 _logger = logging.getLogger(__name__)
 
 UPCYCLE_ROUTER_LOGIT_STD = 1e-5
+UPCYCLED_TAG = 'fb_in1k_upcycled'  # the pretrained tag of dense DeiT weights upcycled on load
 _DEIT_WIDTHS = {192: 'tiny', 384: 'small', 768: 'base'}
 _FILE_SUFFIXES = ('.safetensors', '.pth', '.tar', '.pt', '.bin', '.ckpt')
 # what timm's hub download raises offline or for a repo it cannot reach
 _HUB_ERRORS = (LocalEntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled)
+
+
+def is_upcycled_tag(tag: Optional[str]) -> bool:
+    """Whether a pretrained tag names dense weights upcycled on load (``*.fb_in1k_upcycled``)."""
+    return bool(tag) and tag.endswith('_upcycled')
 
 
 def upcycled_eval_capacity_factor(num_experts: int, top_k: int = 1) -> float:

@@ -5,7 +5,8 @@ Nothing here is needed at inference.
 Named after the paper's parts: ``teacher`` (h_t: RoutingTeacher, layer map, TeacherGuidance),
 ``teacher_router`` (p_t, L_teacher, L_distill), ``schedule`` (when L_distill is on), ``vmoe_task`` /
 ``tgr_task`` (the timm tasks), ``metrics`` (routing stats and consistency), ``stablemoe`` (the
-router-freezing baseline), ``timm_train`` (the plugin for timm's train.py).
+router-freezing baseline), ``factory`` (which task a model trains with, for every caller), ``timm_train`` (the
+plugin for timm's train.py).
 """
 from .metrics import (
     ConsistencyTracker, RoutingReference, RoutingStats, mean_over_layers, record_assignments, routing_consistency,
@@ -22,4 +23,15 @@ from .teacher_router import (
 )
 from .tgr_task import TGR_MODES, TGRTask, TGRTrainableModule
 from .vmoe_task import TrainerStateMixin, VMoETask, moe_loss_components, wrap_ddp
+from .factory import GuidanceConfig, create_training_task, is_moe
 from . import stablemoe
+
+__all__ = [
+    'ConsistencyTracker', 'RoutingReference', 'RoutingStats', 'mean_over_layers', 'record_assignments',
+    'routing_consistency', 'DistillSchedule', 'RouterFreezeSchedule', 'freeze_routers', 'DEFAULT_TEACHERS',
+    'RoutingTeacher', 'TeacherGuidance', 'align_teacher_tokens', 'build_teacher', 'check_token_grids',
+    'default_teacher', 'resolve_layer_map', 'TeacherRouter', 'check_teacher_router_state', 'read_teacher_routers',
+    'routing_distillation_loss', 'teacher_router_loss', 'teacher_routers', 'TGR_MODES', 'TGRTask',
+    'TGRTrainableModule', 'TrainerStateMixin', 'VMoETask', 'moe_loss_components', 'wrap_ddp', 'GuidanceConfig',
+    'create_training_task', 'is_moe', 'stablemoe',
+]

@@ -106,7 +106,8 @@ class RouterFreezeSchedule:
             if not 0. <= fraction <= 1.:
                 raise ValueError(f'fraction must be in [0, 1] (share of training before the switch), got {fraction}.')
             if total_steps is None or total_steps < 1:
-                raise ValueError(f'fraction={fraction} needs total_steps >= 1 (the length of training), got {total_steps}.')
+                raise ValueError(
+                    f'fraction={fraction} needs total_steps >= 1 (the length of training), got {total_steps}.')
             switch_step = round(fraction * total_steps)
         if switch_step < 0:
             raise ValueError(f'switch_step must be >= 0, got {switch_step}.')

@@ -1,9 +1,9 @@
 """The teacher side of Teacher-Guided Routing (TGR-MoE, arXiv 2604.21330, Sec. 3.1): h_t for every MoE layer.
 
-- :func:`default_teacher` / :func:`build_teacher`: which dense teacher (Table S2) and how to load it.
-- :class:`RoutingTeacher`: a frozen dense ViT teacher (timm name, ``nn.Module`` or checkpoint file),
-  truncated after the deepest block a teacher router reads, returning the token features h_t of
-  those blocks. Never trained, never in the student's state_dict.
+- :func:`default_teacher` / :func:`build_teacher`: which dense teacher (Table S2), and the one way every caller
+  builds it (name, kwargs, weights, input normalization).
+- :class:`RoutingTeacher`: a frozen dense ViT teacher, truncated after the deepest block a teacher router
+  reads, returning the token features h_t of those blocks. Never trained, never in the student's state_dict.
 - :func:`resolve_layer_map`: student MoE block -> teacher block (layer-aligned by default).
 - :func:`check_token_grids` / :func:`align_teacher_tokens`: every student token gets a teacher token.
 - :class:`TeacherGuidance`: the above put together: the student's input in, ``{str(block): h_t}`` out.
@@ -24,9 +24,11 @@ from timm.task import DistillationTeacher
 from timm.utils import unwrap_model
 
 __all__ = [
-    'DEFAULT_TEACHERS', 'TEACHER_HOW', 'default_teacher', 'build_teacher', 'teacher_depth', 'RoutingTeacher',
-    'resolve_layer_map', 'check_token_grids', 'align_teacher_tokens', 'TeacherGuidance',
+    'DEFAULT_TEACHERS', 'TEACHER_HOW', 'default_teacher', 'build_teacher', 'RoutingTeacher', 'resolve_layer_map',
+    'check_token_grids', 'align_teacher_tokens', 'TeacherGuidance',
 ]
+
+_logger = logging.getLogger(__name__)
 
 # Table S2: TGR-Ti adds 3*384*16 router weights (DeiT-III-Small teacher), TGR-S/B add 3*768*8 (DeiT-III-Base).
 DEFAULT_TEACHERS = {
@@ -36,16 +38,20 @@ DEFAULT_TEACHERS = {
 }
 
 
-# how to give a teacher and its weights, by where the teacher is named (messages say the caller's way)
+# how to give a teacher, its weights and its image size, by where the teacher is named (messages say the caller's
+# way); ``grid`` is formatted with the image size that gives the teacher the student's token grid
 TEACHER_HOW = {
     'api': dict(name='pass teacher= a timm model name (e.g. {teacher!r}) or an nn.Module',
                 weights='pass teacher_pretrained_path=FILE (build_teacher: checkpoint=FILE), or build the teacher '
-                        'yourself and pass the nn.Module'),
+                        'yourself and pass the nn.Module',
+                grid='e.g. teacher_img_size={img_size}, or img_size={img_size} in build_teacher\'s kwargs'),
     'train_tgr.py': dict(name='pass --teacher NAME (e.g. --teacher {teacher}), or --teacher none to train without one',
                          weights='pass --teacher-checkpoint FILE (e.g. model_best.pth.tar of a train_tgr.py run of the '
-                                 'teacher), or --no-teacher-pretrained for a random teacher (debugging only)'),
+                                 'teacher), or --no-teacher-pretrained for a random teacher (debugging only)',
+                         grid='pass --teacher-kwargs img_size={img_size}'),
     'train.py': dict(name='pass --model-kwargs tgr_teacher=NAME (e.g. {teacher})',
-                     weights='pass --model-kwargs tgr_teacher_checkpoint=FILE'),
+                     weights='pass --model-kwargs tgr_teacher_checkpoint=FILE',
+                     grid='pass --model-kwargs "tgr_teacher_kwargs={{\'img_size\': {img_size}}}"'),
 }
 
 
@@ -61,47 +67,72 @@ def default_teacher(model_name: str, how: str = 'api') -> str:
                      f'{TEACHER_HOW[how]["name"].format(teacher=DEFAULT_TEACHERS["tiny"])}.')
 
 
-def _create_teacher(name: str, pretrained_path: Optional[str], pretrained: bool, how: str = 'api',
-                    **kwargs) -> nn.Module:
+def _check_teacher_name(name: str) -> None:
     model_name = name.split('.')[0] if not name.startswith(('hf-hub:', 'local-dir:')) else name
     if not (name.startswith(('hf-hub:', 'local-dir:')) or timm.is_model(model_name)):
         raise ValueError(
             f'unknown teacher {name!r}: pass a timm model name such as {DEFAULT_TEACHERS["tiny"]!r} '
             f'(see timm.list_models()), an nn.Module, or local-dir:/hf-hub: paths.')
-    if pretrained_path is not None and not os.path.isfile(pretrained_path):
-        raise FileNotFoundError(f'teacher checkpoint {pretrained_path!r} does not exist: check the path.')
-    overlay = dict(file=pretrained_path) if pretrained_path else None
+
+
+def _student_img_size(student: nn.Module):
+    size = tuple(unwrap_model(student).patch_embed.img_size)
+    return size[0] if size[0] == size[1] else size
+
+
+def build_teacher(teacher: Union[str, nn.Module], checkpoint: Optional[str] = None, pretrained: bool = True,
+                  trust_checkpoint: bool = False, how: str = 'api', student: Optional[nn.Module] = None,
+                  **kwargs) -> nn.Module:
+    """The dense teacher: the one way train_tgr.py, timm's train.py, :class:`TGRTask` and the routing pictures
+    build it.
+
+    ``teacher`` is a timm model name (also ``hf-hub:`` / ``local-dir:``), created with ``kwargs``; an
+    ``nn.Module`` is returned as it is. Built for a ``student``, the teacher takes the student's ``img_size``
+    unless ``kwargs`` give one (so each student token has a teacher token).
+
+    Its weights, and the input normalization they were trained with (its ``pretrained_cfg`` mean/std, to which
+    TGR converts the student's input):
+
+    - ``checkpoint``: a file of the teacher's weights, the one meaning of "teacher checkpoint": a
+      ``train_tgr.py`` / timm checkpoint (read by :mod:`timm_tgr.utils.checkpoint`: its EMA weights when it
+      has them, ``module.`` prefixes removed) or a plain state dict (``.pth``, ``.safetensors``), loaded
+      strictly: every tensor must fit the teacher built with ``kwargs`` (a teacher trained with other kwargs is
+      an error naming them, not a partial load), and weights holding NaN / Inf are refused. The mean/std the
+      checkpoint's run args record are the teacher's; without them, its cfg's.
+    - else, with ``pretrained``: the name's pretrained weights (the hub), with their cfg's mean/std.
+    - else random weights (debugging only), which for a ``student`` take the student's mean/std: nothing to
+      convert.
+
+    ``how`` (a key of :data:`TEACHER_HOW`) picks how errors say to give the weights.
+    """
+    if isinstance(teacher, nn.Module):
+        return teacher
+    if not isinstance(teacher, str):
+        raise TypeError(f'teacher must be a timm model name or an nn.Module, got {type(teacher)}.')
+    _check_teacher_name(teacher)
+    if checkpoint and not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f'teacher checkpoint {checkpoint!r} does not exist: check the path.')
+    if student is not None and 'img_size' not in kwargs:
+        kwargs['img_size'] = _student_img_size(student)
+    if checkpoint:
+        return _load_teacher_checkpoint(teacher, checkpoint, trust_checkpoint, kwargs)
     try:
-        return timm.create_model(
-            name, pretrained=pretrained or pretrained_path is not None, pretrained_cfg_overlay=overlay, **kwargs)
+        model = timm.create_model(teacher, pretrained=pretrained, **kwargs)
     except Exception as e:  # hub/offline/corrupt file: say what to do instead of a bare traceback
         raise RuntimeError(
-            f'could not load teacher {name!r} weights ({type(e).__name__}: {e}). Without network access, '
+            f'could not load teacher {teacher!r} weights ({type(e).__name__}: {e}). Without network access, '
             f'download the weights elsewhere and {TEACHER_HOW[how]["weights"]}.') from e
+    if not pretrained and student is not None:
+        norm = {k: unwrap_model(student).pretrained_cfg[k] for k in ('mean', 'std')}
+        model.pretrained_cfg = model.default_cfg = dict(model.pretrained_cfg, **norm)
+    return model
 
 
-def build_teacher(name: str, checkpoint: Optional[str] = None, pretrained: bool = True,
-                  trust_checkpoint: bool = False, how: str = 'api', **kwargs) -> nn.Module:
-    """A dense teacher by timm name with ``kwargs``; weights from ``checkpoint`` (strict) or the hub.
-
-    ``checkpoint`` may be a ``train_tgr.py`` / timm checkpoint (read by :mod:`timm_tgr.utils.checkpoint`:
-    its EMA weights when it has them, ``module.`` prefixes removed) or a plain state dict; every tensor
-    must fit (a teacher trained with other kwargs is an error, not a silent partial load), and weights
-    holding NaN / Inf are refused. Without ``checkpoint`` the pretrained hub weights load when
-    ``pretrained``. The mean/std a checkpoint's run args record become the teacher's ``pretrained_cfg``
-    mean/std: the input normalization its weights were trained with, which TGR converts the student's
-    input to. ``how`` (a key of :data:`TEACHER_HOW`) picks how errors say to give the weights.
-    """
+def _load_teacher_checkpoint(name: str, checkpoint: str, trust_checkpoint: bool, kwargs: dict) -> nn.Module:
+    """``name`` built with ``kwargs``, its weights strictly from ``checkpoint`` (see :func:`build_teacher`)."""
     from ..utils.checkpoint import (
         check_finite, describe_weights, read_checkpoint, select_weights, state_dict_mismatches, student_state_dict,
     )
-    if not checkpoint:
-        return _create_teacher(name, None, pretrained, how=how, **kwargs)
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f'teacher checkpoint {checkpoint!r} does not exist: check the path.')
-    model_name = name.split('.')[0] if not name.startswith(('hf-hub:', 'local-dir:')) else name
-    if not (name.startswith(('hf-hub:', 'local-dir:')) or timm.is_model(model_name)):
-        raise ValueError(f'unknown teacher {name!r}: pass a timm model name (see timm.list_models()).')
     ckpt = read_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint, what='teacher checkpoint')
     raw, key = select_weights(ckpt, checkpoint, what='teacher checkpoint')
     state_dict = student_state_dict(raw)[0]
@@ -115,7 +146,7 @@ def build_teacher(name: str, checkpoint: Optional[str] = None, pretrained: bool 
             f'the architecture and kwargs (embed_dim, patch_size, img_size, in_chans, num_classes, ...) it was '
             f'trained with.')
     model.load_state_dict(state_dict, strict=True)
-    logging.getLogger(__name__).info(f'teacher {name}: {describe_weights(key)} of {checkpoint}')
+    _logger.info(f'teacher {name}: {describe_weights(key)} of {checkpoint}')
     _set_trained_normalization(model, ckpt if key is not None else {})
     return model
 
@@ -129,19 +160,15 @@ def _set_trained_normalization(model: nn.Module, ckpt: dict) -> None:
         model.pretrained_cfg = dict(model.pretrained_cfg, mean=tuple(mean), std=tuple(std))
 
 
-def teacher_depth(teacher: Union[str, nn.Module]) -> int:
-    """Number of blocks of a teacher given as ``nn.Module`` or timm name (built on the meta device)."""
-    if isinstance(teacher, nn.Module):
-        base = unwrap_model(teacher)
-        if not hasattr(base, 'blocks'):
-            raise ValueError(f'teacher {type(base).__name__} has no blocks: TGR needs a timm ViT-like teacher.')
-        return len(base.blocks)
-    name = teacher.split('.')[0]
-    if not timm.is_model(name):
-        raise ValueError(
-            f'unknown teacher {teacher!r}: pass a timm model name such as '
-            f"'deit3_small_patch16_224.fb_in22k_ft_in1k' (see timm.list_models()) or an nn.Module.")
-    return len(timm.create_model(name, device='meta').blocks)
+def _vit_teacher(model: nn.Module) -> nn.Module:
+    """The unwrapped teacher, checked to expose per-block token features as timm's ViTs do."""
+    base = unwrap_model(model)
+    for attr in ('forward_intermediates', 'prune_intermediate_layers', 'blocks', 'patch_embed'):
+        if not hasattr(base, attr):
+            raise ValueError(
+                f'teacher {type(base).__name__} has no {attr!r}: TGR needs a timm ViT-like teacher '
+                f'(e.g. deit3_*, vit_*) that exposes per-block token features.')
+    return base
 
 
 class RoutingTeacher(DistillationTeacher):
@@ -151,14 +178,14 @@ class RoutingTeacher(DistillationTeacher):
         model_name_or_module: timm model name (``deit3_small_patch16_224.fb_in22k_ft_in1k``), or a
             timm ViT-like ``nn.Module`` with ``forward_intermediates``.
         blocks: teacher block indices (0-based) whose outputs are needed.
-        pretrained_path: checkpoint file for a named teacher (loaded through timm's
-            ``pretrained_cfg_overlay=dict(file=...)``).
+        pretrained_path: checkpoint file of a named teacher's weights, loaded strictly (see :func:`build_teacher`).
         pretrained: load a named teacher's pretrained weights (True; False only for tests/debugging).
         img_size / in_chans: passed when creating a named teacher.
 
-    The teacher is truncated after ``max(blocks)`` (later blocks, final norm and head are removed),
-    kept in eval mode and has ``requires_grad=False`` everywhere. Inputs normalized for the student
-    are re-normalized for the teacher when their mean/std differ (timm's DistillationTeacher).
+    A named teacher is built by :func:`build_teacher`. The teacher is truncated after ``max(blocks)`` (later
+    blocks, final norm and head are removed), kept in eval mode and has ``requires_grad=False`` everywhere.
+    Inputs normalized for the student are re-normalized for the teacher when their mean/std differ (timm's
+    DistillationTeacher).
     """
 
     def __init__(
@@ -172,13 +199,9 @@ class RoutingTeacher(DistillationTeacher):
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
     ):
-        model = self._resolve_model(model_name_or_module, pretrained_path, pretrained, img_size, in_chans)
-        base = unwrap_model(model)
-        for attr in ('forward_intermediates', 'prune_intermediate_layers', 'blocks', 'patch_embed'):
-            if not hasattr(base, attr):
-                raise ValueError(
-                    f'teacher {type(base).__name__} has no {attr!r}: TGR needs a timm ViT-like teacher '
-                    f'(e.g. deit3_*, vit_*) that exposes per-block token features.')
+        kwargs = {k: v for k, v in dict(img_size=img_size, in_chans=in_chans).items() if v is not None}
+        model = build_teacher(model_name_or_module, checkpoint=pretrained_path, pretrained=pretrained, **kwargs)
+        base = _vit_teacher(model)
         depth = len(base.blocks)
         blocks = sorted(set(int(b) for b in blocks))
         if not blocks or blocks[0] < 0 or blocks[-1] >= depth:
@@ -191,19 +214,6 @@ class RoutingTeacher(DistillationTeacher):
         self.num_prefix_tokens = base.num_prefix_tokens
         self.requires_grad_(False)
         self.eval()
-
-    @staticmethod
-    def _resolve_model(model_name_or_module, pretrained_path, pretrained, img_size, in_chans) -> nn.Module:
-        if isinstance(model_name_or_module, nn.Module):
-            return model_name_or_module
-        if not isinstance(model_name_or_module, str):
-            raise TypeError(f'teacher must be a timm model name or an nn.Module, got {type(model_name_or_module)}.')
-        kwargs = dict(num_classes=0)
-        if img_size is not None:
-            kwargs['img_size'] = img_size
-        if in_chans is not None:
-            kwargs['in_chans'] = in_chans
-        return _create_teacher(model_name_or_module, pretrained_path, pretrained, **kwargs)
 
     def train(self, mode: bool = True) -> 'RoutingTeacher':
         """The teacher stays in eval mode (no dropout / drop-path) whatever the task's mode."""
@@ -260,16 +270,24 @@ def resolve_layer_map(
     return mapping
 
 
-def check_token_grids(student: nn.Module, teacher: RoutingTeacher) -> None:
-    """The teacher must see the same patch grid as the student, and a compatible set of prefix tokens."""
+def check_token_grids(student: nn.Module, teacher: Union['RoutingTeacher', nn.Module], how: str = 'api') -> None:
+    """The teacher must see the same patch grid as the student, and a compatible set of prefix tokens.
+
+    ``teacher`` is a :class:`RoutingTeacher` or the timm ViT it wraps; ``how`` (a key of :data:`TEACHER_HOW`)
+    picks how the error says to give the teacher another image size.
+    """
     s = unwrap_model(student)
-    s_grid, t_grid = tuple(s.patch_embed.grid_size), teacher.grid_size()
+    t = _vit_teacher(teacher.model if isinstance(teacher, RoutingTeacher) else teacher)
+    s_grid, t_grid = tuple(s.patch_embed.grid_size), tuple(t.patch_embed.grid_size)
     if s_grid != t_grid:
+        t_patch = tuple(t.patch_embed.patch_size)
+        size = (s_grid[0] * t_patch[0], s_grid[1] * t_patch[1])
+        fix = TEACHER_HOW[how]['grid'].format(img_size=size[0] if size[0] == size[1] else size)
         raise ValueError(
             f'token-grid mismatch: the student has a {s_grid[0]}x{s_grid[1]} patch grid, the teacher '
-            f'{t_grid[0]}x{t_grid[1]}. Give the teacher the same img_size/patch_size ratio (e.g. '
-            f'teacher_img_size=...), so every student token has a teacher token.')
-    p_s, p_t = s.num_prefix_tokens, teacher.num_prefix_tokens
+            f'{t_grid[0]}x{t_grid[1]}. Give the teacher the same img_size/patch_size ratio ({fix}), so every '
+            f'student token has a teacher token.')
+    p_s, p_t = s.num_prefix_tokens, t.num_prefix_tokens
     if not (p_s == p_t or p_t == 1):
         raise ValueError(
             f'prefix-token mismatch: the student has {p_s} prefix tokens, the teacher {p_t}; TGR maps equal '
@@ -292,11 +310,6 @@ def _student_mean_std(student: nn.Module, device, dtype):
         return None, None
     to = dict(device=device, dtype=dtype)
     return torch.tensor(mean, **to).view(1, -1, 1, 1), torch.tensor(std, **to).view(1, -1, 1, 1)
-
-
-def _student_img_size(student: nn.Module):
-    size = tuple(student.patch_embed.img_size)
-    return size[0] if size[0] == size[1] else size
 
 
 class TeacherGuidance(nn.Module):
@@ -338,8 +351,9 @@ class TeacherGuidance(nn.Module):
     ) -> 'TeacherGuidance':
         """Guidance for ``student``; ``teacher_model`` None is the paper's teacher for its size (Table S2).
 
-        A named or ``nn.Module`` teacher becomes a :class:`RoutingTeacher` for exactly the mapped blocks,
-        created at the student's image size and channels unless ``img_size`` is given.
+        A named teacher is built by :func:`build_teacher` for the student (its image size unless ``img_size`` is
+        given, its channels; weights from ``pretrained_path`` or the hub); a named or ``nn.Module`` teacher becomes
+        a :class:`RoutingTeacher` for exactly the mapped blocks.
         """
         student = unwrap_model(student)
         moe_layers = sorted(student.get_moe_layers())
@@ -348,11 +362,11 @@ class TeacherGuidance(nn.Module):
         if isinstance(teacher_model, RoutingTeacher):
             return cls(teacher_model, resolve_layer_map(moe_layers, teacher_model.depth, layer_map), student,
                        device=device, dtype=dtype)
-        mapping = resolve_layer_map(moe_layers, teacher_depth(teacher_model), layer_map)
-        teacher = RoutingTeacher(
-            teacher_model, blocks=sorted(set(mapping.values())), pretrained_path=pretrained_path,
-            pretrained=pretrained, img_size=img_size or _student_img_size(student), in_chans=student.in_chans,
-            device=device, dtype=dtype)
+        kwargs = dict(in_chans=student.in_chans, **({'img_size': img_size} if img_size is not None else {}))
+        model = build_teacher(teacher_model, checkpoint=pretrained_path, pretrained=pretrained, student=student,
+                              **kwargs)
+        mapping = resolve_layer_map(moe_layers, len(_vit_teacher(model).blocks), layer_map)
+        teacher = RoutingTeacher(model, blocks=sorted(set(mapping.values())), device=device, dtype=dtype)
         return cls(teacher, mapping, student, device=device, dtype=dtype)
 
     def forward(self, input: torch.Tensor) -> Dict[str, torch.Tensor]:

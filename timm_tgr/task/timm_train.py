@@ -18,7 +18,8 @@ holds timm's own ``ClassificationTask`` and ``train_one_epoch``). A custom scrip
 ``install(globals())`` itself, or simply uses :func:`create_task`.
 
 TGR options travel as model kwargs with a ``tgr_`` prefix (``--model-kwargs tgr_distill_weight=5.0``);
-the model stores them in ``guidance_cfg`` and :func:`create_task` reads them:
+the model keeps them, unread, in ``guidance_cfg``, and :func:`create_task` checks (:func:`check_guidance_cfg`: an
+unknown option or a value of the wrong type is a TypeError) and reads them:
 
 ==============================  ==================================================================
 ``tgr_teacher``                 timm name of the dense teacher (default: the paper's for the size)
@@ -51,9 +52,15 @@ from typing import Any, Dict, Optional
 import torch.nn as nn
 from timm.utils import unwrap_model
 
+from .factory import GuidanceConfig, create_training_task, is_moe
+from .teacher import default_teacher
+
 _logger = logging.getLogger(__name__)
 
-__all__ = ['GUIDANCE_KEYS', 'pop_guidance_kwargs', 'create_task', 'moe_aware_kd_task', 'install', 'is_timm_train']
+__all__ = [
+    'GUIDANCE_KEYS', 'check_guidance_cfg', 'pop_guidance_kwargs', 'model_guidance_cfg', 'guidance_config',
+    'create_task', 'moe_aware_kd_task', 'install', 'is_timm_train',
+]
 
 GUIDANCE_KEYS = {
     'teacher': (str,),
@@ -73,23 +80,29 @@ GUIDANCE_KEYS = {
 }
 
 
-def pop_guidance_kwargs(kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """Remove ``tgr_*`` keys from model kwargs and return them validated, without the prefix."""
-    cfg = {}
-    for key in [k for k in kwargs if k.startswith('tgr_')]:
-        name, value = key[4:], kwargs.pop(key)
+def check_guidance_cfg(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """``cfg`` (a model's ``guidance_cfg``: its ``tgr_*`` kwargs without the prefix), every key known and of its
+    type; a TypeError naming the option otherwise."""
+    for name, value in cfg.items():
+        key = 'tgr_' + name
         if name not in GUIDANCE_KEYS:
             raise TypeError(
                 f'unknown TGR option {key!r}: the tgr_* model kwargs are '
                 f'{", ".join("tgr_" + k for k in sorted(GUIDANCE_KEYS))} (see timm_tgr.task.timm_train).')
         if not isinstance(value, GUIDANCE_KEYS[name]):
             raise TypeError(f'{key}={value!r} must be {" or ".join(t.__name__ for t in GUIDANCE_KEYS[name])}.')
-        cfg[name] = value
     return cfg
 
 
-def _is_moe(model: nn.Module) -> bool:
-    return hasattr(unwrap_model(model), 'routing_infos')
+def pop_guidance_kwargs(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Remove ``tgr_*`` keys from model kwargs and return them checked (:func:`check_guidance_cfg`), without the
+    prefix."""
+    return check_guidance_cfg({k[len('tgr_'):]: kwargs.pop(k) for k in [k for k in kwargs if k.startswith('tgr_')]})
+
+
+def model_guidance_cfg(model: nn.Module) -> Dict[str, Any]:
+    """The checked ``tgr_*`` options a timm_tgr model was created with (``{}`` for other models)."""
+    return check_guidance_cfg(dict(getattr(unwrap_model(model), 'guidance_cfg', None) or {}))
 
 
 def _wants_guidance(base: nn.Module, cfg: Dict[str, Any]) -> bool:
@@ -99,37 +112,19 @@ def _wants_guidance(base: nn.Module, cfg: Dict[str, Any]) -> bool:
     return name.startswith('tgr_') or bool(cfg)
 
 
-def create_task(model: nn.Module, criterion: Optional[nn.Module] = None, device=None, dtype=None,
-                verbose: bool = True, **kwargs):
-    """The task timm's train.py should use for ``model`` (its ``ClassificationTask`` signature)."""
-    from timm.task import ClassificationTask
-    if not _is_moe(model):
-        return ClassificationTask(model=model, criterion=criterion, device=device, dtype=dtype, verbose=verbose,
-                                  **kwargs)
+def guidance_config(model: nn.Module) -> Optional[GuidanceConfig]:
+    """The teacher guidance the ``tgr_*`` kwargs of ``model`` ask for; None for a dense model or an MoE model
+    trained without teacher (a ``vmoe_*`` model without ``tgr_*`` kwargs, or ``tgr_enable=False``).
+
+    The teacher defaults to the paper's for the student's size, created at the student's image size and channels
+    unless ``tgr_teacher_kwargs`` say otherwise.
+    """
+    if not is_moe(model):
+        return None
     base = unwrap_model(model)
-    cfg = dict(getattr(base, 'guidance_cfg', {}) or {})
+    cfg = model_guidance_cfg(base)
     if not _wants_guidance(base, cfg):
-        from .vmoe_task import VMoETask
-        task = VMoETask(model, criterion=criterion, device=device, dtype=dtype, verbose=verbose)
-        if verbose:
-            _logger.info('timm_tgr: V-MoE task (task loss + MoE load/z losses)')
-        return task
-    return _create_tgr_task(model, cfg, criterion=criterion, device=device, dtype=dtype, verbose=verbose)
-
-
-def _create_tgr_task(model: nn.Module, cfg: Dict[str, Any], criterion=None, device=None, dtype=None,
-                     verbose: bool = True):
-    """:class:`~timm_tgr.task.tgr_task.TGRTask` configured by the model's ``tgr_*`` kwargs (``cfg``)."""
-    from .teacher import build_teacher, default_teacher
-    from .tgr_task import TGRTask
-    base = unwrap_model(model)
-    arch = (getattr(base, 'pretrained_cfg', None) or {}).get('architecture', '')
-    teacher_name = cfg.get('teacher') or default_teacher(arch, how='train.py')
-    teacher_kwargs = _student_geometry(base)  # same image size and channels as the student unless given
-    teacher_kwargs.update(cfg.get('teacher_kwargs') or {})
-    teacher = build_teacher(
-        teacher_name, checkpoint=cfg.get('teacher_checkpoint'), pretrained=cfg.get('teacher_pretrained', True),
-        how='train.py', **teacher_kwargs)
+        return None
     schedule = cfg.get('schedule', 'full')
     if schedule == 'adaptive':
         raise ValueError(
@@ -139,25 +134,30 @@ def _create_tgr_task(model: nn.Module, cfg: Dict[str, Any], criterion=None, devi
         raise ValueError(
             "tgr_schedule='first' needs tgr_total_steps (training forwards of the whole run: epochs x batches "
             "per epoch, counting every micro-batch with --grad-accum-steps).")
-    task = TGRTask(
-        model, teacher_model=teacher.to(device) if device is not None else teacher, criterion=criterion,
-        layer_map=cfg.get('layer_map'), distill_weight=cfg.get('distill_weight', 5.0),
-        teacher_load_weight=cfg.get('teacher_load_weight', 0.005),
+    arch = (getattr(base, 'pretrained_cfg', None) or {}).get('architecture', '')
+    return GuidanceConfig(
+        teacher=cfg.get('teacher') or default_teacher(arch, how='train.py'),
+        teacher_kwargs={'in_chans': base.in_chans, **(cfg.get('teacher_kwargs') or {})},
+        teacher_checkpoint=cfg.get('teacher_checkpoint'), teacher_pretrained=cfg.get('teacher_pretrained', True),
+        teacher_routers=cfg.get('teacher_routers'), mode=cfg.get('mode', 'tgr'), layer_map=cfg.get('layer_map'),
+        distill_weight=cfg.get('distill_weight', 5.0), teacher_load_weight=cfg.get('teacher_load_weight', 0.005),
         teacher_entropy_weight=cfg.get('teacher_entropy_weight'), schedule=schedule,
-        total_steps=cfg.get('total_steps'), distill_fraction=cfg.get('distill_fraction', 0.5),
-        mode=cfg.get('mode', 'tgr'), device=device, dtype=dtype, verbose=verbose)
-    if cfg.get('teacher_routers'):
-        from .teacher_router import read_teacher_routers
-        task.load_teacher_routers(read_teacher_routers(cfg['teacher_routers']), source=cfg['teacher_routers'])
-    if verbose:
-        routers = f", teacher routers from {cfg['teacher_routers']}" if cfg.get('teacher_routers') else ''
-        _logger.info(f'timm_tgr: TGR task, teacher {teacher_name}{routers}')
+        total_steps=cfg.get('total_steps'), distill_fraction=cfg.get('distill_fraction', 0.5), how='train.py')
+
+
+def create_task(model: nn.Module, criterion: Optional[nn.Module] = None, device=None, dtype=None,
+                verbose: bool = True, **kwargs):
+    """The task timm's train.py should use for ``model`` (its ``ClassificationTask`` signature): see
+    :func:`~timm_tgr.task.factory.create_training_task`, with the guidance of :func:`guidance_config`."""
+    guidance = guidance_config(model)
+    task = create_training_task(model, criterion=criterion, guidance=guidance, device=device, dtype=dtype,
+                                verbose=verbose, **kwargs)
+    if verbose and guidance is not None:
+        routers = f', teacher routers from {guidance.teacher_routers}' if guidance.teacher_routers else ''
+        _logger.info(f'timm_tgr: TGR task, teacher {guidance.teacher}{routers}')
+    elif verbose and is_moe(model):
+        _logger.info('timm_tgr: V-MoE task (task loss + MoE load/z losses)')
     return task
-
-
-def _student_geometry(base: nn.Module) -> Dict[str, Any]:
-    size = tuple(base.patch_embed.img_size)
-    return {'img_size': size[0] if size[0] == size[1] else size, 'in_chans': base.in_chans}
 
 
 class _MoEAuxMixin:
@@ -180,9 +180,9 @@ def moe_aware_kd_task(task_cls):
     class MoEAwareTask(_MoEAuxMixin, task_cls):
         def __init__(self, student_model, *args, **kwargs):
             super().__init__(student_model, *args, **kwargs)
-            if _is_moe(student_model):
+            if is_moe(student_model):
                 base = unwrap_model(student_model)
-                if _wants_guidance(base, dict(getattr(base, 'guidance_cfg', {}) or {})):
+                if _wants_guidance(base, model_guidance_cfg(base)):
                     raise ValueError(
                         f'{task_cls.__name__} (--kd-model-name) with teacher-guided routing is not supported: '
                         f'train a vmoe_deit_* model with timm KD, or a tgr_moe_* model without --kd-model-name '

@@ -27,7 +27,7 @@ import torch.nn as nn
 from timm.models import clean_state_dict
 from timm.utils import unwrap_model
 
-from ..utils.checkpoint import as_dict, check_finite, read_checkpoint, state_dict_mismatches
+from ..utils.checkpoint import as_dict, check_finite, plain_value, read_checkpoint, state_dict_mismatches
 
 __all__ = ['Resumed', 'resume_run', 'load_resumed_ema', 'run_differences']
 
@@ -48,21 +48,12 @@ class Resumed:
     start_epoch: int
 
 
-def _plain(v: Any) -> Any:
-    """Tuples as lists, recursively: args.yaml / checkpoint values compare equal to the flags' values."""
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    return v
-
-
 def _kwargs_differences(flag: str, before: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
     out = []
     for k in sorted(set(before) | set(now)):
         if k in _NOT_ARCH or k.startswith('tgr_'):
             continue
-        b, n = _plain(before.get(k, '(default)')), _plain(now.get(k, '(default)'))
+        b, n = plain_value(before.get(k, '(default)')), plain_value(now.get(k, '(default)'))
         if b != n:
             out.append(f'{flag} {k} (the run: {b}; this command: {n})')
     return out
@@ -77,7 +68,7 @@ def run_differences(run_args: Dict[str, Any], args: argparse.Namespace, with_opt
     out = []
     for key, flag in _RUN_KEYS + ((('opt', '--opt'),) if with_optimizer else ()):
         before = run_args.get(key, run_args.get('model') if key == 'model_arch' else None)
-        if _plain(before) != _plain(now.get(key)):
+        if plain_value(before) != plain_value(now.get(key)):
             out.append(f'{flag} (the run: {before}; this command: {now.get(key)})')
     out += _kwargs_differences('--model-kwargs', run_args.get('model_kwargs_resolved') or {},
                                now.get('model_kwargs_resolved') or {})
@@ -120,10 +111,10 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, state: Dict[str, Any], pat
     changes = {}
     for group, new in zip(optimizer.param_groups, fresh):
         saved_lr = group.pop('initial_lr', group.get('lr'))
-        if _plain(saved_lr) != _plain(new.get('lr')):
+        if plain_value(saved_lr) != plain_value(new.get('lr')):
             changes['lr'] = (saved_lr, new.get('lr'))
         for k in hyper & set(new):
-            if k != 'lr' and k in group and _plain(group[k]) != _plain(new[k]):
+            if k != 'lr' and k in group and plain_value(group[k]) != plain_value(new[k]):
                 changes.setdefault(k, (group[k], new[k]))
             group[k] = new[k]
     if changes and log_info:

@@ -33,6 +33,7 @@ import torch
 from timm.utils import is_primary, random_seed, setup_default_logging
 
 from ..task import RoutingStats, TGRTask, record_assignments
+from ..utils.cli import torch_threads
 from .args import parse_args
 from .loop import TrainingDiverged, reduce_routing_stats, set_epoch, train_one_epoch, validate
 from .pictures import RoutingPictures, picture_epoch_dir
@@ -50,13 +51,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if not logging.root.handlers:
         setup_default_logging()
     args = parse_args(argv)
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return train(args)
-    finally:
-        torch.set_num_threads(threads)  # in-process callers (quickstart, reproduce) get theirs back
 
 
 def train(args: argparse.Namespace) -> dict:

@@ -26,7 +26,6 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.models import safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
-from timm.task import ClassificationTask
 from timm.utils import NativeScaler, init_distributed_device, is_primary, random_seed, unwrap_model
 
 from ..data import (
@@ -34,10 +33,9 @@ from ..data import (
     check_device_data_args, check_mnist_files, prepare_fashion_mnist,
 )
 from ..models import upcycle_from
-from ..task import (
-    ConsistencyTracker, RouterFreezeSchedule, RoutingReference, TGRTask, VMoETask, build_teacher, default_teacher,
-    read_teacher_routers,
-)
+from ..task import ConsistencyTracker, RouterFreezeSchedule, RoutingReference, default_teacher
+from ..task.factory import GuidanceConfig, create_training_task, is_moe
+from ..task.timm_train import model_guidance_cfg
 from ..utils.checkpoint import run_outputs
 from ..utils.metrics_log import read_metrics
 from .args import checkpoint_args, yaml_safe
@@ -263,6 +261,7 @@ def create_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
     args.model_arch, source_kwargs = model_source(args.model)
     flag_kwargs = model_kwargs(args)
     model = timm.create_model(args.model, pretrained=args.pretrained, **flag_kwargs)
+    model_guidance_cfg(model)  # tgr_* kwargs (recorded, read by timm's train.py only) must be known options
     args.model_kwargs_resolved = {**source_kwargs, **flag_kwargs}  # as timm merges them: the flags win
     if args.pretrained:
         log_pretrained_head(model, args.model)
@@ -284,11 +283,6 @@ def set_input_normalization(model: nn.Module, data_config: dict) -> None:
     ``--mean`` / ``--std`` or a dataset default may replace)."""
     cfg = dict(model.pretrained_cfg, mean=tuple(data_config['mean']), std=tuple(data_config['std']))
     model.pretrained_cfg = model.default_cfg = cfg
-
-
-def is_moe(model: nn.Module) -> bool:
-    """True for timm_tgr MoE models (they report routing through ``routing_infos``)."""
-    return hasattr(unwrap_model(model), 'routing_infos')
 
 
 def resolve_teacher(args: argparse.Namespace, model: nn.Module) -> Optional[str]:
@@ -406,49 +400,39 @@ def train_criterion(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
-def create_teacher(args: argparse.Namespace, device: torch.device, student: Optional[nn.Module] = None) -> nn.Module:
-    """The named teacher with --teacher-kwargs; weights from --teacher-checkpoint (strict) or the hub.
-
-    Its input normalization is that of its weights (the checkpoint's recorded mean/std, or the hub
-    cfg's); a teacher without weights (--no-teacher-pretrained) takes the ``student``'s: nothing to convert.
-    """
-    teacher = build_teacher(
-        args.teacher_resolved, checkpoint=args.teacher_checkpoint or None,
-        pretrained=not args.no_teacher_pretrained, trust_checkpoint=args.trust_checkpoint, how='train_tgr.py',
-        **dict(args.teacher_kwargs))
-    if student is not None and args.no_teacher_pretrained and not args.teacher_checkpoint:
-        norm = {k: unwrap_model(student).pretrained_cfg[k] for k in ('mean', 'std')}
-        teacher.pretrained_cfg = teacher.default_cfg = dict(teacher.pretrained_cfg, **norm)
-    return teacher.to(device)
+def guidance_config(args: argparse.Namespace, batches_per_epoch: int) -> Optional[GuidanceConfig]:
+    """Teacher-guided routing from the flags; None without a teacher (``args.teacher_resolved``)."""
+    if args.teacher_resolved is None:
+        return None
+    if args.distill_schedule == 'adaptive' and args.probe_samples <= 0:
+        raise ValueError('--distill-schedule adaptive watches probe-set consistency: set --probe-samples > 0')
+    return GuidanceConfig(
+        teacher=args.teacher_resolved, teacher_kwargs=dict(args.teacher_kwargs),
+        teacher_checkpoint=args.teacher_checkpoint or None, teacher_pretrained=not args.no_teacher_pretrained,
+        trust_checkpoint=args.trust_checkpoint, teacher_routers=args.teacher_routers_from or None,
+        mode=args.tgr_mode, layer_map=None if args.layer_map == 'aligned' else args.layer_map,
+        distill_weight=args.distill_weight, teacher_load_weight=args.teacher_load_weight,
+        teacher_entropy_weight=args.teacher_entropy_weight, schedule=args.distill_schedule,
+        total_steps=args.epochs * batches_per_epoch, distill_fraction=args.distill_fraction, how='train_tgr.py')
 
 
 def create_task(args: argparse.Namespace, model: nn.Module, loaders: Loaders, device: torch.device) -> TaskSetup:
-    """TGRTask with a teacher, VMoETask for an MoE without one, timm's ClassificationTask for dense models."""
+    """The task of :func:`~timm_tgr.task.factory.create_training_task` for the flags (TGRTask with a teacher,
+    VMoETask for an MoE without one, timm's ClassificationTask for dense models), with the trainer's
+    routing-consistency tracker and reference in its state."""
     criterion = train_criterion(args, loaders.mixup_active).to(device)
-    tracker = ConsistencyTracker() if is_moe(model) else None
     verbose = is_primary(args)
-    if args.teacher_resolved is not None:
-        if args.distill_schedule == 'adaptive' and args.probe_samples <= 0:
-            raise ValueError('--distill-schedule adaptive watches probe-set consistency: set --probe-samples > 0')
-        task = TGRTask(
-            model, teacher_model=create_teacher(args, device, model), criterion=criterion,
-            layer_map=None if args.layer_map == 'aligned' else args.layer_map, distill_weight=args.distill_weight,
-            teacher_load_weight=args.teacher_load_weight, teacher_entropy_weight=args.teacher_entropy_weight,
-            schedule=args.distill_schedule, total_steps=args.epochs * len(loaders.train),
-            distill_fraction=args.distill_fraction, mode=args.tgr_mode, device=device, verbose=verbose)
+    guidance = guidance_config(args, len(loaders.train))
+    task = create_training_task(model, criterion=criterion, guidance=guidance, device=device, verbose=verbose)
+    if guidance is not None:
         kind = f'TGR ({args.tgr_mode}, teacher {args.teacher_resolved}, schedule {args.distill_schedule})'
-    elif is_moe(model):
-        task = VMoETask(model, criterion=criterion, device=device, verbose=verbose)
-        kind = 'V-MoE (no teacher)'
+        if guidance.teacher_routers:
+            kind += f', teacher routers from {guidance.teacher_routers}'
     else:
-        task = ClassificationTask(model, criterion=criterion, device=device, verbose=verbose)
-        kind = 'dense classification'
+        kind = 'V-MoE (no teacher)' if is_moe(model) else 'dense classification'
+    tracker = ConsistencyTracker() if is_moe(model) else None
     if tracker is not None:
         task.register_trainer_state('consistency', tracker)  # saved with checkpoints, restored on resume
-    if args.teacher_routers_from:
-        task.load_teacher_routers(read_teacher_routers(args.teacher_routers_from, args.trust_checkpoint),
-                                  source=args.teacher_routers_from)
-        kind += f', teacher routers from {args.teacher_routers_from}'
     reference = create_reference(args, model, task)
     if verbose:
         _logger.info(f'Task: {kind}')

@@ -29,7 +29,8 @@ import torch
 from timm.models import clean_state_dict
 
 __all__ = [
-    'read_checkpoint', 'select_weights', 'student_state_dict', 'is_state_dict', 'as_dict', 'state_dict_mismatches',
+    'read_checkpoint', 'select_weights', 'student_state_dict', 'is_state_dict', 'as_dict', 'plain_value',
+    'state_dict_mismatches',
     'non_finite_tensors', 'check_finite', 'NonFiniteError', 'CheckpointWriteError', 'write_error',
     'RUN_CHECKPOINTS', 'RUN_OUTPUTS', 'run_outputs',
 ]
@@ -149,6 +150,16 @@ def as_dict(args: Any) -> Dict[str, Any]:
     if isinstance(args, dict):
         return dict(args)
     raise TypeError(f"checkpoint 'args' is a {type(args).__name__}; expected an argparse.Namespace or a dict.")
+
+
+def plain_value(v: Any) -> Any:
+    """Tuples as lists and dict keys as strings, recursively: a run arg as args.yaml / JSON hold it, so values read
+    back from a checkpoint compare equal to the flags' values."""
+    if isinstance(v, (list, tuple)):
+        return [plain_value(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): plain_value(x) for k, x in v.items()}
+    return v
 
 
 def select_weights(

@@ -15,6 +15,7 @@ from PIL import Image
 from timm.data import create_dataset, create_transform, resolve_data_config
 from timm.utils import ParseKwargs
 
+from ..utils.cli import torch_threads
 from .load import class_names_for, load_model, load_teacher_routing, run_title
 from .writer import ProbeImages, round_robin, write_routing_pictures
 
@@ -167,13 +168,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         import matplotlib  # noqa: F401
     except ImportError:
         raise SystemExit('python -m timm_tgr.visualize draws with matplotlib: pip install "timm-tgr[plot]"')
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return draw(args)
-    finally:
-        torch.set_num_threads(threads)  # in-process callers get theirs back
 
 
 def draw(args: argparse.Namespace) -> dict:

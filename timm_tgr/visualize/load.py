@@ -83,17 +83,14 @@ def load_teacher_routing(loaded: LoadedModel, teacher_checkpoint: Optional[str] 
         _logger.warning(f"the run's teacher checkpoint {path!r} is not there (moved, or relative to another "
                         f'folder): no teacher agreement pictures. Pass --teacher-checkpoint FILE.')
         return None
-    pretrained = not args.get('no_teacher_pretrained', False)
-    try:
-        teacher = build_teacher(name, checkpoint=path, pretrained=pretrained, **dict(args.get('teacher_kwargs') or {}))
+    student = loaded.model
+    try:  # as the run built it (a random teacher, in tests, normalizes as the student does)
+        teacher = build_teacher(name, checkpoint=path, pretrained=not args.get('no_teacher_pretrained', False),
+                                student=student, **dict(args.get('teacher_kwargs') or {}))
     except (RuntimeError, OSError) as e:
         _logger.warning(f'could not load the teacher {name!r} ({e}): no teacher agreement pictures. '
                         f'Pass --teacher-checkpoint FILE.')
         return None
-    student = loaded.model
-    if not path and not pretrained:  # a random teacher (tests): it normalizes as the student does, as in training
-        teacher.pretrained_cfg = dict(teacher.pretrained_cfg, mean=student.pretrained_cfg['mean'],
-                                      std=student.pretrained_cfg['std'])
     layer_map = args.get('layer_map')
     guidance = TeacherGuidance.create(student, teacher_model=teacher,
                                       layer_map=None if layer_map in (None, 'aligned') else layer_map)
