@@ -18,6 +18,7 @@
     python benchmarks/upcycle.py --data-dir data --output output/upcycle --scratch-runs output/cpu_tier/runs
     python benchmarks/upcycle.py --data-dir data --output output/upcycle --finetune-variants noise1,noise1e,dropless \
         --no-scratch
+    python benchmarks/upcycle.py --output output/upcycle-finetune --report-only --publish upcycle-finetune  # commit
     python benchmarks/upcycle.py --quick --output /tmp/upcycle     # CI smoke run, synthetic data (numbers mean nothing)
 
 Runs are ordinary ``train_tgr.py`` folders under ``<output>/runs``; finished ones are skipped on a second call.
@@ -35,6 +36,7 @@ import torch
 from harness.collect import mean_std
 from harness.env import device_name
 from harness.files import read_metrics
+from harness.publish import publish
 from harness.tables import fmt
 
 EXPERTS = 8
@@ -47,9 +49,10 @@ VARIANTS = {  # label, model, whether the dense parent guides routing
 }
 SCRATCH_RUN = {'vmoe': 'vmoe-E8-s{seed}', 'tgr': 'tgr_first-E8-s{seed}'}  # reproduce.py's run folder names
 FINETUNES = {  # label, model kwargs of the fine-tuning run (on top of the quickstart student's)
-    'noise1': ('router noise 1.0 (paper)', {}),
+    'noise1': ('router noise 1.0 (paper)', {'router_noise_std': 1.0}),
     'noise1e': ("router noise '1/E' (V-MoE's code)", {'router_noise_std': '1/E'}),
-    'dropless': ("dropless (capacity_factor='dropless'), noise 1.0", {'capacity_factor': 'dropless'}),
+    'dropless': ("dropless (capacity_factor='dropless'), noise 1.0",
+                 {'capacity_factor': 'dropless', 'router_noise_std': 1.0}),
 }
 EVAL_CAPACITIES = ('1.05', 'dropless')  # the fine-tuned runs' test evaluations
 
@@ -75,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f'for the --finetune-variants other than noise1 (noise1 runs both)')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--quick', action='store_true', help='CI: synthetic data, width 32, 1 epoch everywhere')
+    p.add_argument('--report-only', action='store_true',
+                   help="rewrite results.md from the study's results.json without training or evaluating")
+    p.add_argument('--publish', default=None, metavar='NAME',
+                   help='copy results.md / results.json to benchmarks/results/NAME/ (e.g. upcycle-finetune)')
     return p
 
 
@@ -326,6 +333,19 @@ def render(result: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def report_only(args) -> dict:
+    """results.md again from ``<output>/results.json`` (and ``--publish``); nothing trains or evaluates."""
+    path = os.path.join(args.output, 'results.json')
+    if not os.path.isfile(path):
+        raise SystemExit(f'--report-only: no {path}; run the study first.')
+    with open(path) as f:
+        result = json.load(f)
+    with open(os.path.join(args.output, 'results.md'), 'w') as f:
+        f.write(render(result))
+    publish(args.output, args.publish)
+    return result
+
+
 def _environment(argv: List[str], device: str) -> dict:
     import platform
     import timm
@@ -356,6 +376,8 @@ def _csv(value: str, allowed, flag: str) -> List[str]:
 def main(argv: Optional[List[str]] = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.report_only:
+        return report_only(args)
     fts = ['noise1'] + [ft for ft in _csv(args.finetune_variants, FINETUNES, '--finetune-variants') if ft != 'noise1']
     guidance = _csv(args.guidance, VARIANTS, '--guidance')
     os.makedirs(args.output, exist_ok=True)
@@ -378,6 +400,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     with open(os.path.join(args.output, 'results.md'), 'w') as f:
         f.write(render(result))
     print(render(result))
+    publish(args.output, args.publish)
     return result
 
 

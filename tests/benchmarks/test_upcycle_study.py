@@ -48,7 +48,8 @@ def test_finetune_variants_evaluated_both_ways(study):
     study_ = result['finetune_study']
     assert list(study_) == ['noise1', 'noise1e', 'dropless']
     assert list(study_['noise1']['guidance']) == ['vmoe', 'tgr'] and list(study_['dropless']['guidance']) == ['tgr']
-    assert study_['dropless']['model_kwargs'] == {'capacity_factor': 'dropless'}
+    assert study_['dropless']['model_kwargs'] == {'capacity_factor': 'dropless', 'router_noise_std': 1.0}
+    assert study_['noise1']['model_kwargs'] == {'router_noise_std': 1.0}  # explicit: not the upcycled default
     for ft, entry in study_.items():
         assert entry['train_scale_step0'] > 0
         for g in entry['guidance'].values():
@@ -61,3 +62,15 @@ def test_finetune_variants_evaluated_both_ways(study):
     assert "router noise '1/E'" in md and 'Highest mean top-1 at eval dropless' in md
     with pytest.raises(SystemExit, match='--finetune-variants'):
         module.main(['--quick', '--output', str(out), '--finetune-variants', 'noise2'])
+
+
+def test_report_only_rewrites_the_table_from_results_json(study, tmp_path):
+    module, out, _ = study
+    saved = json.loads((out / 'results.json').read_text())  # (another test's rerun may have rewritten it)
+    (out / 'results.md').write_text('stale')
+    again = module.main(['--output', str(out), '--report-only'])
+    assert again == saved and (out / 'results.md').read_text() == module.render(saved)
+    with pytest.raises(SystemExit, match='no .*results.json; run the study first'):
+        module.main(['--output', str(tmp_path), '--report-only'])
+    with pytest.raises(SystemExit, match='folder name'):
+        module.main(['--output', str(out), '--report-only', '--publish', '../elsewhere'])
