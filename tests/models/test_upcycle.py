@@ -172,6 +172,7 @@ def test_untagged_name_loads_upcycled_offline(tmp_path, monkeypatch, caplog):
         assert len(lines) == 1, lines
         assert 'Hugging Face Hub repo timm/deit_tiny_patch16_224.fb_in1k' in lines[0]
         assert 'routers start near uniform' in lines[0] and 'fine-tune, with TGR, before relying on routing' in lines[0]
+        assert "router_noise_std='1/E'" in lines[0]  # the training default the upcycled weights got
         assert model.pretrained_cfg['tag'] == UPCYCLED_TAG
         assert all(m.eval_capacity_factor == 16 for m in model.get_moe_layers().values())
         _assert_close(_logits(model), _logits(dense))
@@ -208,6 +209,10 @@ def test_fine_tuning_defaults_of_upcycled_weights(tmp_path, monkeypatch):
     safetensors.torch.save_file(dense.state_dict(), str(path))
     kw = dict(SMALL_KW, num_experts=8, pretrained=True,
               pretrained_cfg_overlay=dict(file=str(path), num_classes=10))
+    model = timm.create_model('tgr_moe_deit_tiny', **kw)  # the study's choice: V-MoE's code's noise 1/E
+    for m in model.get_moe_layers().values():
+        assert m.router.noise_std == 1 / 8 and m.capacity_factor == 1.05 and m.eval_capacity_factor == 8
+    monkeypatch.setattr(vmoe_deit, 'UPCYCLED_FINETUNE_DEFAULTS', {})
     model = timm.create_model('tgr_moe_deit_tiny', **kw)
     assert all(m.router.noise_std == 1.0 and m.capacity_factor == 1.05 for m in model.get_moe_layers().values())
     monkeypatch.setattr(vmoe_deit, 'UPCYCLED_FINETUNE_DEFAULTS',

@@ -64,10 +64,11 @@ class VMoEVisionTransformerDistilled(MoEVisionTransformerMixin, VisionTransforme
 
 
 # Model kwargs that upcycled weights change from V-MoE's defaults, for fine-tuning from them (kwargs given to
-# create_model win). This is the one line to switch after the fine-tuning study (BENCHMARKS.md, "Fine-tuning from
-# upcycled weights"): dict(router_noise_std='1/E') for V-MoE's code's noise, dict(capacity_factor='dropless')
-# for dropless training. Eval mode always gets eval_capacity_factor=E/K (nothing dropped: the dense function).
-UPCYCLED_FINETUNE_DEFAULTS: Dict[str, object] = {}
+# create_model win). Chosen by the fine-tuning study (BENCHMARKS.md, "Fine-tuning from upcycled weights"): V-MoE's
+# code's noise '1/E' keeps the training-mode MoE output at 1.06x the dense MLP's at step 0 (2.58x at the paper's
+# 1.0) and had the highest mean top-1 of the three starts, though within seed noise. Eval mode always gets
+# eval_capacity_factor=E/K (nothing dropped: the dense function).
+UPCYCLED_FINETUNE_DEFAULTS: Dict[str, object] = {'router_noise_std': '1/E'}
 
 
 def _named_tag(pretrained_cfg) -> str:
@@ -141,6 +142,15 @@ def _set_upcycled_defaults(model: nn.Module, given: dict) -> None:
             cf, eval_cf, moe.capacity_group, 'the upcycled defaults', dropless=True)
 
 
+def _finetune_note(given: dict) -> str:
+    """The part of the upcycled-load log line naming the training defaults the weights got (none: empty)."""
+    applied = {k: v for k, v in UPCYCLED_FINETUNE_DEFAULTS.items() if k not in given}
+    if not applied:
+        return ''
+    shown = ', '.join(f'{k}={v!r}' for k, v in applied.items())
+    return f' (training defaults of upcycled weights: {shown}; pass them to create_model to change)'
+
+
 def _build(variant: str, size: dict, pretrained: bool, distilled: bool, kwargs: dict):
     """The model; upcycled on load when the weights are a dense checkpoint (then logged, with the upcycled defaults)."""
     given = dict(kwargs)
@@ -163,7 +173,7 @@ def _build(variant: str, size: dict, pretrained: bool, distilled: bool, kwargs: 
             f'{variant}: loaded the dense weights of the {weights_location(cfg)}, upcycled into '
             f'{kwargs["num_experts"]} experts per MoE block (sparse upcycling, not trained MoE weights: none are '
             f'published yet). At eval capacity E/K the outputs are the dense model\'s; the routers start near '
-            f'uniform, so fine-tune, with TGR, before relying on routing.')
+            f'uniform, so fine-tune, with TGR, before relying on routing{_finetune_note(given)}.')
     return model
 
 
