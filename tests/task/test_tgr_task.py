@@ -264,6 +264,22 @@ def test_named_teacher_follows_the_student_image_size():
     assert tuple(teacher.patch_embed.img_size) == (64, 64)
 
 
+def test_named_teacher_follows_the_student_channels():
+    """A grayscale student's named teacher reads 1-channel images unless its kwargs say otherwise; through the task
+    factory (train_tgr.py, the API) the guided step then runs."""
+    from timm_tgr.task import GuidanceConfig, create_training_task
+    from timm_tgr.task.teacher import build_teacher
+    student = tiny_student(img_size=16, in_chans=1, patch_size=4, embed_dim=32, num_heads=2, num_experts=4)
+    small = dict(embed_dim=32, num_heads=2, patch_size=4, num_classes=5)
+    guidance = GuidanceConfig(teacher='deit3_small_patch16_224', teacher_kwargs=small, teacher_pretrained=False)
+    task = create_training_task(student, guidance=guidance, verbose=False)
+    assert task.teacher.model.patch_embed.proj.in_channels == 1
+    out = task(torch.randn(2, 1, 16, 16), torch.tensor([0, 1]))
+    assert torch.isfinite(out['loss'])
+    rgb = build_teacher('deit3_small_patch16_224', pretrained=False, student=student, in_chans=3, **small)
+    assert rgb.patch_embed.proj.in_channels == 3
+
+
 def test_distilled_student_gets_teacher_class_token_on_both_prefix_tokens():
     student = tiny_student('tgr_moe_deit_tiny_distilled')
     task = TGRTask(student, tiny_teacher())

@@ -75,9 +75,13 @@ def _check_teacher_name(name: str) -> None:
             f'(see timm.list_models()), an nn.Module, or local-dir:/hf-hub: paths.')
 
 
-def _student_img_size(student: nn.Module):
-    size = tuple(unwrap_model(student).patch_embed.img_size)
-    return size[0] if size[0] == size[1] else size
+def _student_input_kwargs(student: nn.Module) -> dict:
+    """The student's ``img_size`` and ``in_chans``: what a named teacher is created with unless told otherwise."""
+    base = unwrap_model(student)
+    size = tuple(base.patch_embed.img_size)
+    kwargs = {'img_size': size[0] if size[0] == size[1] else size}
+    in_chans = getattr(base, 'in_chans', None)
+    return kwargs if in_chans is None else dict(kwargs, in_chans=in_chans)
 
 
 def build_teacher(teacher: Union[str, nn.Module], checkpoint: Optional[str] = None, pretrained: bool = True,
@@ -88,7 +92,8 @@ def build_teacher(teacher: Union[str, nn.Module], checkpoint: Optional[str] = No
 
     ``teacher`` is a timm model name (also ``hf-hub:`` / ``local-dir:``), created with ``kwargs``; an
     ``nn.Module`` is returned as it is. Built for a ``student``, the teacher takes the student's ``img_size``
-    unless ``kwargs`` give one (so each student token has a teacher token).
+    and ``in_chans`` unless ``kwargs`` give them (so each student token has a teacher token, and the teacher
+    reads the student's images; timm adapts pretrained patch-embedding weights to the channel count).
 
     Its weights, and the input normalization they were trained with (its ``pretrained_cfg`` mean/std, to which
     TGR converts the student's input):
@@ -112,8 +117,8 @@ def build_teacher(teacher: Union[str, nn.Module], checkpoint: Optional[str] = No
     _check_teacher_name(teacher)
     if checkpoint and not os.path.isfile(checkpoint):
         raise FileNotFoundError(f'teacher checkpoint {checkpoint!r} does not exist: check the path.')
-    if student is not None and 'img_size' not in kwargs:
-        kwargs['img_size'] = _student_img_size(student)
+    if student is not None:
+        kwargs = dict(_student_input_kwargs(student), **kwargs)
     if checkpoint:
         return _load_teacher_checkpoint(teacher, checkpoint, trust_checkpoint, kwargs)
     try:
@@ -362,7 +367,7 @@ class TeacherGuidance(nn.Module):
         if isinstance(teacher_model, RoutingTeacher):
             return cls(teacher_model, resolve_layer_map(moe_layers, teacher_model.depth, layer_map), student,
                        device=device, dtype=dtype)
-        kwargs = dict(in_chans=student.in_chans, **({'img_size': img_size} if img_size is not None else {}))
+        kwargs = {'img_size': img_size} if img_size is not None else {}
         model = build_teacher(teacher_model, checkpoint=pretrained_path, pretrained=pretrained, student=student,
                               **kwargs)
         mapping = resolve_layer_map(moe_layers, len(_vit_teacher(model).blocks), layer_map)

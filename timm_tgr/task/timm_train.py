@@ -137,7 +137,7 @@ def guidance_config(model: nn.Module) -> Optional[GuidanceConfig]:
     arch = (getattr(base, 'pretrained_cfg', None) or {}).get('architecture', '')
     return GuidanceConfig(
         teacher=cfg.get('teacher') or default_teacher(arch, how='train.py'),
-        teacher_kwargs={'in_chans': base.in_chans, **(cfg.get('teacher_kwargs') or {})},
+        teacher_kwargs=dict(cfg.get('teacher_kwargs') or {}),
         teacher_checkpoint=cfg.get('teacher_checkpoint'), teacher_pretrained=cfg.get('teacher_pretrained', True),
         teacher_routers=cfg.get('teacher_routers'), mode=cfg.get('mode', 'tgr'), layer_map=cfg.get('layer_map'),
         distill_weight=cfg.get('distill_weight', 5.0), teacher_load_weight=cfg.get('teacher_load_weight', 0.005),
