@@ -15,15 +15,9 @@ from timm_tgr.export import CARD_PICTURE, export_checkpoint  # noqa: E402
 from timm_tgr.train import main as train_main, parse_args  # noqa: E402
 from timm_tgr.train.wandb_log import WandbLogger, flatten_row  # noqa: E402
 from timm_tgr.visualize import plots  # noqa: E402
+from synthetic import TINY_TGR_ARGV  # noqa: E402
 
-TINY = [
-    '--dataset', '', '--model', 'tgr_moe_deit_tiny',
-    '--model-kwargs', 'embed_dim=32', 'num_heads=2', 'patch_size=4', 'num_experts=4',
-    '--img-size', '16', '--in-chans', '1', '--num-classes', '3', '--mean', '0.5', '--std', '0.25',
-    '--teacher', 'deit3_small_patch16_224', '--teacher-kwargs', 'embed_dim=32', 'num_heads=2', 'patch_size=4',
-    'img_size=16', 'in_chans=1', 'num_classes=3', '--no-teacher-pretrained',
-    '-b', '8', '-j', '0', '--warmup-epochs', '1', '--probe-samples', '8', '--no-progress', '--threads', '1',
-]
+TINY = TINY_TGR_ARGV
 
 
 def test_visualize_every_draws_epochs_and_the_last_and_wandb_logs_offline(image_folder, tmp_path, monkeypatch):

@@ -13,19 +13,12 @@ import torch
 
 import timm_tgr  # noqa: F401
 from timm_tgr.data import FASHION_MNIST_FILES, prepare_fashion_mnist, write_class_subset
+from synthetic import TINY_TGR_ARGV
 from timm_tgr.train import main as train_main, parse_args, read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-TINY = [
-    '--dataset', '', '--model', 'tgr_moe_deit_tiny',
-    '--model-kwargs', 'embed_dim=32', 'num_heads=2', 'patch_size=4', 'num_experts=4',
-    '--img-size', '16', '--in-chans', '1', '--num-classes', '3', '--mean', '0.5', '--std', '0.25',
-    '--teacher', 'deit3_small_patch16_224', '--teacher-kwargs', 'embed_dim=32', 'num_heads=2', 'patch_size=4',
-    'img_size=16', 'in_chans=1', 'num_classes=3', '--no-teacher-pretrained',
-    '-b', '8', '-j', '0', '--warmup-epochs', '1', '--probe-samples', '8', '--no-progress', '--checkpoint-hist', '10',
-    '--threads', '1',
-]
+TINY = TINY_TGR_ARGV + ['--checkpoint-hist', '10']
 
 
 def _run(image_folder, tmp_path, name, *extra):
