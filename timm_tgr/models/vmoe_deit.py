@@ -123,14 +123,19 @@ _SMALL = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, num_experts=8
 _BASE = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, num_experts=8)
 
 
+def _finetune_defaults(given: dict) -> dict:
+    """:data:`UPCYCLED_FINETUNE_DEFAULTS` less the kwargs given to ``create_model``: what upcycled weights get."""
+    return {k: v for k, v in UPCYCLED_FINETUNE_DEFAULTS.items() if k not in given}
+
+
 def _set_upcycled_defaults(model: nn.Module, given: dict) -> None:
     """Every SparseMoE of ``model``: eval capacity E/K and :data:`UPCYCLED_FINETUNE_DEFAULTS`, except kwargs given."""
     for moe in model.modules():
         if not isinstance(moe, SparseMoE):
             continue
-        opts = dict(UPCYCLED_FINETUNE_DEFAULTS,
-                    eval_capacity_factor=upcycled_eval_capacity_factor(moe.num_experts, moe.top_k))
-        opts = {k: v for k, v in opts.items() if k not in given}
+        opts = _finetune_defaults(given)
+        if 'eval_capacity_factor' not in given:
+            opts['eval_capacity_factor'] = upcycled_eval_capacity_factor(moe.num_experts, moe.top_k)
         if 'router_noise_std' in opts:
             moe.router.noise_std = resolve_noise_std(opts.pop('router_noise_std'), moe.num_experts)
         cf = opts.pop('capacity_factor', moe.capacity_factor)
@@ -144,7 +149,7 @@ def _set_upcycled_defaults(model: nn.Module, given: dict) -> None:
 
 def _finetune_note(given: dict) -> str:
     """The part of the upcycled-load log line naming the training defaults the weights got (none: empty)."""
-    applied = {k: v for k, v in UPCYCLED_FINETUNE_DEFAULTS.items() if k not in given}
+    applied = _finetune_defaults(given)
     if not applied:
         return ''
     shown = ', '.join(f'{k}={v!r}' for k, v in applied.items())
