@@ -182,8 +182,7 @@ def sort_by_expert(expert_index: torch.Tensor, num_experts: int) -> Tuple[torch.
     """
     flat = expert_index.reshape(-1)
     order = torch.argsort(flat, stable=True)
-    counts = torch.zeros(num_experts, dtype=torch.long, device=flat.device)
-    return order, counts.scatter_add_(0, flat, torch.ones_like(flat))
+    return order, kept_counts(flat, torch.ones_like(flat, dtype=torch.bool), num_experts)
 
 
 def combine_sorted(expert_out: torch.Tensor, order: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
