@@ -1,5 +1,5 @@
-"""benchmarks/study.py tiers and benchmarks/plan.py command lines, against the issue's definitions and the
-records the pre-split reproduce.py wrote (hand-copied), plus the estimate's scheduler on hand-solved cases."""
+"""benchmarks/study.py tiers and benchmarks/plan.py command lines, against the tiers' written definitions and
+hand-copied reference command lines, plus the estimate's scheduler on hand-solved cases."""
 import argparse
 import os
 
@@ -44,8 +44,8 @@ def test_cpu_tier_builds_the_pre_split_command_lines(bench):
     students = [f'{v}-E8-s{s}' for s in range(3) for v in ('vmoe', 'tgr', 'tgr_first')]
     assert sorted(runs) == sorted(['teacher-s0'] + students)
     strip = bench.runner.strip_neutral
-    # reproduce_run.json of the pre-split script (--recipe quick --variants vmoe tgr tgr_first --main-experts 8
-    # --experts --seeds 0 1 2 --device cpu), flags that change nothing removed, configs by name
+    # the command lines the CPU tier's runs were trained with (--recipe quick --variants vmoe tgr tgr_first
+    # --main-experts 8 --experts --seeds 0 1 2 --device cpu), flags that change nothing removed, configs by name
     assert strip(runs['vmoe-E8-s0']['argv']) == [
         '-c', 'fmnist_quick_tgr.yaml', '--experiment', 'vmoe-E8-s0', '--seed', '0', '--model', 'vmoe_deit_tiny',
         '--model-kwargs', 'embed_dim=64', 'num_heads=2', 'patch_size=7', 'num_experts=8', '--epochs', '3',
