@@ -50,7 +50,7 @@ def test_capacity_helpers():
     assert expert_capacity(3, 8, 1, 1.0) == 1  # at least one slot
     assert capacity_groups(5, 7, 'sample') == (5, 7) and capacity_groups(5, 7, 'batch') == (1, 35)
     assert check_capacity(2, None, 'batch', '') == (2.0, None, 'batch')
-    with pytest.raises(ValueError, match="capacity_group must be one of \\('sample', 'batch'\\)"):
+    with pytest.raises(ValueError, match="capacity_group must be 'sample'"):
         check_capacity(1., None, 'device', '')
     with pytest.raises(ValueError, match='eval_capacity_factor must be > 0'):
         check_capacity(1., 0., 'sample', '')

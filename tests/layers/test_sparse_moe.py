@@ -133,9 +133,9 @@ def test_aux_losses_match_hand_computation():
     x = torch.randn(2, 7, 8)
     with torch.no_grad():
         moe(x)
-    p = torch.softmax(x @ moe.router.proj.weight.t(), dim=-1).reshape(-1, 4)
-    imp = p.mean(0)
-    cv2 = (imp.std(unbiased=False) / imp.mean()) ** 2
+    p = torch.softmax(x @ moe.router.proj.weight.t(), dim=-1)  # [2, 7, 4]; group='sample': one image a group
+    imp = p.mean(1)
+    cv2 = ((imp.std(dim=1, unbiased=False) / imp.mean(dim=1)) ** 2).mean()
     z = (torch.logsumexp(x @ moe.router.proj.weight.t(), -1) ** 2).mean()
     torch.testing.assert_close(moe.routing.load_loss, cv2)
     torch.testing.assert_close(moe.routing.z_loss, z)

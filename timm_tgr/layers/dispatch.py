@@ -1,8 +1,9 @@
 """Token dispatch of top-K routing under expert capacity (V-MoE), as tensor index arithmetic.
 
-Capacity (V-MoE): tokens are routed in groups; by default a group is one sample's N tokens, so a
-sample's output never depends on the other samples of the batch (``capacity_group='batch'`` makes
-the whole batch one group). Each expert takes at most ``C = ceil(S * K * capacity_factor / E)``
+Capacity (V-MoE): tokens are routed in groups of a fixed number of images (V-MoE's code: 8 images,
+``group_size = 8 * num_patches``); ``capacity_group='sample'`` makes each image its own group, so an image's
+output never depends on the rest of the batch, and ``'batch'`` makes the whole batch one group. A batch that
+is not a multiple of the group size ends with a smaller group (V-MoE requires a multiple). Each expert takes at most ``C = ceil(S * K * capacity_factor / E)``
 tokens of a group of S tokens. Choices are served k-major (all first choices before any second
 choice); within a rank, earlier tokens win, or with batch-prioritized routing (BPR) the tokens with
 the higher top-1 gate win. A choice beyond an expert's capacity is dropped: the token gets nothing
@@ -25,34 +26,49 @@ expert, the experts run on those rows as groups of any size (``GroupedExperts.fo
 None of them loops over experts in Python or reads a tensor value on the host.
 """
 import math
-from typing import Tuple, Union
+from typing import List, Tuple, Union
 
 import torch
 
 from .checks import check_positive
 
 __all__ = [
-    'CAPACITY_GROUPS', 'DROPLESS', 'check_capacity', 'capacity_groups', 'expert_capacity', 'assign_slots', 'slot_index',
+    'CAPACITY_GROUPS', 'DROPLESS', 'check_capacity', 'check_capacity_group', 'group_images', 'split_groups',
+    'capacity_groups', 'expert_capacity', 'assign_slots', 'slot_index',
     'dispatch_tokens', 'combine_outputs', 'kept_counts', 'sort_by_expert', 'combine_sorted',
 ]
 
-CAPACITY_GROUPS = ('sample', 'batch')
+CAPACITY_GROUPS = ('sample', 'batch')  # besides a number of images per group
+CapacityGroup = Union[int, str]
 DROPLESS = 'dropless'  # a capacity factor meaning "no capacity limit": no choice is ever dropped
+
+
+def check_capacity_group(capacity_group: Union[CapacityGroup, None], name: str = 'capacity_group') -> CapacityGroup:
+    """A routing group: ``'sample'`` (one image), ``'batch'`` (the whole batch) or a number of images >= 1
+    (an int, or its digits as a command line or YAML gives them: ``'8'``). ``'sample'`` and 1 are the same."""
+    group = capacity_group
+    if isinstance(group, str) and group.strip().isdigit():
+        group = int(group.strip())
+    if isinstance(group, bool) or not (group in CAPACITY_GROUPS or (isinstance(group, int) and group >= 1)):
+        raise ValueError(
+            f"{name} must be 'sample' (each image routes alone), 'batch' (the whole batch is one group) or a "
+            f"number of images per routing group >= 1 (V-MoE: 8), got {capacity_group!r}.")
+    return 'sample' if group == 1 else group
 
 
 def check_capacity(
         capacity_factor: Union[float, str, None],
         eval_capacity_factor: Union[float, str, None],
-        capacity_group: str,
+        capacity_group: CapacityGroup,
         meaning: str,
         dropless: bool = False,
-) -> Tuple[Union[float, str], Union[float, str, None], str]:
+) -> Tuple[Union[float, str], Union[float, str, None], CapacityGroup]:
     """Checked ``(capacity_factor, eval_capacity_factor, capacity_group)``.
 
-    Factors must be finite and > 0 (``meaning`` says what they are for the calling layer); groups 'sample'/'batch'.
-    ``eval_capacity_factor=None`` means "as in training". ``dropless=True``: the layer also takes
-    :data:`DROPLESS` (``'dropless'``: no capacity limit) for either factor, and ``capacity_factor=None`` as
-    :data:`DROPLESS`.
+    Factors must be finite and > 0 (``meaning`` says what they are for the calling layer); the group is checked by
+    :func:`check_capacity_group`. ``eval_capacity_factor=None`` means "as in training". ``dropless=True``: the
+    layer also takes :data:`DROPLESS` (``'dropless'``: no capacity limit) for either factor, and
+    ``capacity_factor=None`` as :data:`DROPLESS`.
     """
     def check(name, cf):
         if dropless and isinstance(cf, str) and cf.strip().lower() == DROPLESS:
@@ -66,15 +82,35 @@ def check_capacity(
 
     if capacity_factor is None and dropless:
         capacity_factor = DROPLESS
-    if capacity_group not in CAPACITY_GROUPS:
-        raise ValueError(f'capacity_group must be one of {CAPACITY_GROUPS}, got {capacity_group!r}.')
+    capacity_group = check_capacity_group(capacity_group)
     eval_cf = check('eval_capacity_factor', eval_capacity_factor) if eval_capacity_factor is not None else None
     return check('capacity_factor', capacity_factor), eval_cf, capacity_group
 
 
-def capacity_groups(batch: int, tokens: int, capacity_group: str) -> Tuple[int, int]:
-    """``(G, S)``: G routing groups of S tokens; one per sample (``'sample'``) or the whole batch."""
-    return (batch, tokens) if capacity_group == 'sample' else (1, batch * tokens)
+def group_images(batch: int, capacity_group: CapacityGroup) -> int:
+    """Images per routing group for a batch of ``batch`` images (at least 1)."""
+    if capacity_group == 'sample':
+        return 1
+    if capacity_group == 'batch':
+        return max(batch, 1)
+    return max(min(int(capacity_group), batch), 1)
+
+
+def split_groups(x: torch.Tensor, images: int) -> List[torch.Tensor]:
+    """``x`` (``[B, N, ...]``) as routing groups ``[G, images * N, ...]``: one tensor when ``images`` divides B,
+    else the full groups and then the last, smaller group (``[1, (B % images) * N, ...]``)."""
+    B = x.shape[0]
+    full = B - B % images
+    parts = [x[:full], x[full:]] if 0 < full < B else [x]
+    return [p.reshape(-1, min(images, p.shape[0]) * p.shape[1], *p.shape[2:]) for p in parts]
+
+
+def capacity_groups(batch: int, tokens: int, capacity_group: CapacityGroup) -> Tuple[int, int]:
+    """``(G, S)`` of a batch whose images split evenly into groups: G routing groups of S tokens."""
+    images = group_images(batch, capacity_group)
+    if batch % images:
+        raise ValueError(f'{batch} images do not split into groups of {images}: use split_groups.')
+    return batch // images, images * tokens
 
 
 def expert_capacity(group_tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:

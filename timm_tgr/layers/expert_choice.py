@@ -118,7 +118,7 @@ class ExpertChoiceMoE(CapacityMoE):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3:
             raise ValueError(f'ExpertChoiceMoE expects tokens as [B, N, C], got shape {tuple(x.shape)}.')
-        route = self.router.route(self.router.compute_logits(x))
+        route = self.router.route(self.router.compute_logits(x.detach() if self.detach_router_input else x))
         scores = self._choice_scores(route)
         out, chosen, per_expert = self._dispatch_combine(x, scores)
         self.routing = self._routing_info(route.logits, route.probs, scores, chosen, per_expert)
@@ -143,7 +143,7 @@ class ExpertChoiceMoE(CapacityMoE):
         """
         B, N, D = x.shape
         E = self.num_experts
-        G, S = capacity_groups(B, N, self.capacity_group)
+        G, S = capacity_groups(B, N, self.current_capacity_group())
         capacity = expert_choice_capacity(S, E, self.current_capacity_factor())
         weights, token_index = expert_choice_select(scores.reshape(G, S, E), capacity)  # [G, E, C]
 
@@ -177,6 +177,7 @@ class ExpertChoiceMoE(CapacityMoE):
             expert_counts=torch.full((E,), per_expert, dtype=torch.long, device=probs.device),
             dropped_fraction=1. - kept.float().mean(),
             load_loss=logits.new_zeros(()),
+            noisy_load_loss=logits.new_zeros(()),
             z_loss=z,
             aux_loss=self.z_loss_weight * z,
         )

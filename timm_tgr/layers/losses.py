@@ -7,10 +7,12 @@ All functions take router probabilities or logits with the expert axis last
 Equation references are to the TGR-MoE paper (arXiv 2604.21330) and its
 supplement (``shared/paper``).
 """
+import math
+
 import torch
 
 __all__ = [
-    'importance', 'load_balance_loss', 'routing_entropy_loss', 'router_z_loss',
+    'importance', 'load_balance_loss', 'importance_loss', 'noisy_load_loss', 'routing_entropy_loss', 'router_z_loss',
     'routing_kl_divergence', 'normalized_utilization_entropy',
 ]
 
@@ -27,12 +29,36 @@ def importance(probs: torch.Tensor) -> torch.Tensor:
 def load_balance_loss(probs: torch.Tensor) -> torch.Tensor:
     """L_load(p) = (std(Imp(p)) / mean(Imp(p)))^2, the squared coefficient of variation.
 
-    V-MoE's importance loss, used for the student (lambda_load = 0.005 per MoE layer)
-    and for the teacher router (L_teacher). std is the population std over experts,
-    as in V-MoE. Zero when every expert has the same importance.
+    V-MoE's importance loss over all tokens as one group: the teacher router's L_load (L_teacher). The student's
+    MoE layers take it per routing group (:func:`importance_loss`). std is the population std over experts, as in
+    V-MoE. Zero when every expert has the same importance.
     """
-    imp = importance(probs)
-    return imp.var(unbiased=False) / imp.mean().square().clamp_min(1e-12)
+    return importance_loss(_tokens(probs).unsqueeze(0))[0]
+
+
+def _cv_squared(x: torch.Tensor) -> torch.Tensor:
+    """(std / mean)^2 over the last axis (population std, as V-MoE's ``jnp.std``)."""
+    return x.var(dim=-1, unbiased=False) / x.mean(dim=-1).square().clamp_min(1e-12)
+
+
+def importance_loss(probs: torch.Tensor) -> torch.Tensor:
+    """L_load per routing group: ``probs`` ``[G, S, E]`` -> ``[G]``, the squared coefficient of variation of each
+    group's expert importance (V-MoE's ``_importance_auxiliary_loss``, computed on the clean softmax per group)."""
+    return _cv_squared(probs.float().mean(dim=-2))
+
+
+def noisy_load_loss(logits: torch.Tensor, noisy_logits: torch.Tensor, noise_std: float, top_k: int) -> torch.Tensor:
+    """V-MoE's load loss per routing group (Riquelme et al., 2021, App. A.2): ``[G, S, E]`` logits -> ``[G]``.
+
+    A token's threshold is its K-th largest noisy logit. With fresh noise of the same std, expert e would be among
+    its top-K with probability P_e = 1 - Phi((threshold - logit_e) / noise_std); the loss is the squared
+    coefficient of variation over experts of P_e averaged over the group's tokens. Differentiable, unlike the
+    token counts it stands for; it needs the noise (no noise: no loss).
+    """
+    threshold = noisy_logits.float().topk(top_k, dim=-1).values[..., -1:]
+    z = (threshold - logits.float()) / noise_std
+    p_selected = 0.5 * torch.erfc(z / math.sqrt(2.))
+    return _cv_squared(p_selected.mean(dim=-2))
 
 
 def routing_entropy_loss(probs: torch.Tensor) -> torch.Tensor:

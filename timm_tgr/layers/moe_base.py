@@ -15,7 +15,7 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 
-from .dispatch import check_capacity
+from .dispatch import CapacityGroup, check_capacity, check_capacity_group
 
 __all__ = ['RoutingInfo', 'check_mlp_replacement', 'CapacityMoE']
 
@@ -36,8 +36,9 @@ class RoutingInfo:
 
     ``probs``/``logits``: ``[B, N, E]`` fp32; ``expert_index``/``gates``/``kept``: ``[B, N, K]``;
     ``expert_counts``: ``[E]`` kept choices per expert; ``dropped_fraction``: share of the
-    B*N*K choices dropped by capacity; ``load_loss``/``z_loss``: unweighted L_load and z-loss;
-    ``aux_loss``: their weighted sum as configured on the layer.
+    B*N*K choices dropped by capacity; ``load_loss``/``noisy_load_loss``/``z_loss``: unweighted L_load (V-MoE's
+    importance loss), V-MoE's noise-based load loss (zero where a layer has none) and z-loss, each the mean over
+    the layer's routing groups; ``aux_loss``: their weighted sum as configured on the layer.
     """
     probs: torch.Tensor
     logits: torch.Tensor
@@ -47,6 +48,7 @@ class RoutingInfo:
     expert_counts: torch.Tensor
     dropped_fraction: torch.Tensor
     load_loss: torch.Tensor
+    noisy_load_loss: torch.Tensor
     z_loss: torch.Tensor
     aux_loss: torch.Tensor
 
@@ -58,24 +60,32 @@ class CapacityMoE(nn.Module):
         capacity_factor / eval_capacity_factor / capacity_group: checked by
             :func:`~timm_tgr.layers.dispatch.check_capacity`; ``meaning`` says what the factor means for the layer
             (in its messages), ``dropless`` whether it takes ``'dropless'`` (no capacity limit).
+        eval_capacity_group: the routing group in eval mode (None: ``capacity_group``).
 
     State a model or a task sets between forwards (the layer's forward reads it):
 
     - ``routing_override``: a ``[B, N, E]`` probability tensor the layer routes by instead of its router (None:
       the router);
-    - ``detach_gates``: True stops the task loss from reaching the router through the combine weights.
+    - ``detach_gates``: True stops the task loss from reaching the router through the combine weights;
+    - ``detach_router_input``: True makes the router read its input without gradient, so losses on the router's
+      probabilities train the router's weights only (the teacher-route experiment: nothing of the student's
+      distillation loss flows back through the tokens into what routed them).
 
     After every forward ``routing`` holds the layer's :class:`RoutingInfo`.
     """
 
     def __init__(self, capacity_factor: Union[float, str, None], eval_capacity_factor: Union[float, str, None],
-                 capacity_group: str, meaning: str, dropless: bool = False):
+                 capacity_group: CapacityGroup, meaning: str, dropless: bool = False,
+                 eval_capacity_group: Optional[CapacityGroup] = None):
         super().__init__()
         self.capacity_factor, self.eval_capacity_factor, self.capacity_group = check_capacity(
             capacity_factor, eval_capacity_factor, capacity_group, meaning, dropless=dropless)
+        self.eval_capacity_group = (None if eval_capacity_group is None
+                                    else check_capacity_group(eval_capacity_group, 'eval_capacity_group'))
         self.routing: Optional[RoutingInfo] = None
         self.routing_override: Optional[torch.Tensor] = None
         self.detach_gates = False
+        self.detach_router_input = False
 
     def current_capacity_factor(self) -> Union[float, str]:
         """The capacity factor of the current mode: ``eval_capacity_factor`` in eval mode when set, else
@@ -83,3 +93,10 @@ class CapacityMoE(nn.Module):
         if not self.training and self.eval_capacity_factor is not None:
             return self.eval_capacity_factor
         return self.capacity_factor
+
+    def current_capacity_group(self) -> CapacityGroup:
+        """The routing group of the current mode: ``eval_capacity_group`` in eval mode when set, else
+        ``capacity_group``."""
+        if not self.training and self.eval_capacity_group is not None:
+            return self.eval_capacity_group
+        return self.capacity_group

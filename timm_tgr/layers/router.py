@@ -29,15 +29,18 @@ class RouterOutput:
             the routing distribution p that the losses use.
         expert_index: chosen experts, ``[..., K]`` (int64), best first.
         gates: fp32 combine weights of the chosen experts, ``[..., K]`` (``probs`` at ``expert_index``).
+        noisy_logits: the logits with the training noise added, ``[..., E]`` (None without noise: eval mode or
+            noise 0), for V-MoE's load loss.
     """
     logits: torch.Tensor
     probs: torch.Tensor
     expert_index: torch.Tensor
     gates: torch.Tensor
+    noisy_logits: Optional[torch.Tensor] = None
 
 
 def resolve_noise_std(noise_std: Union[float, str, None], num_experts: int) -> float:
-    """Noise std on router logits: a number, or ``'1/E'`` for V-MoE's code convention."""
+    """Noise std on router logits: a number, or ``'1/E'`` (V-MoE's code: its config value 1.0 is scaled by 1/E)."""
     if noise_std is None:
         return 0.
     if isinstance(noise_std, str):
@@ -48,7 +51,7 @@ def resolve_noise_std(noise_std: Union[float, str, None], num_experts: int) -> f
         except ValueError:
             raise ValueError(
                 f"router_noise_std={noise_std!r} is not understood: pass a number >= 0 "
-                f"(the paper uses 1.0) or '1/E' (V-MoE's code convention).") from None
+                f"(Table S1's literal 1.0) or '1/E' (V-MoE's code, the default).") from None
     return check_weight('router_noise_std', noise_std, '0 disables the noise')
 
 
@@ -59,8 +62,8 @@ class TopKRouter(nn.Module):
         dim: token feature size.
         num_experts: E.
         top_k: K experts per token, 1 <= K <= E.
-        noise_std: std of the Gaussian noise added to the logits in training
-            (paper Table S1: 1.0; ``'1/E'`` selects V-MoE's code convention).
+        noise_std: std of the Gaussian noise added to the logits in training. Default ``'1/E'``: V-MoE's code
+            multiplies its config value (1.0, also Table S1's) by 1/E; a number is an absolute std.
     """
 
     def __init__(
@@ -68,7 +71,7 @@ class TopKRouter(nn.Module):
             dim: int,
             num_experts: int,
             top_k: int = 1,
-            noise_std: Union[float, str, None] = 1.0,
+            noise_std: Union[float, str, None] = '1/E',
             device=None,
             dtype=None,
     ):
@@ -95,16 +98,17 @@ class TopKRouter(nn.Module):
         ``choice_probs`` (same shape as ``probs``) makes the top-K choice and gates come from another
         distribution (the paper's teacher-route experiment) while ``probs`` stays this router's own.
         """
-        routing_logits = logits
+        noisy_logits = None
         if self.training and self.noise_std > 0:
-            routing_logits = logits + torch.randn_like(logits) * self.noise_std
-        probs = torch.softmax(routing_logits, dim=-1)
+            noisy_logits = logits + torch.randn_like(logits) * self.noise_std
+        probs = torch.softmax(logits if noisy_logits is None else noisy_logits, dim=-1)
         if choice_probs is not None and choice_probs.shape != probs.shape:
             raise ValueError(
                 f'routing override has shape {tuple(choice_probs.shape)} but the router produces '
                 f'{tuple(probs.shape)}: it must give every token a distribution over the {self.num_experts} experts.')
         gates, expert_index = torch.topk(probs if choice_probs is None else choice_probs, self.top_k, dim=-1)
-        return RouterOutput(logits=logits, probs=probs, expert_index=expert_index, gates=gates)
+        return RouterOutput(logits=logits, probs=probs, expert_index=expert_index, gates=gates,
+                            noisy_logits=noisy_logits)
 
     def forward(self, x: torch.Tensor) -> RouterOutput:
         return self.route(self.compute_logits(x))

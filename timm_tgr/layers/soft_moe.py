@@ -207,6 +207,7 @@ class SoftMoE(nn.Module):
             expert_counts=torch.full((E,), batch * P, dtype=torch.long, device=logits.device),
             dropped_fraction=zero,
             load_loss=zero,
+            noisy_load_loss=zero,
             z_loss=zero,
             aux_loss=zero,
         )

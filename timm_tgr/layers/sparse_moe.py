@@ -25,11 +25,11 @@ import torch.nn as nn
 
 from .checks import check_weight
 from .dispatch import (
-    DROPLESS, assign_slots, capacity_groups, combine_outputs, combine_sorted, dispatch_tokens, expert_capacity,
-    kept_counts, slot_index, sort_by_expert,
+    DROPLESS, CapacityGroup, assign_slots, combine_outputs, combine_sorted, dispatch_tokens, expert_capacity,
+    group_images, kept_counts, slot_index, sort_by_expert, split_groups,
 )
 from .experts import GroupedExperts
-from .losses import load_balance_loss, router_z_loss
+from .losses import importance_loss, noisy_load_loss, router_z_loss
 from .moe_base import CapacityMoE, RoutingInfo, check_mlp_replacement
 from .router import RouterOutput, TopKRouter
 
@@ -53,10 +53,15 @@ class SparseMoE(CapacityMoE):
             choice dropped. (``timm.create_model`` drops None kwargs: pass ``'dropless'`` there.)
         eval_capacity_factor: capacity factor in eval mode, or ``'dropless'``; None uses ``capacity_factor``.
             Any factor >= E/K (C >= S: nothing can be dropped) runs the dropless path too.
-        router_noise_std: Gaussian noise std on router logits in training; ``'1/E'`` allowed.
+        router_noise_std: Gaussian noise std on router logits in training: ``'1/E'`` (default, V-MoE's code) or
+            an absolute std (1.0 is Table S1's literal reading).
         batch_prioritized_routing: BPR (higher top-1 gate wins a full expert).
-        capacity_group: ``'sample'`` (each sample's tokens are one routing group) or ``'batch'``.
-        load_loss_weight: lambda_load of the importance (CV^2) loss in ``aux_loss``.
+        capacity_group: images per routing group (default 8, V-MoE's ``group_size = 8 * num_patches``), or
+            ``'sample'`` (each image alone: outputs independent of the batch) or ``'batch'``. Capacity, the
+            importance loss and the load loss are all per group.
+        eval_capacity_group: the routing group in eval mode (None: ``capacity_group``).
+        load_loss_weight: lambda_load of the importance loss (CV^2 of the clean softmax's per-group importance).
+        noisy_load_loss_weight: weight of V-MoE's noise-based load loss (0.005 as in V-MoE; needs router noise).
         z_loss_weight: lambda of the ST-MoE router z-loss in ``aux_loss`` (0 disables).
 
     After every forward, ``self.routing`` holds a :class:`RoutingInfo`. Setting
@@ -82,10 +87,12 @@ class SparseMoE(CapacityMoE):
             top_k: int = 1,
             capacity_factor: Union[float, str, None] = 1.05,
             eval_capacity_factor: Union[float, str, None] = None,
-            router_noise_std: Union[float, str, None] = 1.0,
+            router_noise_std: Union[float, str, None] = '1/E',
             batch_prioritized_routing: bool = False,
-            capacity_group: str = 'sample',
+            capacity_group: CapacityGroup = 8,
+            eval_capacity_group: Optional[CapacityGroup] = None,
             load_loss_weight: float = 0.005,
+            noisy_load_loss_weight: float = 0.005,
             z_loss_weight: float = 0.,
             device=None,
             dtype=None,
@@ -95,11 +102,13 @@ class SparseMoE(CapacityMoE):
         super().__init__(
             capacity_factor, eval_capacity_factor, capacity_group,
             '1.0 gives each expert an equal share of the tokens; larger drops fewer tokens; None drops none',
-            dropless=True)
+            dropless=True, eval_capacity_group=eval_capacity_group)
         self.num_experts = num_experts
         self.top_k = top_k
         self.batch_prioritized_routing = batch_prioritized_routing
         self.load_loss_weight = check_weight('load_loss_weight', load_loss_weight, 'lambda_load; 0 turns L_load off')
+        self.noisy_load_loss_weight = check_weight(
+            'noisy_load_loss_weight', noisy_load_loss_weight, "V-MoE's load loss; 0 turns it off")
         self.z_loss_weight = check_weight('z_loss_weight', z_loss_weight, '0 disables the router z-loss')
         dd = dict(device=device, dtype=dtype)
         self.router = TopKRouter(in_features, num_experts, top_k=top_k, noise_std=router_noise_std, **dd)
@@ -110,34 +119,48 @@ class SparseMoE(CapacityMoE):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3:
             raise ValueError(f'SparseMoE expects tokens as [B, N, C], got shape {tuple(x.shape)}.')
-        route = self.router.route(self.router.compute_logits(x), choice_probs=self.routing_override)
+        logits = self.router.compute_logits(x.detach() if self.detach_router_input else x)
+        route = self.router.route(logits, choice_probs=self.routing_override)
         if self.detach_gates:
             route.gates = route.gates.detach()
-        out, kept, counts = self._dispatch_combine(x, route)
-        self.routing = self._routing_info(route, kept, counts)
+        images = group_images(x.shape[0], self.current_capacity_group())
+        out, kept, counts = self._dispatch_combine(x, route, images)
+        self.routing = self._routing_info(route, kept, counts, images)
         return out
 
-    def _dispatch_combine(self, x: torch.Tensor, route: RouterOutput) -> Tuple[torch.Tensor, ...]:
+    def _dispatch_combine(self, x: torch.Tensor, route: RouterOutput, images: int) -> Tuple[torch.Tensor, ...]:
         """Dispatch, experts, gated combine: ``(out [B, N, D], kept [B, N, K], counts [E])``.
 
         Dropless where no choice can be dropped (an expert takes at most S choices of a group of S tokens, so
-        C >= S drops none) and the experts can run on jagged groups; else the capacity buffer, C at most S.
+        C >= S drops none) and the experts can run on jagged groups; else the capacity buffer per routing group
+        (C at most S), for the full groups and then the last, smaller one.
         """
         B, N, D = x.shape
-        E, K = self.num_experts, self.top_k
-        G, S = capacity_groups(B, N, self.capacity_group)
+        S = images * N
         cf = self.current_capacity_factor()
-        capacity = S if cf == DROPLESS else min(S, expert_capacity(S, E, K, cf))
-        if capacity == S and self.use_dropless and self.experts.jagged_dtype(x) is not None:
+        no_drop = cf == DROPLESS or expert_capacity(S, self.num_experts, self.top_k, cf) >= S
+        if no_drop and self.use_dropless and self.experts.jagged_dtype(x) is not None:
             return self._dropless(x, route)
-        expert_index = route.expert_index.reshape(G, S, K)
-        gates = route.gates.reshape(G, S, K)
+        parts = [self._capacity(*groups) for groups in zip(
+            split_groups(x, images), split_groups(route.expert_index, images), split_groups(route.gates, images))]
+        if len(parts) == 1:
+            out, kept, counts = parts[0]
+        else:
+            out, kept, counts = (torch.cat([p[0].reshape(-1, D) for p in parts]),
+                                 torch.cat([p[1].reshape(-1) for p in parts]), parts[0][2] + parts[1][2])
+        return out.view(B, N, D), kept.view(B, N, self.top_k), counts
+
+    def _capacity(self, x: torch.Tensor, expert_index: torch.Tensor, gates: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """The capacity path on routing groups ``[G, S, ...]``: ``(out [G, S, D], kept [G, S, K], counts [E])``."""
+        G, S, D = x.shape
+        E = self.num_experts
+        cf = self.current_capacity_factor()
+        capacity = S if cf == DROPLESS else min(S, expert_capacity(S, E, self.top_k, cf))
         position = assign_slots(expert_index, gates, E, self.batch_prioritized_routing)
         kept = position < capacity
         slot = slot_index(expert_index, position, kept, capacity, E)
-        expert_out = self.experts(dispatch_tokens(x.reshape(G, S, D), slot, E, capacity))
-        out = combine_outputs(expert_out, slot, gates * kept)
-        return out.view(B, N, D), kept.view(B, N, K), kept_counts(expert_index, kept, E)
+        expert_out = self.experts(dispatch_tokens(x, slot, E, capacity))
+        return combine_outputs(expert_out, slot, gates * kept), kept, kept_counts(expert_index, kept, E)
 
     def _dropless(self, x: torch.Tensor, route: RouterOutput) -> Tuple[torch.Tensor, ...]:
         """Every choice kept: tokens sorted by expert, one grouped matmul per expert layer, gated sum back."""
@@ -150,10 +173,16 @@ class SparseMoE(CapacityMoE):
         kept = torch.ones_like(route.expert_index, dtype=torch.bool)
         return out, kept, counts
 
-    def _routing_info(self, route: RouterOutput, kept: torch.Tensor, counts: torch.Tensor) -> RoutingInfo:
-        load = load_balance_loss(route.probs)
+    def _routing_info(self, route: RouterOutput, kept: torch.Tensor, counts: torch.Tensor,
+                      images: int) -> RoutingInfo:
+        load = self._group_mean(importance_loss, images, self._clean_probs(route))
+        noisy_load = load.new_zeros(())
+        if route.noisy_logits is not None:
+            noisy_load = self._group_mean(
+                lambda lg, nlg: noisy_load_loss(lg, nlg, self.router.noise_std, self.top_k), images,
+                route.logits, route.noisy_logits)
         z = router_z_loss(route.logits) if self.z_loss_weight > 0 else load.new_zeros(())
-        aux = self.load_loss_weight * load + self.z_loss_weight * z
+        aux = self.load_loss_weight * load + self.noisy_load_loss_weight * noisy_load + self.z_loss_weight * z
         return RoutingInfo(
             probs=route.probs,
             logits=route.logits,
@@ -163,13 +192,27 @@ class SparseMoE(CapacityMoE):
             expert_counts=counts,
             dropped_fraction=1. - kept.float().mean(),
             load_loss=load,
+            noisy_load_loss=noisy_load,
             z_loss=z,
             aux_loss=aux,
         )
+
+    @staticmethod
+    def _clean_probs(route: RouterOutput) -> torch.Tensor:
+        """The softmax of the logits without noise (V-MoE's importance loss reads it, not the noisy one)."""
+        return route.probs if route.noisy_logits is None else torch.softmax(route.logits, dim=-1)
+
+    @staticmethod
+    def _group_mean(loss_fn, images: int, *tensors: torch.Tensor) -> torch.Tensor:
+        """Mean over routing groups of ``loss_fn`` on ``[G, S, E]`` groups of ``tensors`` (``[B, N, E]``)."""
+        per_group = [loss_fn(*groups) for groups in zip(*(split_groups(t, images) for t in tensors))]
+        return (per_group[0] if len(per_group) == 1 else torch.cat(per_group)).mean()
 
     def extra_repr(self) -> str:
         s = (f'num_experts={self.num_experts}, top_k={self.top_k}, capacity_factor={_fmt(self.capacity_factor)}, '
              f'capacity_group={self.capacity_group!r}, bpr={self.batch_prioritized_routing}')
         if self.eval_capacity_factor is not None:
             s += f', eval_capacity_factor={_fmt(self.eval_capacity_factor)}'
+        if self.eval_capacity_group is not None:
+            s += f', eval_capacity_group={self.eval_capacity_group!r}'
         return s
