@@ -352,6 +352,37 @@ def test_teacher_route_task_loss_alone_trains_the_teacher_router(name):
         assert g is None or g.abs().sum() == 0
 
 
+def test_teacher_route_distillation_does_not_reach_the_teacher_router():
+    """Eq. S1 with distillation on: the teacher router's gradient is grad(L_task + lambda_load sum_i L_load(p_t^i))
+    alone. The p_t-gated MoE outputs of blocks 8 and 10 feed the student routers of blocks 10 and 12; the KL on
+    those routers must not flow back through them (nor into the student's blocks: Eq. S2 trains the router)."""
+    torch.manual_seed(0)
+    student = tiny_student(router_noise_std=0.)
+    reference_student = copy.deepcopy(student)
+    task = TGRTask(student, tiny_teacher(), mode='teacher_route', teacher_load_weight=0.005, distill_weight=5.0)
+    task.train()
+    x, y = _batch()
+    out = task(x, y)
+    assert out['distill_loss'].item() > 0
+    out['loss'].backward()
+    routers = task.trainable_module.teacher_routers
+    # reference: the same p_t routing a copy of the student; L_task + lambda_load sum L_load(p_t) by hand
+    p_t = _hand_teacher_probs(task, x)
+    reference_student.train()
+    reference_student.set_routing_override(p_t)
+    task_loss = F.cross_entropy(reference_student(x), y)
+    load = 0.
+    for pt in p_t.values():
+        imp = pt.reshape(-1, pt.shape[-1]).mean(0)
+        load = load + imp.var(unbiased=False) / imp.mean() ** 2
+    weights = [routers[str(s)].proj.weight for s in p_t]
+    backbone = reference_student.blocks[2].attn.qkv.weight
+    ref_grads = torch.autograd.grad(task_loss + 0.005 * load, weights + [backbone])
+    for w, ref in zip(weights, ref_grads):
+        torch.testing.assert_close(w.grad, ref, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(student.blocks[2].attn.qkv.weight.grad, ref_grads[-1], rtol=1e-4, atol=1e-9)
+
+
 def test_teacher_route_loss_follows_eq_s1_to_s3():
     """L = L_task + lambda_load sum_i L_load(p_t^i) + lambda_distill sum_i KL(p_t^i || p^i): both sums over
     layers (Eq. S1, S2), no entropy term; the student router gets only the distillation gradient."""
@@ -396,7 +427,9 @@ def test_vmoe_task_adds_aux_loss():
     task = VMoETask(model)
     task.train()
     out = task(*_batch())
-    aux = sum(model.routing_infos()[i].load_loss for i in (7, 9, 11)) * 0.005
+    infos = model.routing_infos()  # V-MoE's two losses, 0.005 each: importance (clean softmax) and noise-based load
+    aux = sum(infos[i].load_loss + infos[i].noisy_load_loss for i in (7, 9, 11)) * 0.005
+    assert all(infos[i].noisy_load_loss > 0 for i in (7, 9, 11))
     assert out['loss'].item() == pytest.approx((out['task_loss'] + aux).item(), rel=1e-5)
     with pytest.raises(TypeError, match='not a timm_tgr MoE model'):
         VMoETask(timm.create_model('deit_tiny_patch16_224', img_size=32))

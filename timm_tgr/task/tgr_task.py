@@ -17,7 +17,9 @@ Modes for the paper's ablations:
 - ``'teacher_route'``: the upper bound of Table 5 / supplement Sec. B. The teacher router chooses the
   experts and its probabilities are the combine weights, so it is trained by L_task + lambda_load
   sum_i L_load(p_t^i) (Eq. S1; no entropy term). The student router is not in the forward's routing:
-  it learns only from lambda_distill sum_i KL_i (Eq. S2, summed over the MoE layers, not averaged).
+  it learns only from lambda_distill sum_i KL_i (Eq. S2, summed over the MoE layers, not averaged), on tokens
+  read without gradient, so the KL trains the student routers' weights and nothing upstream of them (neither the
+  student's blocks nor, through the p_t-gated MoE outputs of earlier blocks, the teacher router).
   :meth:`TGRTask.forward_teacher_route` evaluates with teacher routing; the plain student gives
   student-route inference.
 
@@ -150,8 +152,12 @@ class TGRTask(TrainerStateMixin, TrainingTask):
         self.schedule = schedule
         for moe in student.get_moe_layers().values():
             # distill_only: the student's own gates must not carry the task loss to its router. In
-            # teacher_route the gates are p_t, and their task gradient is what trains the teacher router.
+            # teacher_route the gates are p_t, and their task gradient is what trains the teacher router; the
+            # student router reads its tokens without gradient, so its distillation loss (Eq. S2) trains its own
+            # weights only and cannot flow back through the tokens into the p_t-gated blocks before it (that
+            # would train the teacher router on lambda_distill * KL, which Eq. S1 leaves out).
             moe.detach_gates = mode == 'distill_only'
+            moe.detach_router_input = mode == 'teacher_route'
         if verbose:
             _logger.info(f'TGRTask: {self.extra_repr()}')
 
