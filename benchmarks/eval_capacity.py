@@ -23,7 +23,7 @@ from harness.env import start_study
 from harness.files import write_json
 from harness.publish import publish
 
-DEFAULT_VARIANTS = ('vmoe', 'vmoe_inv_e', 'stablemoe', 'tgr', 'tgr_inv_e')
+DEFAULT_VARIANTS = ('vmoe', 'vmoe_noise1', 'stablemoe', 'tgr', 'tgr_noise1', 'tgr_first', 'tgr_random_teacher')
 
 
 def build_parser() -> argparse.ArgumentParser:

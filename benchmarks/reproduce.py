@@ -10,7 +10,9 @@ loop of its own) the dense teacher and the student variants of a *tier* (study.p
 
 Tiers (each states its epochs, widths and why they fit its budget; flags override any part):
   cpu        V-MoE, TGR (full), TGR (first half) at E=8, 3 seeds, quickstart recipe: <= 75 min on 2 CPU cores
-  cpu-all    every row (13 variants) at E=8, 3 seeds, then V-MoE vs TGR at E=4, 16, 32: <= 150 min on 2 CPU cores
+  cpu-all    every row (14 variants) at E=8, 3 seeds, then V-MoE vs TGR at E=4, 16, 32: <= 150 min on 2 CPU cores
+  cpu-recipe dense, V-MoE, TGR (full), TGR with an untrained teacher at E=8, 3 seeds: <= 60 min on 2 CPU cores
+  cpu-teacher  a 2x-wide teacher per seed; TGR full / first half, distillation only, teacher route, last layer
   gpu-main   teacher; V-MoE, TGR full / first half, distillation only, teacher route at E=8; 3 seeds: <= 10 min H100
   gpu-sweep  V-MoE vs TGR at E = 4, 8, 16, 32; 3 seeds: <= 10 more minutes (same --output as gpu-main)
   full       (default) every variant and the sweep at 100 epochs: hours of GPU time
@@ -85,9 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "a row, then the next row: the table's priority when time runs out); default: the tier's")
     p.add_argument('--epochs', type=int, default=None, help="student epochs (default: the tier's or recipe's)")
     p.add_argument('--teacher-epochs', type=int, default=None, help="teacher epochs (default: the tier's or recipe's)")
-    p.add_argument('--teacher-per-seed', action='store_true',
-                   help='train one teacher per seed (default: one teacher, trained with the first seed, guides '
-                        'every student, as the paper uses one fixed pretrained teacher)')
+    p.add_argument('--teacher-per-seed', action=argparse.BooleanOptionalAction, default=None,
+                   help='train one teacher per seed, so teacher variance enters the error bars (default: the tier\'s; '
+                        'otherwise one teacher, trained with the first seed, guides every student, as the paper uses '
+                        'one fixed pretrained teacher)')
+    p.add_argument('--teacher-model-kwargs', nargs='*', default=None, metavar='K=V',
+                   help='override the recipe\'s teacher model kwargs, for its training run and for the students that '
+                        'build it (e.g. embed_dim=128 num_heads=4; default: the tier\'s)')
     p.add_argument('--stablemoe-freeze-at', type=float, default=STABLEMOE_FREEZE_AT,
                    help='StableMoE baseline: freeze the routers after this fraction of the updates (default 0.5)')
     p.add_argument('--jobs', type=int, default=None,
@@ -124,11 +130,26 @@ def resolve_tier(args: argparse.Namespace) -> Tier:
     args.tier = tier.name
     defaults = dict(recipe=tier.recipe, variants=list(tier.variants), main_experts=tier.main_experts,
                     experts=list(tier.experts), seeds=list(tier.seeds), epochs=tier.epochs,
-                    teacher_epochs=tier.teacher_epochs, jobs=tier.jobs, device_data=tier.device_data, order=tier.order)
+                    teacher_epochs=tier.teacher_epochs, jobs=tier.jobs, device_data=tier.device_data, order=tier.order,
+                    teacher_per_seed=tier.teacher_per_seed, teacher_model_kwargs=dict(tier.teacher_model_kwargs))
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if isinstance(args.teacher_model_kwargs, list):
+        args.teacher_model_kwargs = _kwargs(args.teacher_model_kwargs)
     return tier
+
+
+def _kwargs(items: Sequence[str]) -> dict:
+    """``K=V`` strings as a dict; values as YAML reads them (``128`` an int)."""
+    import yaml
+    out = {}
+    for item in items:
+        if '=' not in item:
+            raise SystemExit(f'--teacher-model-kwargs takes K=V pairs, got {item!r} (e.g. embed_dim=128)')
+        k, v = item.split('=', 1)
+        out[k] = yaml.safe_load(v)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -152,6 +173,7 @@ def _settings(args, plan: Plan, synthetic: bool, tier: Tier) -> dict:
             'variants': list(args.variants), 'main_experts': args.main_experts, 'experts': list(args.experts),
             'epochs': plan.epochs, 'teacher_epochs': plan.teacher_epochs,
             'teacher_per_seed': args.teacher_per_seed, 'stablemoe_freeze_at': args.stablemoe_freeze_at,
+            'teacher_model_kwargs': plan.teacher_model_kwargs, 'skipped_variants': plan.skipped(),
             'student_model_kwargs': plan.student_model_kwargs, 'teacher_kwargs': plan.teacher_kwargs,
             'extra': list(args.extra), 'tier': tier.name, 'jobs': plan.jobs, 'threads_per_job': plan.threads,
             'device_data': plan.device_data, 'budget_s': tier.budget_s, 'order': args.order}
@@ -218,6 +240,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     synthetic = _data_dir(args)
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     plan = Plan(args)
+    for variant, why in plan.skipped().items():
+        print(f'not running {variant}: {why}', flush=True)
     runs = plan.runs()
     for run in runs:  # every conflict before any training
         check_record(run, plan.runs_dir)

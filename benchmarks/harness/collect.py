@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .files import read_json, read_metrics
+from .stats import paired_diff, verdict
 from .study import PAPER, SWEEP_VARIANTS, VARIANTS
 
 STAT_KEYS = ('top1_final', 'top1_best', 'ema_top1_final', 'ema_top1_best', 'teacher_route_top1_final',
@@ -124,9 +125,11 @@ def _curves(runs: List[dict]) -> dict:
 def _group(variant: str, experts, runs: List[dict]) -> dict:
     g = {'variant': variant, 'label': runs[0]['label'], 'experts': experts,
          'seeds': sorted(r['seed'] for r in runs), 'epochs': runs[0]['epochs']}
+    g['per_seed'] = {}
     for k in STAT_KEYS:
         if any(k in r for r in runs):
             g[k] = mean_std([r.get(k) for r in runs])
+            g['per_seed'][k] = {str(r['seed']): r.get(k) for r in runs if finite(r.get(k))}  # str: JSON keys
     layers = sorted({layer for r in runs for layer in r.get('entropy_per_layer', {})}, key=lambda x: int(x[1:]))
     if layers:
         g['entropy_per_layer'] = {layer: mean_std([r.get('entropy_per_layer', {}).get(layer) for r in runs])
@@ -168,10 +171,13 @@ def diff(a: Optional[dict], b: Optional[dict]) -> Optional[dict]:
 # --------------------------------------------------------------------------------------------------
 # the paper's findings
 # --------------------------------------------------------------------------------------------------
-def _claim(claim: str, paper_value, ours: Optional[dict], direction: Optional[int] = None) -> dict:
-    """A finding: the paper's value (None where the paper has no number), ours, and, where the paper or the method
-    predicts a sign (``direction``), whether ours has it; ``beyond_2se`` whenever ours has a standard error."""
-    item = {'claim': claim, 'paper': paper_value, 'ours': ours, 'direction': direction}
+def _claim(claim: str, paper_value, ours: Optional[dict], direction: Optional[int] = None,
+           paired: Optional[dict] = None) -> dict:
+    """A finding: the paper's value (None where the paper has no number), ours (difference of seed means, unpaired
+    SE) and ``paired`` (same-seed differences, paired t test: :func:`harness.stats.paired_diff`), and, where the
+    paper or the method predicts a sign (``direction``), whether ours has it and the ``verdict``."""
+    item = {'claim': claim, 'paper': paper_value, 'ours': ours, 'direction': direction, 'paired': paired,
+            'verdict': verdict(paired, direction)}
     if ours is not None:
         item['beyond_2se'] = ours['se'] is not None and abs(ours['diff']) > 2 * ours['se']
         if direction is not None:
@@ -182,8 +188,8 @@ def _claim(claim: str, paper_value, ours: Optional[dict], direction: Optional[in
 def _sweep_claim(groups: List[dict]) -> Optional[dict]:
     """The TGR gain over V-MoE against log2 E: slope here and in the paper (same E values)."""
     sweep_e = sorted({x['experts'] for x in groups if x['variant'] in SWEEP_VARIANTS and x['experts'] is not None})
-    gains = {e: diff((find(groups, 'tgr', e) or {}).get('top1_final'),
-                     (find(groups, 'vmoe', e) or {}).get('top1_final')) for e in sweep_e}
+    gains = {e: paired_diff((find(groups, 'tgr', e) or {}).get('per_seed', {}).get('top1_final'),
+                            (find(groups, 'vmoe', e) or {}).get('per_seed', {}).get('top1_final')) for e in sweep_e}
     gains = {e: v for e, v in gains.items() if v is not None}
     if len(gains) < 2:
         return None
@@ -219,8 +225,10 @@ _TOP1_CLAIMS = (
     ('TGR (full) - StableMoE', 'tgr', 'stablemoe', +1, 'e8'),
     ('TGR (full) - Soft-MoE', 'tgr', 'soft_moe', -1, 'main'),
     ('TGR (full) - Expert-Choice', 'tgr', 'expert_choice', None, None),
-    ('V-MoE: noise 1/E - noise 1.0', 'vmoe_inv_e', 'vmoe', None, None),
-    ('TGR (full) - V-MoE, both at noise 1/E', 'tgr_inv_e', 'vmoe_inv_e', +1, None),
+    ('V-MoE: noise 1.0 - noise 1/E (the default)', 'vmoe_noise1', 'vmoe', None, None),
+    ('TGR (full) - V-MoE, both at noise 1.0', 'tgr_noise1', 'vmoe_noise1', +1, None),
+    ('TGR (full) - TGR with an untrained teacher', 'tgr', 'tgr_random_teacher', +1, None),
+    ('TGR with an untrained teacher - V-MoE', 'tgr_random_teacher', 'vmoe', None, None),
 )
 
 
@@ -239,19 +247,28 @@ def claims(groups: List[dict], main_e: int) -> List[dict]:
     def st(variant, key='top1_final'):
         return (g.get(variant) or {}).get(key)
 
+    def ps(variant, key='top1_final'):
+        return (g.get(variant) or {}).get('per_seed', {}).get(key)
+
+    def compare(a, b, key_a='top1_final', key_b=None):
+        key_b = key_b or key_a
+        return diff(st(a, key_a), st(b, key_b)), paired_diff(ps(a, key_a), ps(b, key_b))
+
     p = PAPER['top1_e8']
     out = []
     for name, a, b, d, table in _TOP1_CLAIMS:
         where = ' (paper: main table, E=16)' if table == 'main' else ''
-        out.append(_claim(f'{name}, top-1 at E={main_e}{where}', _paper_diff(a, b, table), diff(st(a), st(b)), d))
+        unpaired, paired = compare(a, b)
+        out.append(_claim(f'{name}, top-1 at E={main_e}{where}', _paper_diff(a, b, table), unpaired, d, paired))
+    unpaired, paired = compare('teacher_route', 'teacher_route', 'teacher_route_top1_final', 'top1_final')
     out.insert(7, _claim(f'teacher route - student route (same model), top-1 at E={main_e}',
-                         round(p['teacher_route'] - p['student_route'], 2),
-                         diff(st('teacher_route', 'teacher_route_top1_final'), st('teacher_route')), +1))
-    for a, b, what in (('tgr', 'vmoe', 'noise 1.0'), ('tgr_inv_e', 'vmoe_inv_e', 'noise 1/E')):
+                         round(p['teacher_route'] - p['student_route'], 2), unpaired, +1, paired))
+    for a, b, what in (('tgr', 'vmoe', 'default noise 1/E'), ('tgr_noise1', 'vmoe_noise1', 'noise 1.0')):
+        unpaired, paired = compare(a, b, 'adjacent_mean')
         out.append(_claim(f'TGR (full) - V-MoE, adjacent-epoch consistency (mean over epochs), {what}, E={main_e}',
-                          'about 0.8 vs 0.5-0.6', diff(st(a, 'adjacent_mean'), st(b, 'adjacent_mean')), +1))
+                          'about 0.8 vs 0.5-0.6', unpaired, +1, paired))
+    unpaired, paired = compare('tgr', 'vmoe', 'to_final_sixth')
     out.append(_claim(f'TGR (full) - V-MoE, to-final consistency after 1/6 of training at E={main_e}',
-                      'TGR > 0.70 within the first sixth',
-                      diff(st('tgr', 'to_final_sixth'), st('vmoe', 'to_final_sixth')), +1))
+                      'TGR > 0.70 within the first sixth', unpaired, +1, paired))
     sweep = _sweep_claim(groups)
     return out + ([sweep] if sweep else [])

@@ -4,12 +4,13 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from .study import QUICK_EPOCHS, QUICK_MODEL, QUICK_TEACHER_EPOCHS, QUICK_TRAIN, SWEEP_VARIANTS, VARIANTS
+from .study import ADAPTIVE_MIN_EPOCHS, QUICK_EPOCHS, QUICK_MODEL, QUICK_TEACHER_EPOCHS, QUICK_TRAIN, SWEEP_VARIANTS, VARIANTS
 
 
 # model kwargs that only an MoE model takes (left out for a dense variant)
 MOE_KWARGS = ('num_experts', 'top_k', 'moe_layers', 'capacity_factor', 'eval_capacity_factor', 'router_noise_std',
-              'capacity_group', 'load_loss_weight', 'z_loss_weight', 'batch_prioritized_routing')
+              'capacity_group', 'eval_capacity_group', 'load_loss_weight', 'noisy_load_loss_weight', 'z_loss_weight',
+              'batch_prioritized_routing')
 
 
 def config_path(name: str) -> str:
@@ -59,6 +60,9 @@ class Plan:
             self.teacher_model_kwargs.update(QUICK_MODEL)
             self.student_model_kwargs.update(QUICK_MODEL)
             self.teacher_kwargs.update(QUICK_MODEL)
+        teacher_override = dict(getattr(args, 'teacher_model_kwargs', None) or {})
+        self.teacher_model_kwargs.update(teacher_override)  # the teacher's training run
+        self.teacher_kwargs.update(teacher_override)  # and how the students build it
         self.epochs = args.epochs or (QUICK_EPOCHS if args.quick else int(s['epochs']))
         self.teacher_epochs = args.teacher_epochs or (QUICK_TEACHER_EPOCHS if args.quick else int(t['epochs']))
         self.jobs = max(1, int(args.jobs))
@@ -99,7 +103,7 @@ class Plan:
         """Seed-major (every variant of the first seed, then the next seed) or, with ``order='variant'``,
         variant-major (all seeds of a row before the next row); the sweep after the main comparison."""
         a = self.args
-        wanted = [(v, a.main_experts) for v in a.variants] + [(v, e) for e in a.experts for v in SWEEP_VARIANTS]
+        wanted = [(v, a.main_experts) for v in self.variants()] + [(v, e) for e in a.experts for v in SWEEP_VARIANTS]
         if getattr(a, 'order', 'seed') == 'variant':
             keys = [(v, e, seed) for v, e in wanted for seed in a.seeds]
         else:
@@ -111,6 +115,17 @@ class Plan:
                 seen.add(run['name'])
                 runs.append(run)
         return runs
+
+    def variants(self) -> List[str]:
+        """The main comparison's variants, without the adaptive switch where it cannot fire (see skipped())."""
+        return [v for v in self.args.variants if v not in self.skipped()]
+
+    def skipped(self) -> Dict[str, str]:
+        """Variants asked for but not run, and why."""
+        if 'tgr_adaptive' in self.args.variants and self.epochs < ADAPTIVE_MIN_EPOCHS:
+            return {'tgr_adaptive': f'the adaptive switch needs >= {ADAPTIVE_MIN_EPOCHS} epochs to fire (its patience '
+                                    f'plus 2); at {self.epochs} it would be TGR (full) again'}
+        return {}
 
     def _student_kwargs(self, variant: str, experts: Optional[int]) -> dict:
         """The recipe's student model kwargs for a variant: with its experts and extra kwargs, or without any
@@ -132,6 +147,9 @@ class Plan:
         if teacher:
             argv += ['--teacher', self.teacher_name, '--teacher-kwargs', *kv_args(self.teacher_kwargs),
                      '--teacher-checkpoint', os.path.join(self.runs_dir, teacher, 'model_best.pth.tar')]
+        elif spec.get('random_teacher'):  # same architecture, untrained weights (seeded by --seed)
+            argv += ['--teacher', self.teacher_name, '--teacher-kwargs', *kv_args(self.teacher_kwargs),
+                     '--no-teacher-pretrained']
         argv += [str(self.args.stablemoe_freeze_at) if x is None else x for x in spec['argv']]
         return dict(name=name, kind='student', variant=variant, label=spec['label'], experts=experts, seed=seed,
                     epochs=self.epochs, teacher=teacher, argv=argv + self.common() + list(self.args.extra))
@@ -155,7 +173,8 @@ class Plan:
             spec = VARIANTS[run['variant']]
             model = spec['model']
             kwargs = dict(self._student_kwargs(run['variant'], run['experts']), **data)
-            teacher = (self.teacher_name, dict(self.teacher_kwargs)) if spec['teacher'] else None
+            guided = spec['teacher'] or spec.get('random_teacher')
+            teacher = (self.teacher_name, dict(self.teacher_kwargs)) if guided else None
         batch = int(QUICK_TRAIN[QUICK_TRAIN.index('-b') + 1]) if self.args.quick else int(cfg.get('batch_size', 128))
         mixup = bool(cfg.get('mixup', 0.) or cfg.get('cutmix', 0.)) and not cfg.get('no_aug', False)
         return dict(model=model, kwargs=kwargs, teacher=teacher, batch_size=batch, amp=bool(cfg.get('amp')),

@@ -6,6 +6,12 @@ runs them, ``collect.py`` and ``tables.py`` turn their run folders into tables a
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
+from timm_tgr.task.schedule import DistillSchedule
+
+# The adaptive switch (DistillSchedule 'adaptive') needs its patience in epochs of consistency history after a first
+# epoch to compare with: below this many epochs it cannot fire and its row would be TGR (full) again.
+ADAPTIVE_MIN_EPOCHS = DistillSchedule('full').patience + 2
+
 # StableMoE freeze point (fraction of the updates). Supplement C.3 says only that the router is "copied"
 # and then frozen without distillation; it gives no switch point. We freeze at half of training, the
 # boundary at which the paper's best TGR schedule (distillation in the first half) hands the router
@@ -35,14 +41,18 @@ VARIANTS = {
                       argv=['--teacher', 'none', '--freeze-router-at', None]),  # None: filled from the flag
     'soft_moe': dict(label='Soft-MoE', model='soft_moe_deit_tiny', teacher=False, argv=['--teacher', 'none']),
     'expert_choice': dict(label='Expert-Choice', model='ec_moe_deit_tiny', teacher=False, argv=['--teacher', 'none']),
-    'vmoe_inv_e': dict(label='V-MoE, noise 1/E', model='vmoe_deit_tiny', teacher=False, argv=['--teacher', 'none'],
-                       model_kwargs={'router_noise_std': '1/E'}),
-    'tgr_inv_e': dict(label='TGR (full), noise 1/E', model='tgr_moe_deit_tiny', teacher=True,
-                      argv=['--distill-schedule', 'full'], model_kwargs={'router_noise_std': '1/E'}),
+    'vmoe_noise1': dict(label='V-MoE, noise 1.0 (Table S1 literal)', model='vmoe_deit_tiny', teacher=False,
+                        argv=['--teacher', 'none'], model_kwargs={'router_noise_std': 1.0}),
+    'tgr_noise1': dict(label='TGR (full), noise 1.0 (Table S1 literal)', model='tgr_moe_deit_tiny', teacher=True,
+                       argv=['--distill-schedule', 'full'], model_kwargs={'router_noise_std': 1.0}),
+    # the control: the same teacher architecture with untrained weights (seeded by the run's seed), routers and
+    # losses as in TGR (full). If it gains as much as the trained teacher, the gain is a routing prior.
+    'tgr_random_teacher': dict(label='TGR (full), untrained teacher', model='tgr_moe_deit_tiny', teacher=False,
+                               random_teacher=True, argv=['--distill-schedule', 'full']),
 }
 SWEEP_VARIANTS = ('vmoe', 'tgr')
 # TGR students that route with their own router at inference (candidates for the export check)
-EXPORT_CANDIDATES = ('tgr', 'tgr_first', 'tgr_adaptive', 'distill_only', 'tgr_last', 'tgr_inv_e')
+EXPORT_CANDIDATES = ('tgr', 'tgr_first', 'tgr_adaptive', 'distill_only', 'tgr_last', 'tgr_noise1')
 # variants that run a second validation pass per epoch (teacher routing)
 TWO_EVAL_VARIANTS = ('teacher_route',)
 
@@ -94,6 +104,8 @@ class Tier:
     device_data: bool = False  # add train_tgr.py's --device-data (data and augmentation on the GPU)
     budget_s: Optional[float] = None  # wall-time budget of the whole tier
     order: str = 'seed'  # 'seed': every variant of seed 0, then seed 1, ...; 'variant': all seeds of a row in turn
+    teacher_per_seed: bool = False  # one teacher per seed (its variance enters the error bars) instead of one
+    teacher_model_kwargs: Tuple[Tuple[str, object], ...] = ()  # override the recipe's teacher model kwargs
     why: str = ''
 
 
@@ -128,6 +140,23 @@ TIERS: Dict[str, Tier] = {t.name: t for t in (
              'augmentation; teacher 2 epochs, students 3) for every row, one teacher, 2 runs at once with 1 thread '
              'each. Runs go row by row in the table\'s order (all seeds of a row, then the next row), so when time '
              'runs out the rows that matter most are complete; the same command resumes.'),
+    Tier('cpu-recipe', 'V-MoE routed as V-MoE\'s code does (groups of 8 images, clean-softmax importance loss per '
+                       'group, noise-based load loss, noise 1/E): dense student, V-MoE, TGR (full) and the untrained-'
+                       'teacher control at E=8, 3 seeds, on a 2-core CPU',
+         recipe='quick', variants=('dense', 'vmoe', 'tgr', 'tgr_random_teacher'), main_experts=8, experts=(), jobs=2,
+         budget_s=60 * 60, order='variant',
+         why='The cpu-all recipe (configs/fmnist_quick_*.yaml, 3 student / 2 teacher epochs) under the new V-MoE '
+             'defaults of the MoE layer; one teacher as before, so the rows compare with the previous table. Row '
+             'order: the paper\'s orderings first, the control last.'),
+    Tier('cpu-teacher', 'a teacher that knows more than the student: 2x the student\'s width (as DeiT-III-S is to '
+                        'DeiT-Tiny), one per seed; TGR (full), first half, distillation only, teacher route, last '
+                        'teacher layer at E=8, 3 seeds, on a 2-core CPU',
+         recipe='quick', variants=('tgr', 'tgr_first', 'distill_only', 'teacher_route', 'tgr_last'), main_experts=8,
+         experts=(), jobs=2, budget_s=90 * 60, order='variant', teacher_per_seed=True, teacher_epochs=4,
+         teacher_model_kwargs=(('embed_dim', 128), ('num_heads', 4)),
+         why='Teachers of width 128 (the student\'s 64 doubled, heads 4) trained 4 epochs, one per seed, so the '
+             'teacher\'s own variance enters the error bars. Dense and V-MoE rows come from the cpu-recipe study '
+             '(the same runs: copy their run folders into this --output; their flags are checked).'),
     Tier('gpu-main', 'the main table: teacher; V-MoE, TGR full, TGR first-half, distillation only, teacher route '
                      'at E=8; 3 seeds; one H100',
          recipe='gpu', variants=('vmoe', 'tgr', 'tgr_first', 'distill_only', 'teacher_route'), main_experts=8,

@@ -17,8 +17,8 @@ SCHEMA = 'timm_tgr.reproduce/1'
 _STYLES = {'vmoe': ('tab:orange', '-'), 'tgr': ('tab:blue', '-'), 'tgr_first': ('tab:green', '--'),
            'tgr_adaptive': ('tab:olive', '--'), 'distill_only': ('tab:purple', ':'),
            'stablemoe': ('tab:red', '-.'), 'teacher_route': ('tab:gray', ':'), 'tgr_last': ('tab:cyan', '-.'),
-           'soft_moe': ('tab:pink', '--'), 'expert_choice': ('tab:brown', '--'), 'vmoe_inv_e': ('gold', '-'),
-           'tgr_inv_e': ('navy', '-')}
+           'soft_moe': ('tab:pink', '--'), 'expert_choice': ('tab:brown', '--'), 'vmoe_noise1': ('gold', '-'),
+           'tgr_noise1': ('navy', '-'), 'tgr_random_teacher': ('grey', ':')}
 
 
 def utc_now() -> str:
@@ -206,19 +206,23 @@ def _md_sweep(groups: List[dict], settings: dict) -> List[str]:
 def _md_claims(report: dict) -> List[str]:
     rows = []
     for c in report['claims']:
-        o = c['ours']
-        ours = 'not run' if o is None else f"{o['diff']:+.3f}" + (f" ± {o['se']:.3f} (SE)" if o.get('se') else '')
+        o, pr = c['ours'], c.get('paired')
+        ours = 'not run' if o is None else f"{o['diff']:+.3f}" + (f" ± {o['se']:.3f}" if o.get('se') else '')
+        paired = '–' if not pr or pr.get('se') is None else f"{pr['diff']:+.3f} ± {pr['se']:.3f} (n={pr['n']})"
+        p_value = '–' if not pr or pr.get('p') is None else f"{pr['p']:.3f}"
         same = {True: 'yes', False: 'no', None: '–'}[c.get('same_direction')] if o is not None else '–'
-        beyond = {True: 'yes', False: 'no', None: '–'}[c.get('beyond_2se')] if o is not None else '–'
         paper_value = f"{c['paper']:+.2f}" if isinstance(c['paper'], float) else (
             'no number' if c['paper'] is None else str(c['paper']))
-        rows.append([c['claim'], paper_value, ours, same, beyond])
+        rows.append([c['claim'], paper_value, ours, paired, p_value, same, c.get('verdict', '–')])
     L = ['## The paper\'s findings next to this run', '']
-    L += md_table(['finding', 'paper', 'this run (difference of seed means)', 'same direction', '> 2 SE'], rows)
-    return L + ['', '*same direction*: the sign agrees with the paper\'s (where the paper has no number: with the sign '
-                    'the method predicts; "–" where neither predicts one); *> 2 SE*: the difference exceeds twice its '
-                    'standard error over seeds (needs >= 2 seeds; otherwise "no"/"–"). Consistency claims are compared '
-                    'as differences TGR - V-MoE.', '']
+    L += md_table(['finding', 'paper', 'this run: difference of means ± SE (unpaired)',
+                   'same-seed difference ± SE', 'paired p', 'same direction', 'verdict'], rows)
+    return L + ['', '*same-seed difference*: mean over seeds of (a - b) at the same seed (same initial weights and '
+                    'data order), its SE, and the two-sided paired t test\'s p; *verdict*: "reproduces" = the '
+                    'direction the paper (or, without a paper number, the method) predicts and paired p < 0.05, '
+                    '"does not" = the opposite direction with p < 0.05, "within noise" = p >= 0.05, "–" = no '
+                    'prediction or fewer than 2 seeds. The sweep slope is fitted to the same-seed gains. Consistency '
+                    'claims are compared as differences TGR - V-MoE.', '']
 
 
 def _md_export(ex: Optional[dict]) -> List[str]:

@@ -84,15 +84,17 @@ def test_gpu_tiers_add_device_data_and_flags_override(bench):
 def test_default_tier_is_the_pre_split_default(bench):
     tier, plan = _plan(bench, [])
     assert tier.name == 'full' and plan.recipe == 'full' and plan.jobs == 1 and not plan.device_data
-    assert plan.epochs == 100 and len(plan.runs()) == 1 + 3 * (13 + 3 * 2)  # 13 variants at E=8; E=4/16/32 x 2
+    assert plan.epochs == 100 and len(plan.runs()) == 1 + 3 * (14 + 3 * 2)  # 14 variants at E=8; E=4/16/32 x 2
 
 
 def test_cpu_all_tier_runs_every_row_in_priority_order(bench):
     tier, plan = _plan(bench, ['--tier', 'cpu-all', '--device', 'cpu'])
     assert tier.budget_s == 150 * 60 and plan.jobs == 2 and plan.recipe == 'quick'
     names = [r['name'] for r in plan.runs()]
-    rows = ['dense', 'vmoe', 'tgr', 'tgr_first', 'tgr_adaptive', 'distill_only', 'teacher_route', 'tgr_last',
-            'stablemoe', 'soft_moe', 'expert_choice', 'vmoe_inv_e', 'tgr_inv_e']
+    # tgr_adaptive is left out: at 3 epochs the switch cannot fire (plan.skipped() says so)
+    rows = ['dense', 'vmoe', 'tgr', 'tgr_first', 'distill_only', 'teacher_route', 'tgr_last',
+            'stablemoe', 'soft_moe', 'expert_choice', 'vmoe_noise1', 'tgr_noise1', 'tgr_random_teacher']
+    assert list(plan.skipped()) == ['tgr_adaptive']
     main = ['dense-s0', 'dense-s1', 'dense-s2'] + [f'{v}-E8-s{s}' for v in rows[1:] for s in range(3)]
     sweep = [f'{v}-E{e}-s{s}' for e in (4, 16, 32) for v in ('vmoe', 'tgr') for s in range(3)]
     assert names == ['teacher-s0'] + main + sweep  # all seeds of a row before the next row; the sweep last
@@ -102,8 +104,11 @@ def test_cpu_all_tier_runs_every_row_in_priority_order(bench):
         '-c', 'fmnist_quick_tgr.yaml', '--experiment', 'dense-s1', '--seed', '1', '--model', 'deit_tiny_patch16_224',
         '--model-kwargs', 'embed_dim=64', 'num_heads=2', 'patch_size=7', '--epochs', '3', '--teacher', 'none']
     assert runs['dense-s1']['experts'] is None and runs['dense-s1']['teacher'] is None
-    assert strip(runs['tgr_inv_e-E8-s0']['argv'])[9:16] == [
-        'embed_dim=64', 'num_heads=2', 'patch_size=7', 'num_experts=8', 'router_noise_std=1/E', '--epochs', '3']
+    assert strip(runs['tgr_noise1-E8-s0']['argv'])[9:16] == [
+        'embed_dim=64', 'num_heads=2', 'patch_size=7', 'num_experts=8', 'router_noise_std=1.0', '--epochs', '3']
+    random_teacher = runs['tgr_random_teacher-E8-s1']['argv']  # the teacher's architecture, untrained, seeded
+    assert '--no-teacher-pretrained' in random_teacher and '--teacher-checkpoint' not in random_teacher
+    assert runs['tgr_random_teacher-E8-s1']['teacher'] is None
     assert runs['tgr_last-E8-s2']['argv'][-len(plan.common()) - 4:-len(plan.common())] == [
         '--distill-schedule', 'full', '--layer-map', 'last']
     assert runs['soft_moe-E8-s0']['argv'][runs['soft_moe-E8-s0']['argv'].index('--model') + 1] == 'soft_moe_deit_tiny'
@@ -158,3 +163,31 @@ def test_runner_sets_an_earlier_attempt_aside_before_starting_over(bench, tmp_pa
                                                                               'summary.csv']
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ['reproduce_run.json', 'train.log']
     assert (stale[0] / 'metrics.jsonl').read_text() == 'metrics.jsonl'
+
+
+def test_cpu_teacher_tier_trains_a_wider_teacher_per_seed(bench):
+    tier, plan = _plan(bench, ['--tier', 'cpu-teacher', '--device', 'cpu'])
+    assert plan.teacher_seeds() == [0, 1, 2] and plan.teacher_epochs == 4
+    runs = {r['name']: r for r in plan.runs()}
+    teacher = runs['teacher-s1']['argv']
+    assert 'embed_dim=128' in teacher and 'num_heads=4' in teacher and 'embed_dim=64' not in teacher
+    student = runs['tgr-E8-s1']['argv']
+    assert runs['tgr-E8-s1']['teacher'] == 'teacher-s1' and 'embed_dim=128' in student
+    assert student[student.index('--teacher-checkpoint') + 1].endswith('teacher-s1/model_best.pth.tar')
+    assert 'embed_dim=64' in student  # the student keeps its width
+
+
+def test_paired_t_test_matches_tables(bench):
+    from harness import stats
+    # two-sided 5 % critical values of Student's t (standard tables)
+    for t, df in ((12.706, 1), (4.303, 2), (3.182, 3), (2.776, 4), (2.571, 5), (2.228, 10)):
+        assert abs(stats.t_two_sided_p(t, df) - 0.05) < 5e-4
+    assert abs(stats.t_two_sided_p(9.925, 2) - 0.01) < 5e-4
+    # same-seed differences 1, 2, 3: mean 2, SE 1/sqrt(3), t = 2 sqrt(3) on 2 df
+    paired = stats.paired_diff({'0': 11., '1': 12., '2': 13.}, {'0': 10., '1': 10., '2': 10., '3': 0.})
+    assert paired['n'] == 3 and abs(paired['diff'] - 2.) < 1e-12 and abs(paired['se'] - 3 ** -0.5) < 1e-12
+    t = 2. * 3 ** 0.5
+    assert abs(paired['p'] - (1. - t / (t * t + 2.) ** 0.5)) < 1e-12  # df = 2: p = 1 - t / sqrt(t^2 + 2)
+    assert stats.verdict(paired, +1) == 'within noise' and stats.verdict(paired, None) == '–'
+    strong = stats.paired_diff({'0': 1., '1': 1.1, '2': 0.9}, {'0': 0., '1': 0., '2': 0.})
+    assert stats.verdict(strong, +1) == 'reproduces' and stats.verdict(strong, -1) == 'does not'
