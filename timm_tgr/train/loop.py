@@ -278,6 +278,17 @@ def validate(
     return out, {i: torch.cat(v) for i, v in probe.items()}
 
 
+def mean_over_processes(value: float, args: argparse.Namespace, device=None) -> float:
+    """``value`` averaged over all processes (itself when not distributed), so that a decision taken from it (the
+    adaptive distillation switch) is the same on every rank."""
+    if not args.distributed:
+        return value
+    import torch.distributed as dist
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
+
+
 def reduce_routing_stats(stats: RoutingStats, args: argparse.Namespace) -> None:
     """Sum the choice and kept counts, drops and choices of all processes (in place; nothing when not distributed)."""
     if not args.distributed:

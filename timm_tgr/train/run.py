@@ -35,7 +35,7 @@ from timm.utils import is_primary, random_seed, setup_default_logging
 from ..task import RoutingStats, TGRTask, record_assignments
 from ..utils.cli import torch_threads
 from .args import parse_args
-from .loop import TrainingDiverged, reduce_routing_stats, set_epoch, train_one_epoch, validate
+from .loop import TrainingDiverged, mean_over_processes, reduce_routing_stats, set_epoch, train_one_epoch, validate
 from .pictures import RoutingPictures, picture_epoch_dir
 from .report import epoch_row, log_row, record_epoch, routing_row, row_metric, unrecord_epoch, write_consistency
 from .setup import Training, setup_training
@@ -214,8 +214,8 @@ def evaluate_epoch(epoch: int, t: Training, args: argparse.Namespace, train_metr
         reduce_routing_stats(stats, args)
         pretrained = t.reference.consistency(probe) if t.reference is not None and probe else None
         row.update(routing_row(stats.summary(), t.tracker.add(probe) if probe else None, pretrained))
-        if isinstance(t.task, TGRTask) and row['consistency_prev'] is not None:
-            t.task.schedule.observe_consistency(row['consistency_prev'])
+        if isinstance(t.task, TGRTask) and row['consistency_prev'] is not None:  # one decision for all ranks
+            t.task.schedule.observe_consistency(mean_over_processes(row['consistency_prev'], args, t.device))
     return row
 
 
