@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """How much of a study's top-1 depends on tokens dropped by capacity at evaluation.
 
-A top-1 V-MoE routes each image's tokens (17 in the quickstart recipe) with expert capacity
-ceil(17 * 1.05 / E) in eval too, so an unbalanced router drops many of them there. This script evaluates the
-finished runs of a ``benchmarks/reproduce.py`` study on the test split twice: at their training-time eval
-capacity factor and at one that drops nothing (E/K: an expert can take every token of an image), and writes
+A top-1 V-MoE routes eval batches like training ones (V-MoE's code: groups of 8 images, capacity 1.05), so an
+image's output depends on its batch mates and an unbalanced router drops tokens there. This script evaluates the
+finished runs of a ``benchmarks/reproduce.py`` study on the test split as trained, with each image routed alone
+at the same capacity, and with nothing dropped (E/K: the dropless path), and writes
 ``<output>/eval_capacity.json`` / ``.md`` (``--publish NAME`` copies them next to the study's results).
 
     python benchmarks/eval_capacity.py --output output/cpu_all --data-dir data --publish cpu_all
@@ -61,8 +61,20 @@ def _loader(model: torch.nn.Module, data_dir: str):
                          crop_pct=cfg['crop_pct'], num_workers=0, use_prefetcher=False)
 
 
+def eval_modes(moe: torch.nn.Module) -> Dict[str, dict]:
+    """The evaluation routings compared, as ``create_model`` kwargs: as trained (the model's own eval capacity and
+    routing group: V-MoE's code routes eval batches in the training groups), each image alone at the same
+    capacity (outputs independent of the batch), and nothing dropped (capacity E/K: dropless, also
+    batch-independent)."""
+    modes = {'trained': {}, 'no_drop': {'eval_capacity_factor': float(moe.num_experts) / moe.top_k}}
+    if getattr(moe, 'capacity_group', 'sample') != 'sample':
+        modes['per_image'] = {'eval_capacity_group': 'sample'}
+    return modes
+
+
 def evaluate_run(run_dir: str, data_dir: str, device: str) -> Optional[dict]:
-    """The run's best checkpoint at its own eval capacity and at E/K (no drop)."""
+    """The run's best checkpoint under every routing of :func:`eval_modes`: ``top1_<mode>``,
+    ``dropped_fraction_<mode>`` (and ``top1`` / ``top1_no_drop`` as before)."""
     import timm
     from timm_tgr.export import main as export_main
     ckpt = os.path.join(run_dir, 'model_best.pth.tar')
@@ -72,28 +84,41 @@ def evaluate_run(run_dir: str, data_dir: str, device: str) -> Optional[dict]:
         export_main([ckpt, '--out', d])
         model = timm.create_model(f'local-dir:{d}', pretrained=True)
         moe = next(iter(model.get_moe_layers().values()))
-        trained_cf = moe.current_capacity_factor() if hasattr(moe, 'current_capacity_factor') else None
-        no_drop_cf = float(moe.num_experts) / moe.top_k
         loader = _loader(model, data_dir)
-        result = {'eval_capacity_factor': trained_cf, **evaluate(model, loader, device)}
-        model = timm.create_model(f'local-dir:{d}', pretrained=True, eval_capacity_factor=no_drop_cf)
-        no_drop = evaluate(model, loader, device)
-    return {**result, 'no_drop_capacity_factor': no_drop_cf, 'top1_no_drop': no_drop['top1'],
-            'dropped_fraction_no_drop': no_drop['dropped_fraction']}
+        result = {'eval_capacity_factor': moe.current_capacity_factor() if hasattr(moe, 'current_capacity_factor')
+                  else None, 'capacity_group': getattr(moe, 'capacity_group', None)}
+        for mode, kwargs in eval_modes(moe).items():
+            if kwargs:
+                model = timm.create_model(f'local-dir:{d}', pretrained=True, **kwargs)
+            r = evaluate(model, loader, device)
+            result[f'top1_{mode}'], result[f'dropped_fraction_{mode}'] = r['top1'], r['dropped_fraction']
+    result['top1'], result['dropped_fraction'] = result['top1_trained'], result['dropped_fraction_trained']
+    result['no_drop_capacity_factor'] = float(moe.num_experts) / moe.top_k
+    return result
 
 
 def _table(rows: Dict[str, List[dict]]) -> str:
     def ms(vals):
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            return '–'
         return f'{statistics.fmean(vals):.2f} ± {statistics.stdev(vals):.2f}' if len(vals) > 1 else f'{vals[0]:.2f}'
-    lines = ['| variant | seeds | top-1 at training eval capacity | % dropped | top-1, nothing dropped (cf E/K) | '
-             'difference |', '|---|---|---|---|---|---|']
+
+    def col(rs, key, scale=1.):
+        return ms([None if r.get(key) is None else scale * r[key] for r in rs])
+
+    def delta(rs, mode):
+        return ms([None if r.get(f'top1_{mode}') is None else r[f'top1_{mode}'] - r['top1_trained'] for r in rs])
+
+    lines = ['| variant | seeds | top-1 as trained (training groups) | % dropped | top-1, each image alone | '
+             '% dropped | top-1, nothing dropped (cf E/K) | alone - trained | no drop - trained |',
+             '|---|---|---|---|---|---|---|---|---|']
     for variant, rs in rows.items():
-        if not rs:
-            continue
-        diffs = [r['top1_no_drop'] - r['top1'] for r in rs]
-        lines.append(f"| {variant} | {len(rs)} | {ms([r['top1'] for r in rs])} | "
-                     f"{ms([100 * r['dropped_fraction'] for r in rs])} | {ms([r['top1_no_drop'] for r in rs])} | "
-                     f"{ms(diffs)} |")
+        if rs:
+            lines.append(f"| {variant} | {len(rs)} | {col(rs, 'top1_trained')} | "
+                         f"{col(rs, 'dropped_fraction_trained', 100.)} | {col(rs, 'top1_per_image')} | "
+                         f"{col(rs, 'dropped_fraction_per_image', 100.)} | {col(rs, 'top1_no_drop')} | "
+                         f"{delta(rs, 'per_image')} | {delta(rs, 'no_drop')} |")
     return '\n'.join(lines) + '\n'
 
 
@@ -110,7 +135,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     report = {'command': 'python benchmarks/eval_capacity.py ' + ' '.join(argv), 'rows': rows}
     write_json(os.path.join(args.output, 'eval_capacity.json'), report)
     with open(os.path.join(args.output, 'eval_capacity.md'), 'w') as f:
-        f.write('# Top-1 with and without tokens dropped by capacity at evaluation\n\n' + _table(rows))
+        f.write('# Top-1 under three evaluation routings: as trained, each image alone, nothing dropped\n\n'
+                + _table(rows))
     publish(args.output, args.publish)
     return report
 

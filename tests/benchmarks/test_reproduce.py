@@ -257,3 +257,19 @@ def test_eval_capacity_reproduces_training_eval_and_drops_nothing_at_e_over_k(qu
         assert row['top1'] == pytest.approx(best['eval_top1'])  # the trainer's own evaluation of that checkpoint
         assert row['no_drop_capacity_factor'] == 4.0 and row['dropped_fraction_no_drop'] == 0.
     assert (work / 'eval_capacity.md').read_text().count('\n| ') == 3
+
+
+def test_eval_capacity_compares_three_eval_routings(quick_run, load_script):
+    """benchmarks/eval_capacity.py on a finished run: as trained (groups of 8 images), each image alone, and
+    nothing dropped; the no-drop routing drops nothing and the three share one model (same top-1 scale)."""
+    out, report, _ = quick_run
+    eval_capacity = load_script('eval_capacity')
+    data_dir = report['settings'].get('data_dir') or str(out / 'synthetic-fashion-mnist')
+    result = eval_capacity.evaluate_run(str(out / 'runs' / 'vmoe-E4-s0'), data_dir, 'cpu')
+    assert result['capacity_group'] == 8 and result['no_drop_capacity_factor'] == 4.0
+    assert result['dropped_fraction_no_drop'] == 0.
+    assert 0. < result['dropped_fraction_per_image'] <= 1. and 0. <= result['dropped_fraction_trained'] <= 1.
+    for mode in ('trained', 'per_image', 'no_drop'):
+        assert 0. <= result[f'top1_{mode}'] <= 100.
+    table = eval_capacity._table({'vmoe': [result]})
+    assert 'each image alone' in table and f"{result['top1_trained']:.2f}" in table
