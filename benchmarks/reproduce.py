@@ -12,7 +12,7 @@ Tiers (each states its epochs, widths and why they fit its budget; flags overrid
   cpu        V-MoE, TGR (full), TGR (first half) at E=8, 3 seeds, quickstart recipe: <= 75 min on 2 CPU cores
   cpu-all    every row (14 variants) at E=8, 3 seeds, then V-MoE vs TGR at E=4, 16, 32: <= 150 min on 2 CPU cores
   cpu-recipe dense, V-MoE, TGR (full), TGR with an untrained teacher at E=8, 3 seeds: <= 60 min on 2 CPU cores
-  cpu-teacher  a 2x-wide teacher per seed; TGR full / first half, distillation only, teacher route, last layer
+  cpu-teacher  a 10-epoch teacher per seed; TGR full / first half, distillation only, teacher route, last layer
   gpu-main   teacher; V-MoE, TGR full / first half, distillation only, teacher route at E=8; 3 seeds: <= 10 min H100
   gpu-sweep  V-MoE vs TGR at E = 4, 8, 16, 32; 3 seeds: <= 10 more minutes (same --output as gpu-main)
   full       (default) every variant and the sweep at 100 epochs: hours of GPU time

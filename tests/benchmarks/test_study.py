@@ -165,16 +165,23 @@ def test_runner_sets_an_earlier_attempt_aside_before_starting_over(bench, tmp_pa
     assert (stale[0] / 'metrics.jsonl').read_text() == 'metrics.jsonl'
 
 
-def test_cpu_teacher_tier_trains_a_wider_teacher_per_seed(bench):
+def test_cpu_teacher_tier_trains_a_stronger_teacher_per_seed(bench):
     tier, plan = _plan(bench, ['--tier', 'cpu-teacher', '--device', 'cpu'])
-    assert plan.teacher_seeds() == [0, 1, 2] and plan.teacher_epochs == 4
+    assert plan.teacher_seeds() == [0, 1, 2] and plan.teacher_epochs == 10
     runs = {r['name']: r for r in plan.runs()}
-    teacher = runs['teacher-s1']['argv']
-    assert 'embed_dim=128' in teacher and 'num_heads=4' in teacher and 'embed_dim=64' not in teacher
+    assert [r['name'] for r in plan.runs()][:3] == ['teacher-s0', 'teacher-s1', 'teacher-s2']
     student = runs['tgr-E8-s1']['argv']
-    assert runs['tgr-E8-s1']['teacher'] == 'teacher-s1' and 'embed_dim=128' in student
+    assert runs['tgr-E8-s1']['teacher'] == 'teacher-s1'
     assert student[student.index('--teacher-checkpoint') + 1].endswith('teacher-s1/model_best.pth.tar')
-    assert 'embed_dim=64' in student  # the student keeps its width
+    # the paper's 2x width by flag: the teacher's run and the students that build it, not the students themselves
+    _, wide = _plan(bench, ['--tier', 'cpu-teacher', '--teacher-model-kwargs', 'embed_dim=128', 'num_heads=4'])
+    wide_runs = {r['name']: r for r in wide.runs()}
+    assert 'embed_dim=128' in wide_runs['teacher-s2']['argv'] and 'embed_dim=64' not in wide_runs['teacher-s2']['argv']
+    wide_student = wide_runs['tgr-E8-s2']['argv']
+    kw = wide_student[wide_student.index('--teacher-kwargs') + 1:wide_student.index('--teacher-checkpoint')]
+    assert 'embed_dim=128' in kw and 'num_heads=4' in kw
+    model_kw = wide_student[wide_student.index('--model-kwargs') + 1:wide_student.index('--epochs')]
+    assert 'embed_dim=64' in model_kw  # the student keeps its width
 
 
 def test_paired_t_test_matches_tables(bench):
