@@ -33,10 +33,10 @@ import torch.nn as nn
 
 from timm.models import push_to_hf_hub, save_for_hf
 from timm.models._hub import generate_readme  # the model card writer of push_to_hf_hub (not in timm.models)
-from timm.utils import ParseKwargs
 
 from .models._factory import load_student
 from .utils.checkpoint import RUN_CHECKPOINTS, describe_weights, read_checkpoint, student_state_dict, write_error
+from .utils.cli import ArgumentParser, ParseKwargs
 from .utils.metrics_log import metrics_row, read_metrics
 
 __all__ = [
@@ -389,7 +389,7 @@ def export_checkpoint(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog='python -m timm_tgr.export', description=__doc__.split('\n\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('checkpoint', help='train_tgr.py / timm checkpoint (.pth.tar), a run folder (its '

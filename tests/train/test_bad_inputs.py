@@ -20,7 +20,7 @@ from test_export import _offline  # switches the Hugging Face hub offline onto a
 from timm_tgr.data import write_idx
 from timm_tgr.export import main as export_main
 from timm_tgr.train import main as train_main, parse_args, read_metrics
-from timm_tgr.utils.checkpoint import CheckpointWriteError, NonFiniteError
+from timm_tgr.utils.checkpoint import CheckpointWriteError, NonFiniteError, run_outputs
 
 # a tiny V-MoE without a teacher: the fastest real run (3 classes of 16x16 grayscale images)
 TINY = [
@@ -86,6 +86,8 @@ def _summary_epochs(run):
     (['--upcycle-from', 'deit_tiny_patch16_224.fb_in1k', '--pretrained'],
      "--upcycle-from 'deit_tiny_patch16_224.fb_in1k' and --pretrained both give the model its starting weights"),
     (['--initial-checkpoint', '/no/such.pth'], '--initial-checkpoint \'/no/such.pth\': no such file'),
+    (['--model-kwargs', 'num_experts'], "--model-kwargs takes key=value items, got 'num_experts': write e.g. "
+                                        '--model-kwargs num_experts=VALUE'),
 ])
 def test_bad_flags_are_refused_by_the_parser(argv, message, capsys):
     t0 = time.time()
@@ -93,6 +95,35 @@ def test_bad_flags_are_refused_by_the_parser(argv, message, capsys):
         parse_args(argv)
     assert message in capsys.readouterr().err
     assert time.time() - t0 < 10  # --upcycle-from with --pretrained: no Hub access before the conflict
+
+
+def test_a_bad_flag_is_one_line_with_status_2_and_no_usage(capsys):
+    """README: a bad flag ends with one error line and argparse's status 2; the usage comes with --help only."""
+    with pytest.raises(SystemExit) as e:
+        parse_args(['--epochs', '0'])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and 'usage:' not in err and err.count('\n') == 1
+    assert err.startswith('train_tgr.py: error: --epochs must be >= 1') and 'train_tgr.py --help lists the flags' in err
+
+
+def test_a_config_whose_kwargs_are_not_a_mapping_is_refused(tmp_path, capsys):
+    (tmp_path / 'c.yaml').write_text('model_kwargs: [1, 2]\n')
+    with pytest.raises(SystemExit):
+        parse_args(['-c', str(tmp_path / 'c.yaml')])
+    assert 'model_kwargs must be a mapping of keyword to value (e.g. model_kwargs: {num_experts: 8}), got [1, 2]' \
+        in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--model-kwargs', 'embed_dim=32', 'num_heads=3', 'patch_size=4', 'num_experts=4'],
+     'The width (embed_dim) must be a multiple of num_heads: pass --model-kwargs num_heads=H'),
+    (['--lr', '1e38', '--warmup-epochs', '0'], '--lr 1e+38 is too large for --opt adamw: its first update steps by '),
+])
+def test_flags_that_cannot_build_or_train_the_model_name_the_flag(image_folder, tmp_path, extra, message):
+    with pytest.raises(ValueError) as e:
+        train_main(_argv(image_folder, tmp_path, 'x', '--epochs', '1', *extra))
+    assert message in str(e.value)
+    assert not run_outputs(tmp_path / 'x')
 
 
 # --------------------------------------------------------------------------------------------------
@@ -554,12 +585,19 @@ def _fewer_labels(root):
     return [], 'train-labels-idx1-ubyte holds 12 labels for the 16 images'
 
 
+def _trailing_bytes(root):
+    path = _raw(root) / 'train-images-idx3-ubyte'
+    path.write_bytes(path.read_bytes() + b'\0' * 5)
+    return [], 'train-images-idx3-ubyte has 5 bytes after the 12560 its header announces'
+
+
 def _more_classes_than_the_model(root):
     return ['--num-classes', '5'], ("the train split of --dataset 'torch/fashion_mnist' in {data} has labels 0..9, "
                                     'but the model is built for 5 classes (labels 0..4): pass --num-classes 10')
 
 
-@pytest.mark.parametrize('damage', [_truncate_images, _bad_magic, _fewer_labels, _more_classes_than_the_model])
+@pytest.mark.parametrize('damage', [_truncate_images, _bad_magic, _fewer_labels, _trailing_bytes,
+                                    _more_classes_than_the_model])
 def test_corrupt_fashion_mnist_files_stop_before_the_first_step(tmp_path, damage):
     root = _fmnist(tmp_path)
     extra, message = damage(root)

@@ -13,17 +13,17 @@ import torch
 import yaml
 
 import timm
-from timm.utils import ParseKwargs
 
 from ..task import TGR_MODES, DistillSchedule
 from ..utils.checkpoint import run_outputs
+from ..utils.cli import ArgumentParser, ParseKwargs
 
 __all__ = ['build_parser', 'parse_args', 'checkpoint_args', 'yaml_safe']
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The trainer's argparse parser (``train_tgr.py --help``)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog='train_tgr.py',
         description='Train V-MoE / TGR-MoE (and dense teacher) models with timm. '
                     'Any flag can also be set in a YAML file given with -c/--config (keys use underscores).')
@@ -245,7 +245,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse flags, with ``-c FILE`` YAML values as defaults (unknown YAML keys are an error)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = ArgumentParser(prog='train_tgr.py', add_help=False)
     pre.add_argument('-c', '--config', default='')
     cfg_args, _ = pre.parse_known_args(argv)
     if cfg_args.config:
@@ -271,7 +271,12 @@ def _read_config(parser: argparse.ArgumentParser, path: str) -> dict:
     if unknown:
         parser.error(f'config file {path!r} has unknown keys {unknown}: use flag names with '
                      f'underscores, e.g. batch_size, model_kwargs (see train_tgr.py --help)')
-    return {k.replace('-', '_'): v for k, v in cfg.items()}
+    cfg = {k.replace('-', '_'): v for k, v in cfg.items()}
+    for action in parser._actions:
+        if isinstance(action, ParseKwargs) and action.dest in cfg and not isinstance(cfg[action.dest], dict):
+            parser.error(f'config file {path!r}: {action.dest} must be a mapping of keyword to value (e.g. '
+                         f'{action.dest}: {{num_experts: 8}}), got {cfg[action.dest]!r}')
+    return cfg
 
 
 # numeric flags: (dest, lowest, highest, whether the bounds are included); None for no bound

@@ -260,7 +260,10 @@ def create_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
     """
     args.model_arch, source_kwargs = model_source(args.model)
     flag_kwargs = model_kwargs(args)
-    model = timm.create_model(args.model, pretrained=args.pretrained, **flag_kwargs)
+    try:
+        model = timm.create_model(args.model, pretrained=args.pretrained, **flag_kwargs)
+    except (AssertionError, TypeError) as e:  # timm's checks of the kwargs: an assert or an unknown keyword
+        raise ValueError(build_error(args.model, flag_kwargs, e)) from e
     model_guidance_cfg(model)  # tgr_* kwargs (recorded, read by timm's train.py only) must be known options
     args.model_kwargs_resolved = {**source_kwargs, **flag_kwargs}  # as timm merges them: the flags win
     if args.pretrained:
@@ -275,6 +278,17 @@ def create_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model.to(device)
+
+
+def build_error(name: str, kwargs: dict, e: BaseException) -> str:
+    """Why ``timm.create_model(name, **kwargs)`` failed, naming the flags that set the kwargs."""
+    text = (str(e).strip().splitlines() or [''])[0][:200] or type(e).__name__
+    hint = ''
+    if 'num_heads' in text:
+        hint = (' The width (embed_dim) must be a multiple of num_heads: pass --model-kwargs num_heads=H with H '
+                'dividing embed_dim (e.g. embed_dim=32 num_heads=2).')
+    return (f'--model {name} cannot be built with the kwargs {kwargs} (from --model-kwargs, --num-classes, '
+            f'--img-size, --in-chans, --drop, --drop-path): {type(e).__name__}: {text}.{hint or " Fix those flags."}')
 
 
 def set_input_normalization(model: nn.Module, data_config: dict) -> None:
@@ -466,6 +480,7 @@ def create_optimization(
             raise ValueError('--freeze-router-at freezes MoE routers: the model has none')
         freeze = RouterFreezeSchedule(fraction=args.freeze_router_at, total_steps=args.epochs * updates_per_epoch)
     optimizer = create_optimizer_v2(task.get_trainable_module(), **optimizer_kwargs(cfg=args), **args.opt_kwargs)
+    check_step_size(args, optimizer)
     amp_autocast, loss_scaler = suppress, None
     if args.amp:
         amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
@@ -474,6 +489,23 @@ def create_optimization(
             loss_scaler = NativeScaler(device=device.type)
     return Optimization(optimizer=optimizer, updates_per_epoch=updates_per_epoch, amp_autocast=amp_autocast,
                         loss_scaler=loss_scaler, freeze=freeze)
+
+
+def check_step_size(args: argparse.Namespace, optimizer: torch.optim.Optimizer) -> None:
+    """Refuse a learning rate whose first update cannot be computed in float32: Adam-style optimizers step by
+    lr / (1 - beta1) and decay by lr * weight_decay; beyond float32's largest value (3.4e38) torch stops the step
+    with an overflow error instead of an update."""
+    largest = torch.finfo(torch.float32).max
+    for group in optimizer.param_groups:
+        lr = max(float(group.get('lr', 0.)), float(args.warmup_lr or 0.))
+        betas = group.get('betas')
+        scale = 1. / (1. - betas[0]) if isinstance(betas, (tuple, list)) and betas and 0 <= betas[0] < 1 else 1.
+        step = max(lr * scale, lr * float(group.get('weight_decay') or 0.))
+        if step >= largest:
+            raise ValueError(
+                f'--lr {args.lr:g} is too large for --opt {args.opt}: its first update steps by {step:.3g}, beyond '
+                f'float32\'s largest value ({largest:.3g}), so no update can be computed. Use a learning rate that '
+                f'trains (the recipes use 5e-4 to 2e-3).')
 
 
 def resume_task(args: argparse.Namespace, task: nn.Module, optim: Optimization) -> Resumed:
