@@ -149,6 +149,43 @@ def test_resume_into_another_runs_folder_is_refused(image_folder, done, tmp_path
     assert _files(other) == before
 
 
+def test_a_second_trainer_on_a_running_runs_folder_stops_naming_it(image_folder, tmp_path):
+    """The folder of a run in progress is locked for its whole run: a second trainer started on it (same --output /
+    --experiment, before the first has written any checkpoint) stops before writing, naming the running one."""
+    from timm_tgr.train.lock import RunFolderBusy, RunLock
+    folder = tmp_path / 'run'
+    folder.mkdir()
+    with RunLock(str(folder)):  # the running trainer
+        before = _files(folder)
+        with pytest.raises(RunFolderBusy) as e:
+            train_main(_argv(image_folder, tmp_path, 'run', '--epochs', '1'))
+        assert _files(folder) == before
+    msg = str(e.value)
+    assert f'the run folder {folder} is in use by another train_tgr.py run (pid {os.getpid()} on ' in msg
+    assert 'another --experiment or --output' in msg
+    train_main(_argv(image_folder, tmp_path, 'run', '--epochs', '1'))  # once it ended, the folder is free
+    assert not (folder / '.lock').exists()
+
+
+def test_a_folder_with_records_but_no_checkpoint_is_started_again(image_folder, done, tmp_path):
+    """A run stopped before its first checkpoint leaves metrics.jsonl: nothing to --resume, so a rerun of the same
+    command starts the run there again (it was refused, told to --resume a last.pth.tar that does not exist)."""
+    run = _copy_run(done, tmp_path)
+    for p in run.glob('*.pth.tar'):
+        p.unlink()
+    result = train_main(_argv(image_folder, tmp_path, 'run', '--epochs', '1'))
+    assert [r['epoch'] for r in result['rows']] == [0] and _summary_epochs(run) == [0]
+    assert torch.load(run / 'last.pth.tar', weights_only=False)['epoch'] == 0
+
+
+def test_an_earlier_run_without_last_names_a_checkpoint_that_exists(image_folder, done, tmp_path, capsys):
+    run = _copy_run(done, tmp_path)
+    (run / 'last.pth.tar').unlink()
+    with pytest.raises(SystemExit):
+        train_main(_argv(image_folder, tmp_path, 'run', '--epochs', '1'))
+    assert f'continue it with --resume {run / "checkpoint-1.pth.tar"}' in capsys.readouterr().err
+
+
 def test_time_stamped_folders_never_collide(image_folder, tmp_path, monkeypatch):
     """Without --experiment the folder is named by the time; a name already taken gets a numeric suffix."""
     monkeypatch.setattr(time, 'strftime', lambda fmt, *a: '20260101-000000')

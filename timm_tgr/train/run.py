@@ -75,9 +75,11 @@ def train(args: argparse.Namespace) -> dict:
                 log_row(row)
                 observers.epoch_done(epoch, row, t, args)
             t.optim.lr_scheduler.step(epoch + 1, metric)
+        return finish(t, args, best_metric, best_epoch)
     finally:
         observers.close()
-    return finish(t, args, best_metric, best_epoch)
+        if t.run.lock is not None:
+            t.run.lock.release()
 
 
 def save_epoch(t: Training, epoch: int, row: dict, metric: float) -> Tuple[Optional[float], Optional[int]]:

@@ -38,8 +38,9 @@ from ..task.factory import GuidanceConfig, create_training_task, is_moe
 from ..task.timm_train import model_guidance_cfg
 from ..utils.checkpoint import run_outputs
 from ..utils.metrics_log import read_metrics
-from .args import checkpoint_args, yaml_safe
+from .args import checkpoint_args, earlier_run, yaml_safe
 from .finetune import load_initial_checkpoint, log_pretrained_head, model_source, reset_classifier
+from .lock import RunFolderBusy, RunLock
 from .report import row_metric
 from .resume import Resumed, load_resumed_ema, resume_run
 from .saver import RunCheckpointSaver
@@ -98,6 +99,7 @@ class RunFolder:
     rows: List[dict] = field(default_factory=list)
     pending: Optional[Callable[[], None]] = None
     originals: Dict[str, Optional[bytes]] = field(default_factory=dict)
+    lock: Optional[RunLock] = None  # held from setup to the run's end (primary process)
 
     @property
     def metrics_path(self) -> str:
@@ -135,12 +137,18 @@ def setup_training(args: argparse.Namespace) -> Training:
     loaders = make_loaders(args, data_config, device, num_classes=unwrap_model(model).num_classes)
     ts = create_task(args, model, loaders, device)
     optim = create_optimization(args, ts.task, model, len(loaders.train), device)
-    output_dir = setup_output_dir(args)
-    resumed = resume_task(args, ts.task, optim) if args.resume else None
-    start_epoch = resumed.start_epoch if resumed is not None else 0
-    prepare_task(args, ts.task, optim, device, resumed)
-    optim.lr_scheduler, optim.num_epochs = create_lr_scheduler(args, optim, start_epoch)
-    run = open_run_folder(args, model, ts, optim, output_dir, start_epoch)
+    output_dir, lock = setup_output_dir(args)
+    try:
+        resumed = resume_task(args, ts.task, optim) if args.resume else None
+        start_epoch = resumed.start_epoch if resumed is not None else 0
+        prepare_task(args, ts.task, optim, device, resumed)
+        optim.lr_scheduler, optim.num_epochs = create_lr_scheduler(args, optim, start_epoch)
+        run = open_run_folder(args, model, ts, optim, output_dir, start_epoch)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    run.lock = lock
     del resumed  # the checkpoint's tensors
     return Training(device=device, model=model, loaders=loaders, task=ts.task, task_kind=ts.kind,
                     tracker=ts.tracker, optim=optim, run=run, start_epoch=start_epoch, reference=ts.reference)
@@ -543,26 +551,45 @@ def create_lr_scheduler(args: argparse.Namespace, optim: Optimization, start_epo
 # --------------------------------------------------------------------------------------------------
 # run folder
 # --------------------------------------------------------------------------------------------------
-def setup_output_dir(args: argparse.Namespace) -> str:
-    """``<output>/<experiment or time-model>``; resuming without --experiment continues the checkpoint's folder.
+def setup_output_dir(args: argparse.Namespace) -> Tuple[str, Optional[RunLock]]:
+    """``<output>/<experiment or time-model>`` and its lock (:class:`~timm_tgr.train.lock.RunLock`, held for the
+    whole run; None on the other processes); resuming without --experiment continues the checkpoint's folder.
 
     Never an earlier run's folder without --resume: a named --experiment holding a run was refused with the
-    flags (``args._check_run_folder``); a time-stamped name already taken gets a numeric suffix (``-1``, ``-2``),
-    as timm's train.py does.
+    flags (``args._check_run_folder``) and is checked again once the folder is locked (a run may have finished
+    there since); a time-stamped name already taken (or in use) gets a numeric suffix (``-1``, ``-2``), as timm's
+    train.py does. A folder another run holds stops this one, naming the running one.
     """
     if args.resume and not args.experiment:
         out = os.path.dirname(os.path.abspath(args.resume))  # continue the run in its own folder
     elif args.experiment:
         out = os.path.join(args.output, args.experiment)
     else:
-        out = base = os.path.join(args.output, '-'.join([time.strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model)]))
-        n = 0
-        while run_outputs(out):
-            n += 1
-            out = f'{base}-{n}'
-    if is_primary(args):
-        os.makedirs(out, exist_ok=True)
-    return out
+        base = os.path.join(args.output, '-'.join([time.strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model)]))
+        for n in range(1000):
+            out = base if n == 0 else f'{base}-{n}'
+            if run_outputs(out):
+                continue
+            if not is_primary(args):
+                return out, None
+            os.makedirs(out, exist_ok=True)
+            try:
+                lock = RunLock(out).acquire()
+            except RunFolderBusy:
+                continue
+            if not run_outputs(out):
+                return out, lock
+            lock.release()
+        raise RuntimeError(f'no free run folder named {base}[-N] in --output {args.output}: give --experiment NAME.')
+    if not is_primary(args):
+        return out, None
+    os.makedirs(out, exist_ok=True)
+    lock = RunLock(out).acquire()
+    message = earlier_run(out, args, log=False)
+    if message:  # a run finished there after the flags were checked
+        lock.release()
+        raise FileExistsError(message)
+    return out, lock
 
 
 def open_run_folder(

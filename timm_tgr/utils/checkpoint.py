@@ -277,17 +277,20 @@ def write_error(e: BaseException, path: PathLike, kept: str = '') -> Optional[Ch
     folder = os.path.dirname(path)
     text = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     after = f' {kept}' if kept else ''
+    # what to do once there is space: continue from the intact checkpoint kept names, else run the command again
+    # (a run folder without a checkpoint is started again)
+    then = 'then continue with that --resume' if '--resume' in kept else 'then run the same command again'
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return CheckpointWriteError(
             e.errno, f'the disk is full: no space left to write {path} (on the disk of {folder}; {_free(folder)}).'
-                     f'{after} Free space there or write to another --output, then rerun.')
+                     f'{after} Free space there or write to another --output, {then}.')
     torch_write = isinstance(e, RuntimeError) and any(
         s in str(e) for s in ('inline_container', 'PytorchStreamWriter', 'file write failed', 'unexpected pos'))
     if torch_write:
         return CheckpointWriteError(
             errno.ENOSPC, f'writing {path} failed (torch: {text}); the usual cause is a full disk: the disk of '
                           f'{folder} has {_free(folder)}.{after} Free space there or write to another --output, '
-                          f'then rerun.')
+                          f'{then}.')
     if isinstance(e, OSError):
         return CheckpointWriteError(
             e.errno, f'could not write {path} ({type(e).__name__}: {text}).{after} Check that {folder} is writable '
