@@ -684,6 +684,54 @@ def test_more_class_folders_than_classes(image_folder, tmp_path):
     assert not (tmp_path / 'x').exists()
 
 
+def _no_validation_folder(data):
+    shutil.rmtree(data / 'validation')
+    return FileNotFoundError, (f'--data-dir {data} has no validation/ folder for --val-split validation (its folders: '
+                               'train): timm would read the whole --data-dir as that split, so the validation top-1 '
+                               'and model_best would come from the training images')
+
+
+def _renamed_validation_class(data):
+    (data / 'validation' / 'c1').rename(data / 'validation' / 'shirt')
+    return ValueError, 'differ (only in train/: c1; only in validation/: shirt; a class folder without images'
+
+
+def _empty_training_class(data):
+    for p in (data / 'train' / 'c1').iterdir():
+        p.unlink()
+    return ValueError, 'differ (only in validation/: c1; a class folder without images counts as missing)'
+
+
+def _unreadable_image(data):
+    (data / 'train' / 'c1' / '3.png').write_bytes(b'not a png')
+    return ValueError, (f"1 image(s) of the train split of --data-dir {data} cannot be read ({data / 'train' / 'c1'}"
+                        f"/3.png: UnidentifiedImageError")
+
+
+@pytest.mark.parametrize('damage', [_no_validation_folder, _renamed_validation_class, _empty_training_class,
+                                    _unreadable_image])
+def test_image_folders_are_checked_before_the_first_step(image_folder, tmp_path, damage):
+    """A missing validation split, class folders that differ between the splits (labels would shift) and an image
+    timm would skip unnamed stop the run before anything is written."""
+    data = tmp_path / 'data'
+    shutil.copytree(image_folder, data)
+    error, message = damage(data)
+    with pytest.raises(error) as e:
+        train_main(TINY + ['--data-dir', str(data), '--output', str(tmp_path), '--experiment', 'x', '--epochs', '1'])
+    assert message in str(e.value)
+    assert not (tmp_path / 'x').exists() or not run_outputs(tmp_path / 'x')
+
+
+def test_an_image_that_fails_to_decode_mid_epoch_is_named(image_folder, tmp_path):
+    data = tmp_path / 'data'
+    shutil.copytree(image_folder, data)
+    bad = data / 'train' / 'c2' / '5.png'
+    bad.write_bytes(bad.read_bytes()[:60])  # the header reads, the pixels do not
+    with pytest.raises(ValueError, match=f'image {bad} cannot be read .*: replace or remove it'):
+        train_main(TINY + ['--data-dir', str(data), '--output', str(tmp_path), '--experiment', 'x', '--epochs', '1'])
+    assert not run_outputs(tmp_path / 'x')
+
+
 def test_quickstart_refuses_an_output_holding_an_earlier_quickstart(tmp_path, capsys):
     from timm_tgr.quickstart import main as quickstart
     (tmp_path / 'qs' / 'teacher').mkdir(parents=True)

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import yaml
+from PIL import Image
 
 import timm
-from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader, resolve_data_config
+from timm.data import FastCollateMixup, ImageDataset, Mixup, create_dataset, create_loader, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.models import safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
@@ -179,17 +180,108 @@ _FOLDER_DATASETS = ('', 'folder', 'imagefolder')
 
 
 def check_folder_dataset(args: argparse.Namespace) -> None:
-    """An image folder dataset (``--dataset folder`` / ``''``) needs ``--data-dir`` with its split folders."""
+    """An image folder dataset (``--dataset folder`` / ``''``) needs ``--data-dir`` with a folder for each split:
+    without one timm reads the whole ``--data-dir`` as that split, so the validation top-1 (and ``model_best``)
+    would come from other images than the validation split's (e.g. the training images)."""
     how = ('--dataset folder reads <data-dir>/<split>/<class>/<image> (splits --train-split / --val-split, '
            'default train / validation)')
     if not os.path.isdir(args.data_dir):
         raise FileNotFoundError(f'--data-dir {args.data_dir} does not exist: give the folder holding the image '
                                 f'folders ({how}).')
-    train, val = (os.path.join(args.data_dir, s) for s in (args.train_split, args.val_split))
-    if not os.path.isdir(train) and not os.path.isdir(val):
-        _logger.warning(f'--data-dir {args.data_dir} has neither {args.train_split}/ nor {args.val_split}/: timm reads '
-                        f'the folder itself for both splits, so the validation images are the training images '
-                        f'({how}).')
+    for flag, split in (('--train-split', args.train_split), ('--val-split', args.val_split)):
+        if split_folder(args.data_dir, split) is None:
+            there = sorted(d for d in os.listdir(args.data_dir) if os.path.isdir(os.path.join(args.data_dir, d)))
+            raise FileNotFoundError(
+                f'--data-dir {args.data_dir} has no {split}/ folder for {flag} {split} (its folders: '
+                f'{", ".join(there[:8]) or "none"}): timm would read the whole --data-dir as that split, so '
+                f'{_WHOLE_DIR[flag]}. '
+                f'Put the images in {os.path.join(args.data_dir, split)}/<class>/, or name the split\'s folder with '
+                f'{flag} ({how}).')
+
+
+_WHOLE_DIR = {'--train-split': 'training would read the images of every split',
+              '--val-split': 'the validation top-1 and model_best would come from the training images'}
+
+
+def split_folder(root: str, split: str) -> Optional[str]:
+    """The folder timm's ``create_dataset`` reads for ``split`` of the folder dataset ``root`` (the split's
+    name, or for train / validation one of its synonyms: training, val, valid, eval, evaluation); None where timm
+    would fall back to ``root`` itself."""
+    name = split.split('[')[0]
+    synonyms = {'train': ('train', 'training'), 'training': ('train', 'training')}
+    evals = ('val', 'valid', 'validation', 'eval', 'evaluation')
+    candidates = (name,) + synonyms.get(name, evals if name in evals else ())
+    return next((os.path.join(root, c) for c in candidates if os.path.isdir(os.path.join(root, c))), None)
+
+
+def check_class_lists(dataset_train, dataset_eval, args: argparse.Namespace) -> None:
+    """The two splits of a folder dataset must have the same class folders: labels are their sorted positions, so a
+    class folder missing (or renamed) in one split shifts every later label and the top-1 compares other classes."""
+    train, val = (getattr(getattr(d, 'reader', None), 'class_to_idx', None) for d in (dataset_train, dataset_eval))
+    if not isinstance(train, dict) or not isinstance(val, dict) or train == val:
+        return
+    only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))
+    parts = []
+    if only_train:
+        parts.append(f'only in {args.train_split}/: {", ".join(only_train[:6])}')
+    if only_val:
+        parts.append(f'only in {args.val_split}/: {", ".join(only_val[:6])}')
+    if not parts:
+        moved = sorted(c for c in train if train[c] != val[c])
+        parts.append(f'labelled differently: {", ".join(moved[:6])}')
+    raise ValueError(
+        f'the class folders of {os.path.join(args.data_dir, args.train_split)} and '
+        f'{os.path.join(args.data_dir, args.val_split)} differ ({"; ".join(parts)}; a class folder without images '
+        f'counts as missing): labels are the sorted class folders, so the splits would label the same class '
+        f'differently. Give both splits the same class folders (or one --class-map for both).')
+
+
+def check_images(dataset, split: str, args: argparse.Namespace) -> None:
+    """Every image of a folder dataset opens (its header is read) before the first step: timm would skip an
+    unreadable one mid-epoch without naming it. Later decode errors name the file (:class:`NamedImageDataset`)."""
+    samples = getattr(getattr(dataset, 'reader', None), 'samples', None)
+    if not isinstance(samples, (list, tuple)) or not samples or not isinstance(samples[0][0], str):
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    def error(path: str) -> Optional[str]:
+        try:
+            with Image.open(path) as im:
+                im.size
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file
+            return f'{path}: {type(e).__name__}: {(str(e).strip().splitlines() or [""])[0][:160]}'
+        return None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        bad = [b for b in pool.map(error, (s[0] for s in samples)) if b is not None]
+    if bad:
+        more = f' and {len(bad) - 3} more' if len(bad) > 3 else ''
+        raise ValueError(f'{len(bad)} image(s) of the {split} split of --data-dir {args.data_dir} cannot be read '
+                         f'({"; ".join(bad[:3])}{more}): replace or remove them.')
+    if isinstance(dataset, ImageDataset) and type(dataset) is ImageDataset:
+        dataset.__class__ = NamedImageDataset
+
+
+class NamedImageDataset(ImageDataset):
+    """timm's ImageDataset whose unreadable image stops the run naming the file (timm skips it, unnamed)."""
+
+    def __getitem__(self, index):
+        path = self.reader.samples[index][0]
+        try:
+            img, target = self.reader[index][:2]
+            img = Image.open(img)
+            if self.input_img_mode:
+                img = img.convert(self.input_img_mode)
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ValueError(f'image {path} cannot be read ({type(e).__name__}: {e}): replace or remove it, then '
+                             f'--resume the run.') from e
+        if self.transform is not None:
+            img = self.transform(img)
+        if target is None:
+            target = -1
+        elif self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
 
 
 def dataset_labels(dataset) -> Optional[np.ndarray]:
@@ -340,6 +432,10 @@ def create_datasets(args: argparse.Namespace, data_config: dict, num_classes: Op
         args.dataset, root=args.data_dir, split=args.val_split, is_training=False, class_map=args.class_map,
         download=args.dataset_download, batch_size=args.validation_batch_size or args.batch_size,
         input_img_mode=img_mode)
+    if args.dataset.lower() in _FOLDER_DATASETS:
+        check_class_lists(dataset_train, dataset_eval, args)
+        check_images(dataset_train, args.train_split, args)
+        check_images(dataset_eval, args.val_split, args)
     if num_classes is not None:
         check_labels(dataset_train, args.train_split, num_classes, args)
         check_labels(dataset_eval, args.val_split, num_classes, args)
