@@ -29,13 +29,16 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+import torch
 import torch.nn as nn
 
 from timm.models import push_to_hf_hub, save_for_hf
 from timm.models._hub import generate_readme  # the model card writer of push_to_hf_hub (not in timm.models)
 
 from .models._factory import load_student
-from .utils.checkpoint import RUN_CHECKPOINTS, describe_weights, read_checkpoint, student_state_dict, write_error
+from .utils.checkpoint import (
+    RUN_CHECKPOINTS, NonFiniteError, describe_weights, read_checkpoint, student_state_dict, write_error,
+)
 from .utils.cli import ArgumentParser, ParseKwargs
 from .utils.metrics_log import metrics_row, read_metrics
 
@@ -90,6 +93,24 @@ def checkpoint_of(path: Union[str, Path]) -> Path:
     raise FileNotFoundError(
         f'{path} is a folder without {RUN_CHECKPOINTS[0]} (the best checkpoint train_tgr.py writes in a run folder); '
         + (f'give one of its checkpoints: {", ".join(found[:6])}.' if found else 'it holds no checkpoint files.'))
+
+
+def check_probe_forward(model: nn.Module, path: Union[str, Path]) -> None:
+    """A forward of the model on a fixed probe batch must give finite logits: weights can be finite while every
+    output is NaN / Inf (the run diverged at its last update), which the finite-weights check cannot see."""
+    c, h, w = model.pretrained_cfg['input_size']
+    probe = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(0))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(probe)
+    model.train(was_training)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    if not torch.isfinite(out).all():
+        raise NonFiniteError(
+            f'{path}: its weights are finite, but a forward on a probe batch gives NaN / Inf logits: the run that '
+            f'wrote it diverged. Export an earlier checkpoint of the run (checkpoint-N.pth.tar of an epoch before it '
+            f'diverged).')
 
 
 def _fmt(v: Any) -> str:
@@ -369,6 +390,7 @@ def export_checkpoint(
     student, arch, model_args, run_args, ckpt, key = (loaded.model, loaded.arch, loaded.model_args, loaded.run_args,
                                                       loaded.checkpoint, loaded.weights_key)
     _logger.info(f'exporting {describe_weights(key)} of {path}')
+    check_probe_forward(student, path)
     row, note = _card_metrics(metrics, path, ckpt.get('epoch'))
     picture, caption = _card_picture(routing_picture, path, ckpt.get('epoch'))
     card = make_model_card(student, arch, run_args, row, note, _checkpoint_info(path, key, ckpt, run_args),

@@ -334,6 +334,31 @@ def test_non_finite_weights_are_never_saved(image_folder, tmp_path, monkeypatch)
     assert [r['epoch'] for r in read_metrics(out / 'metrics.jsonl')] == [0] and _summary_epochs(out) == [0]
 
 
+def test_non_finite_evaluation_stops_the_run_and_never_becomes_model_best(image_folder, tmp_path, monkeypatch):
+    """Weights finite but every validation logit Inf / NaN (a huge classifier after epoch 1's last update): the
+    run stops like a training NaN, naming the evaluation; epoch 0 stays last and model_best."""
+    from timm_tgr.train import run as run_module
+    train_one_epoch = run_module.train_one_epoch
+
+    def huge_head_after_epoch_1(epoch, task, *args, **kwargs):
+        out = train_one_epoch(epoch, task, *args, **kwargs)
+        if epoch == 1:
+            with torch.no_grad():
+                task.get_trainable_module().head.weight.fill_(3e38)  # finite, but the logits overflow
+        return out
+
+    monkeypatch.setattr(run_module, 'train_one_epoch', huge_head_after_epoch_1)
+    out = tmp_path / 'ev'
+    with pytest.raises(RuntimeError) as e:
+        train_main(_argv(image_folder, tmp_path, 'ev', '--epochs', '3'))
+    msg = str(e.value)
+    assert 'evaluation of the model after epoch 1 diverged: the validation logits hold NaN / Inf in 2 of 2 batches' in msg
+    assert f'{out / "last.pth.tar"} (epoch 0) is the last finite checkpoint' in msg
+    for name in ('last.pth.tar', 'model_best.pth.tar'):
+        assert torch.load(out / name, weights_only=False)['epoch'] == 0
+    assert [r['epoch'] for r in read_metrics(out / 'metrics.jsonl')] == [0]
+
+
 # --------------------------------------------------------------------------------------------------
 # a full disk: the error says so and where; no good checkpoint is replaced
 # --------------------------------------------------------------------------------------------------
@@ -535,6 +560,14 @@ def _non_finite_export(done, tmp_path):
     return [str(_nan_checkpoint(done, tmp_path)), '--out', str(tmp_path / 'e')]
 
 
+def _finite_weights_non_finite_logits(done, tmp_path):
+    ckpt = torch.load(done / 'last.pth.tar', weights_only=False)
+    ckpt['state_dict']['head.weight'].fill_(3e38)
+    path = tmp_path / 'huge.pth.tar'
+    torch.save(ckpt, path)
+    return [str(path), '--out', str(tmp_path / 'e')]
+
+
 def _truncated_export(done, tmp_path):
     return [str(_truncated_copy(done, tmp_path)), '--out', str(tmp_path / 'e')]
 
@@ -549,6 +582,8 @@ def _ema_without_ema(done, tmp_path):
     (_empty_run_folder, FileNotFoundError, 'is a folder without model_best.pth.tar'),
     (_run_folder_without_best, FileNotFoundError, 'give one of its checkpoints: checkpoint-0.pth.tar'),
     (_non_finite_export, NonFiniteError, 'holds non-finite values (NaN or Inf) in 1 of'),
+    (_finite_weights_non_finite_logits, NonFiniteError, 'its weights are finite, but a forward on a probe batch '
+                                                         'gives NaN / Inf logits'),
     (_truncated_export, RuntimeError, 'is truncated, corrupt or not a checkpoint'),
     (_ema_without_ema, ValueError, "has no EMA weights ('state_dict_ema')"),
 ])

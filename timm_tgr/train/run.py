@@ -35,7 +35,7 @@ from timm.utils import is_primary, random_seed, setup_default_logging
 from ..task import RoutingStats, TGRTask, record_assignments
 from ..utils.cli import torch_threads
 from .args import parse_args
-from .loop import TrainingDiverged, reduce_routing_stats, set_epoch, train_one_epoch, validate
+from .loop import TrainingDiverged, check_eval_finite, reduce_routing_stats, set_epoch, train_one_epoch, validate
 from .pictures import RoutingPictures, picture_epoch_dir
 from .report import epoch_row, log_row, record_epoch, routing_row, row_metric, unrecord_epoch, write_consistency
 from .setup import Training, setup_training
@@ -204,12 +204,17 @@ def evaluate_epoch(epoch: int, t: Training, args: argparse.Namespace, train_metr
     eval_model = t.task.get_eval_model()
     stats = RoutingStats() if t.tracker is not None else None
     validate_ = partial(validate, loader=t.loaders.eval, args=args, device=t.device, amp_autocast=t.optim.amp_autocast)
+    num_batches = len(t.loaders.eval)
     eval_metrics, probe = validate_(eval_model, routing_stats=stats, probe_batches=t.loaders.probe_batches)
+    check_eval_finite(eval_metrics, epoch, 'the model', num_batches)
     row = epoch_row(epoch, t.optim.optimizer.param_groups[0]['lr'], train_metrics, eval_metrics)
     if isinstance(t.task, TGRTask) and t.task.mode == 'teacher_route':
-        row['eval_top1_teacher_route'] = validate_(eval_model, route_fn=t.task.forward_teacher_route)[0]['top1']
+        routed = validate_(eval_model, route_fn=t.task.forward_teacher_route)[0]
+        check_eval_finite(routed, epoch, 'the model routed by the teacher', num_batches)
+        row['eval_top1_teacher_route'] = routed['top1']
     if t.task.has_ema():
         ema_metrics, _ = validate_(t.task.get_eval_model(ema=True))
+        check_eval_finite(ema_metrics, epoch, 'the EMA', num_batches)
         row['eval_ema_top1'] = ema_metrics['top1']
         row['eval_ema_loss'] = ema_metrics['loss']
     if t.tracker is not None:
