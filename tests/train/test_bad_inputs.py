@@ -467,6 +467,35 @@ def test_bad_starting_weights_name_the_file(image_folder, done, tmp_path, make, 
         assert 'blocks.0.attn.qkv.weight' in str(e.value)
 
 
+def test_inf_in_the_optimizer_state_is_refused_on_resume(image_folder, done, tmp_path):
+    """Finite weights with an Inf Adam moment would diverge at the first step, and the divergence message would
+    send the user back to the same checkpoint: the resume refuses it, naming --no-resume-opt."""
+    run = _copy_run(done, tmp_path)
+    ckpt = torch.load(run / 'last.pth.tar', weights_only=False)
+    state = next(iter(ckpt['optimizer']['state'].values()))
+    state['exp_avg_sq'].view(-1)[0] = float('inf')
+    torch.save(ckpt, run / 'last.pth.tar')
+    before = _files(run)
+    with pytest.raises(NonFiniteError) as e:
+        train_main(TINY + ['--data-dir', image_folder, '--epochs', '3', '--resume', str(run / 'last.pth.tar')])
+    assert f'--resume {run / "last.pth.tar"} [optimizer state] holds non-finite values' in str(e.value)
+    assert 'exp_avg_sq' in str(e.value) and '--no-resume-opt' in str(e.value)
+    assert _files(run) == before
+
+
+def test_pretrained_local_dir_weights_with_inf_are_refused(image_folder, done, tmp_path):
+    export_main([str(done / 'last.pth.tar'), '--out', str(tmp_path / 'hub')])
+    weights = safetensors.torch.load_file(str(tmp_path / 'hub' / 'model.safetensors'))
+    weights['blocks.1.mlp.fc1.weight'][0, 0] = float('inf')
+    safetensors.torch.save_file(weights, str(tmp_path / 'hub' / 'model.safetensors'))
+    argv = _argv(image_folder, tmp_path, 'ft', '--epochs', '1', '--pretrained')
+    argv[argv.index('vmoe_deit_tiny')] = f'local-dir:{tmp_path / "hub"}'
+    with pytest.raises(NonFiniteError, match=f'--pretrained local-dir:{tmp_path / "hub"} holds non-finite values .*'
+                                             r'\(blocks.1.mlp.fc1.weight\)'):
+        train_main(argv)
+    assert not run_outputs(tmp_path / 'ft')
+
+
 def test_trust_checkpoint_is_a_trainer_flag(image_folder, done, tmp_path):
     path = _pickled_path_checkpoint(done, tmp_path)
     result = train_main(_argv(image_folder, tmp_path, 'trusted', '--epochs', '1', '--initial-checkpoint', str(path),

@@ -127,6 +127,10 @@ def build_teacher(teacher: Union[str, nn.Module], checkpoint: Optional[str] = No
         raise RuntimeError(
             f'could not load teacher {teacher!r} weights ({type(e).__name__}: {e}). Without network access, '
             f'download the weights elsewhere and {TEACHER_HOW[how]["weights"]}.') from e
+    if pretrained:
+        from ..utils.checkpoint import check_finite
+        check_finite(model.state_dict(), f'the pretrained weights of teacher {teacher!r}',
+                     'Give the teacher weights from before it diverged.')
     if not pretrained and student is not None:
         norm = {k: unwrap_model(student).pretrained_cfg[k] for k in ('mean', 'std')}
         model.pretrained_cfg = model.default_cfg = dict(model.pretrained_cfg, **norm)

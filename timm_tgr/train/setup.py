@@ -37,7 +37,7 @@ from ..models import upcycle_from
 from ..task import ConsistencyTracker, RouterFreezeSchedule, RoutingReference, default_teacher
 from ..task.factory import GuidanceConfig, create_training_task, is_moe
 from ..task.timm_train import model_guidance_cfg
-from ..utils.checkpoint import run_outputs
+from ..utils.checkpoint import check_finite, run_outputs
 from ..utils.metrics_log import read_metrics
 from .args import checkpoint_args, earlier_run, yaml_safe
 from .finetune import load_initial_checkpoint, log_pretrained_head, model_source, reset_classifier
@@ -367,6 +367,8 @@ def create_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
     model_guidance_cfg(model)  # tgr_* kwargs (recorded, read by timm's train.py only) must be known options
     args.model_kwargs_resolved = {**source_kwargs, **flag_kwargs}  # as timm merges them: the flags win
     if args.pretrained:
+        check_finite(model.state_dict(), f'--pretrained {args.model}',
+                     'Use weights from before it diverged (another export or checkpoint).')
         log_pretrained_head(model, args.model)
     if args.upcycle_from:
         upcycle_from(args.upcycle_from, model, trust_checkpoint=args.trust_checkpoint)
