@@ -442,6 +442,22 @@ def _pickled_path_checkpoint(done, tmp_path):
     return path
 
 
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+def _malicious_checkpoint(done, tmp_path):
+    ckpt = torch.load(done / 'last.pth.tar', weights_only=False)
+    ckpt['hook'] = _RunsCode(tmp_path / 'code-ran')  # runs a shell command when unpickled without weights_only
+    path = tmp_path / 'malicious.pth.tar'
+    torch.save(ckpt, path)
+    return path
+
+
 def _truncated_copy(done, tmp_path):
     path = tmp_path / 'cut.pth.tar'
     data = (done / 'last.pth.tar').read_bytes()
@@ -453,6 +469,9 @@ def _truncated_copy(done, tmp_path):
     (_nan_checkpoint, '--initial-checkpoint', 'holds non-finite values (NaN or Inf) in 1 of'),
     (_truncated_copy, '--initial-checkpoint', 'could not read --initial-checkpoint'),
     (_pickled_path_checkpoint, '--initial-checkpoint', 'rerun with --trust-checkpoint'),
+    (_malicious_checkpoint, '--initial-checkpoint', 'torch.load(weights_only=True) refuses (it refers to '
+                                                    'posix.system). If it is a checkpoint you made yourself, rerun '
+                                                    'with --trust-checkpoint'),
     (_nan_checkpoint, '--resume', 'holds non-finite values (NaN or Inf) in 1 of'),
     (_truncated_copy, '--upcycle-from', 'could not read dense checkpoint'),
 ])
@@ -463,6 +482,7 @@ def test_bad_starting_weights_name_the_file(image_folder, done, tmp_path, make, 
         train_main(_argv(image_folder, tmp_path, 'x', '--epochs', '1', *extra) if flag != '--resume' else
                    TINY + ['--data-dir', image_folder, '--output', str(tmp_path), '--epochs', '2', *extra])
     assert message in str(e.value) and str(path) in str(e.value)
+    assert not (tmp_path / 'code-ran').exists()
     if 'non-finite' in message:
         assert 'blocks.0.attn.qkv.weight' in str(e.value)
 
