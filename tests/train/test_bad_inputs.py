@@ -256,6 +256,65 @@ def test_summary_has_no_duplicate_rows_after_resume(image_folder, done, tmp_path
         assert f.read().count('epoch,') == 1
 
 
+class _Killed(BaseException):
+    """kill -9 at that point: nothing after it runs (no except Exception, no cleanup of its temporary file)."""
+
+
+def test_a_kill_during_the_last_epochs_model_best_save_is_completed_on_resume(image_folder, tmp_path, monkeypatch,
+                                                                              caplog):
+    """kill -9 between last.pth.tar and model_best.pth.tar of the last epoch (the best): --resume completes the
+    save (model_best holds that epoch), removes the temporary file, and reports the run's real best."""
+    from timm_tgr.train import run as run_module, saver as saver_module, setup as setup_module
+    later_is_better = lambda row, args: float(row['epoch'])  # noqa: E731 - every epoch beats the one before
+    monkeypatch.setattr(run_module, 'row_metric', later_is_better)
+    monkeypatch.setattr(setup_module, 'row_metric', later_is_better)
+    replace, calls = os.replace, {'n': 0}
+
+    def killed_at_second_model_best(src, dst):
+        if str(dst).endswith('model_best.pth.tar'):
+            calls['n'] += 1
+            if calls['n'] == 2:
+                raise _Killed()
+        return replace(src, dst)
+
+    monkeypatch.setattr(saver_module.os, 'replace', killed_at_second_model_best)
+    out = tmp_path / 'k'
+    with pytest.raises(_Killed):
+        train_main(_argv(image_folder, tmp_path, 'k', '--epochs', '2'))
+    monkeypatch.setattr(saver_module.os, 'replace', replace)
+    assert torch.load(out / 'last.pth.tar', weights_only=False)['epoch'] == 1
+    assert torch.load(out / 'model_best.pth.tar', weights_only=False)['epoch'] == 0  # stale: epoch 1 is the best
+    assert [p.name for p in out.iterdir() if p.name.endswith('.tmp')]
+    with caplog.at_level('INFO', logger='train_tgr'):
+        result = train_main(TINY + ['--data-dir', image_folder, '--epochs', '2', '--resume', str(out / 'last.pth.tar')])
+    assert torch.load(out / 'model_best.pth.tar', weights_only=False)['epoch'] == 1
+    assert not [p.name for p in out.iterdir() if p.name.endswith('.tmp')]
+    assert (result['best_epoch'], result['best_metric']) == (1, 1.0)
+    assert 'Nothing left to do: the run in' in caplog.text and 'Best top1 1.0 at epoch 1' in caplog.text
+    export_main([str(out), '--out', str(tmp_path / 'e')])
+    assert 'Checkpoint epoch: 1' in (tmp_path / 'e' / 'README.md').read_text()
+
+
+def test_ctrl_c_names_the_checkpoint_to_resume_from(image_folder, tmp_path, monkeypatch, capsys):
+    from timm_tgr.train import run as run_module
+    from timm_tgr.utils.cli import run_cli
+    run_epoch = run_module.run_epoch
+
+    def ctrl_c_in_epoch_1(epoch, *args):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return run_epoch(epoch, *args)
+
+    monkeypatch.setattr(run_module, 'run_epoch', ctrl_c_in_epoch_1)
+    out = tmp_path / 'cc'
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: train_main(_argv(image_folder, tmp_path, 'cc', '--epochs', '3')), 'train_tgr.py')
+    assert e.value.code == 130
+    assert (f'train_tgr.py: interrupted: stopped in epoch 1; {out / "last.pth.tar"} (epoch 0) is the last '
+            f'checkpoint: continue with --resume {out / "last.pth.tar"}') in capsys.readouterr().err
+    assert not (out / '.lock').exists()
+
+
 # --------------------------------------------------------------------------------------------------
 # NaN / Inf: the run stops at the first non-finite value; the last finite checkpoint stays the resume point
 # --------------------------------------------------------------------------------------------------

@@ -61,7 +61,8 @@ def train(args: argparse.Namespace) -> dict:
     if t.reference is not None:
         record_reference(t, args)
     observers = Observers.create(t, args)
-    best_metric, best_epoch = None, None
+    saver = t.run.saver
+    best_metric, best_epoch = (saver.best_metric, saver.best_epoch) if saver is not None else (None, None)
     num_updates = t.start_epoch * t.optim.updates_per_epoch
     try:
         for epoch in range(t.start_epoch, t.optim.num_epochs):
@@ -69,9 +70,14 @@ def train(args: argparse.Namespace) -> dict:
                 row, num_updates = run_epoch(epoch, t, args, num_updates)
             except TrainingDiverged as e:
                 raise diverged(e, t, args) from None
+            except KeyboardInterrupt:
+                raise interrupted(t, epoch) from None
             metric = row_metric(row, args)
             if t.run.saver is not None:
-                best_metric, best_epoch = save_epoch(t, epoch, row, metric)
+                try:
+                    best_metric, best_epoch = save_epoch(t, epoch, row, metric)
+                except KeyboardInterrupt:
+                    raise interrupted(t, epoch) from None
                 log_row(row)
                 observers.epoch_done(epoch, row, t, args)
             t.optim.lr_scheduler.step(epoch + 1, metric)
@@ -105,6 +111,18 @@ def save_epoch(t: Training, epoch: int, row: dict, metric: float) -> Tuple[Optio
         t.run.pending()
         t.run.pending = None
     return result
+
+
+def interrupted(t: Training, epoch: int) -> KeyboardInterrupt:
+    """Ctrl-C: which checkpoint to continue from (the epoch in progress is not saved)."""
+    point = t.run.saver.resume_point() if t.run.saver is not None else None
+    if point is not None:
+        where = (f'stopped in epoch {epoch}; {point[0]} (epoch {point[1]}) is the last checkpoint: continue with '
+                 f'--resume {point[0]}')
+    else:
+        where = f'stopped in epoch {epoch}, before the first checkpoint: run the same command again to start over'
+    _logger.error(f'interrupted: {where}')
+    return KeyboardInterrupt(where)
 
 
 def restore_files(output_dir: str, originals: Dict[str, Optional[bytes]]) -> None:
@@ -233,8 +251,13 @@ def finish(t: Training, args: argparse.Namespace, best_metric, best_epoch) -> di
     if is_primary(args) and t.tracker is not None and t.tracker.history:
         write_consistency(t.run.output_dir, t.tracker, t.run.rows, args)
     if is_primary(args):
-        _logger.info(f'Done: best {args.eval_metric} {best_metric} at epoch {best_epoch}; '
-                     f'outputs in {t.run.output_dir}')
+        if t.start_epoch >= t.optim.num_epochs:
+            _logger.info(f'Nothing left to do: the run in {t.run.output_dir} has done all its {t.optim.num_epochs} '
+                         f'epochs (raise --epochs to train more). Best {args.eval_metric} {best_metric} at epoch '
+                         f'{best_epoch}.')
+        else:
+            _logger.info(f'Done: best {args.eval_metric} {best_metric} at epoch {best_epoch}; '
+                         f'outputs in {t.run.output_dir}')
     if args.distributed:
         torch.distributed.barrier()
     return result

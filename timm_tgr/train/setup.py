@@ -719,9 +719,53 @@ def open_run_folder(
         best = max(run.rows, key=lambda r: row_metric(r, args))
         run.saver.best_metric, run.saver.best_epoch = row_metric(best, args), best['epoch']
         run.saver.checkpoint_files = kept_checkpoints(output_dir, run.rows, args)
+    if start_epoch > 0:
+        complete_last_save(args, run, start_epoch - 1)
     _logger.info(f'Output: {output_dir}; task {task.kind}; epochs {start_epoch}..{optim.num_epochs - 1}; '
                  f'{optim.updates_per_epoch} updates/epoch')
     return run
+
+
+def complete_last_save(args: argparse.Namespace, run: RunFolder, epoch: int) -> None:
+    """On resume, finish the resumed epoch's save where a kill cut it short (the saves of an epoch are one
+    transaction: the metrics row, ``last.pth.tar``, then its ``checkpoint-N`` and ``model_best`` copies). The row
+    and ``last.pth.tar`` being there, the copies are made again from the resumed checkpoint; a save cut before
+    ``last.pth.tar`` was replaced resumes from the epoch before, whose row is rewritten (rolled back). Temporary
+    files of the cut save are removed."""
+    folder = run.output_dir
+    for name in sorted(os.listdir(folder)):
+        if name == 'tmp.pth.tar' or name.endswith(('.tmp', '.restore', '.part')):
+            os.remove(os.path.join(folder, name))
+            _logger.info(f'--resume: removed {name}, a temporary file of an interrupted save')
+    resumed = os.path.abspath(args.resume)
+    if (os.path.abspath(run.saver.last_path) != resumed  # an earlier checkpoint: the run goes on from it as it was
+            or not any(r['epoch'] == epoch for r in run.rows)):
+        return
+    saver = run.saver
+    numbered = os.path.join(folder, f'checkpoint-{epoch}.pth.tar')
+    if not os.path.exists(numbered) and len(saver.checkpoint_files) < saver.max_history:
+        saver._duplicate(resumed, numbered)
+        row = next(r for r in run.rows if r['epoch'] == epoch)
+        saver.checkpoint_files = sorted(saver.checkpoint_files + [(numbered, row_metric(row, args))],
+                                        key=lambda f: f[1], reverse=True)
+        _logger.info(f'--resume: the save of epoch {epoch} was cut short; wrote its {os.path.basename(numbered)}')
+    best = os.path.join(folder, 'model_best.pth.tar')
+    if saver.best_epoch == epoch and _checkpoint_epoch(best) != epoch:
+        saver._duplicate(resumed, best)
+        _logger.info(f'--resume: the save of epoch {epoch} was cut short before model_best.pth.tar; epoch {epoch} is '
+                     f'the best ({args.eval_metric} {saver.best_metric}), so model_best.pth.tar now holds it')
+
+
+def _checkpoint_epoch(path: str) -> Optional[int]:
+    """The epoch a checkpoint records (memory-mapped: its tensors are not read); None when missing or unreadable."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+        return ckpt.get('epoch') if isinstance(ckpt, dict) else None
+    except Exception:  # noqa: BLE001 - a damaged model_best is replaced like a stale one
+        return None
 
 
 def _read_bytes(path: str) -> Optional[bytes]:
