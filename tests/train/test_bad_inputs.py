@@ -411,7 +411,8 @@ def test_non_finite_evaluation_stops_the_run_and_never_becomes_model_best(image_
     with pytest.raises(RuntimeError) as e:
         train_main(_argv(image_folder, tmp_path, 'ev', '--epochs', '3'))
     msg = str(e.value)
-    assert 'evaluation of the model after epoch 1 diverged: the validation logits hold NaN / Inf in 2 of 2 batches' in msg
+    assert ('evaluation of the model after epoch 1 diverged: the validation logits hold NaN / Inf in 2 of 2 '
+            'batches') in msg
     assert f'{out / "last.pth.tar"} (epoch 0) is the last finite checkpoint' in msg
     for name in ('last.pth.tar', 'model_best.pth.tar'):
         assert torch.load(out / name, weights_only=False)['epoch'] == 0
@@ -704,6 +705,22 @@ def test_bad_export_inputs(done, tmp_path, make, error, message):
     assert message in str(e.value)
     assert (_files(out) if out.exists() else None) == before  # an earlier export stays as it was
     assert not [p for p in tmp_path.iterdir() if p.name.startswith('.e.tmp-')]
+
+
+def test_the_model_card_escapes_what_the_checkpoint_says(done, tmp_path):
+    """Run args are the checkpoint's (anyone's) strings: newlines and HTML in them must not reach the card's YAML
+    header (which --push uploads) or its markdown as markup."""
+    import yaml
+    ckpt = torch.load(done / 'last.pth.tar', weights_only=False)
+    ckpt['args'].dataset = 'evil\nlicense: mit\n<script>alert(1)</script>'
+    ckpt['args'].aa = '<img src=x onerror=alert(1)>\n---\ntags: [x]'
+    torch.save(ckpt, tmp_path / 'x.pth.tar')
+    export_main([str(tmp_path / 'x.pth.tar'), '--out', str(tmp_path / 'e')])
+    card = (tmp_path / 'e' / 'README.md').read_text()
+    header = yaml.safe_load(card.split('---\n')[1])
+    assert set(header) == {'tags', 'pipeline_tag', 'library_name', 'license'} and header['license'] == 'apache-2.0'
+    assert '<script>' not in card and '<img' not in card and card.count('\n---\n') == 1
+    assert 'evil license: mit &lt;script&gt;alert(1)&lt;/script&gt; (not a dataset id' in card
 
 
 def test_export_overwrite_replaces_the_export(done, tmp_path):
