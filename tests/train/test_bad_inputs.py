@@ -589,6 +589,24 @@ def test_truncated_teacher_checkpoint_names_the_file(image_folder, done, tmp_pat
         train_main(_argv(image_folder, tmp_path, 'tc', '--epochs', '1', *TEACHER, '--teacher-checkpoint', str(path)))
 
 
+def test_a_plain_state_dict_teacher_needs_its_normalization(image_folder, tmp_path):
+    """A teacher given as bare weights records no mean/std: ImageNet's (timm's default) would re-normalize the
+    input for it silently (3 values for 1-channel images: a raw conv error). It is required, then used."""
+    import timm
+    kw = dict(embed_dim=32, num_heads=2, patch_size=4, img_size=16, in_chans=1, num_classes=3)
+    path = tmp_path / 'teacher.pth'
+    torch.save(timm.create_model('deit3_small_patch16_224', **kw).state_dict(), path)
+    teacher = [a for a in TEACHER if a != '--no-teacher-pretrained'] + ['--teacher-checkpoint', str(path)]
+    with pytest.raises(ValueError) as e:
+        train_main(_argv(image_folder, tmp_path, 'bare', '--epochs', '1', *teacher))
+    assert f'teacher checkpoint {path} holds weights only (a bare state_dict, no run args) and records no input ' \
+           'normalization' in str(e.value) and 'pass --teacher-kwargs mean=M std=S' in str(e.value)
+    at = teacher.index('num_classes=3') + 1
+    teacher[at:at] = ['mean=0.5', 'std=0.25']  # --teacher-kwargs ... mean=0.5 std=0.25
+    result = train_main(_argv(image_folder, tmp_path, 'bare2', '--epochs', '1', *teacher))
+    assert result['rows'][0]['epoch'] == 0
+
+
 def test_teacher_token_grid_mismatch_names_the_flag(image_folder, tmp_path):
     """A teacher whose kwargs give it another patch grid than the student's: the error names --teacher-kwargs."""
     teacher = [a if a != 'img_size=16' else 'img_size=32' for a in TEACHER]
