@@ -22,21 +22,26 @@ export is refused unless ``--overwrite``; the files are written to a temporary f
 when complete, with the permissions of any file the user writes (the umask).
 """
 import argparse
+import html
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+import torch
 import torch.nn as nn
 
 from timm.models import push_to_hf_hub, save_for_hf
 from timm.models._hub import generate_readme  # the model card writer of push_to_hf_hub (not in timm.models)
-from timm.utils import ParseKwargs
 
 from .models._factory import load_student
-from .utils.checkpoint import RUN_CHECKPOINTS, describe_weights, read_checkpoint, student_state_dict, write_error
+from .utils.checkpoint import (
+    RUN_CHECKPOINTS, NonFiniteError, describe_weights, read_checkpoint, student_state_dict, write_error,
+)
+from .utils.cli import ArgumentParser, ParseKwargs
 from .utils.metrics_log import metrics_row, read_metrics
 
 __all__ = [
@@ -92,10 +97,38 @@ def checkpoint_of(path: Union[str, Path]) -> Path:
         + (f'give one of its checkpoints: {", ".join(found[:6])}.' if found else 'it holds no checkpoint files.'))
 
 
+def check_probe_forward(model: nn.Module, path: Union[str, Path]) -> None:
+    """A forward of the model on a fixed probe batch must give finite logits: weights can be finite while every
+    output is NaN / Inf (the run diverged at its last update), which the finite-weights check cannot see."""
+    c, h, w = model.pretrained_cfg['input_size']
+    probe = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(0))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(probe)
+    model.train(was_training)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    if not torch.isfinite(out).all():
+        raise NonFiniteError(
+            f'{path}: its weights are finite, but a forward on a probe batch gives NaN / Inf logits: the run that '
+            f'wrote it diverged. Export an earlier checkpoint of the run (checkpoint-N.pth.tar of an epoch before it '
+            f'diverged).')
+
+
+# what may go into the card's YAML header unquoted: a dataset id or a license name
+_HEADER_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.\-/]*')
+
+
+def _text(v: Any) -> str:
+    """A string from the checkpoint or the user for the card's markdown body: one line (newlines would start
+    new markdown, or YAML in the header), HTML special characters escaped (no tags or scripts), no backticks."""
+    return html.escape(' '.join(str(v).split()), quote=False).replace('`', "'")
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f'{v:.6g}'
-    return str(v)
+    return _text(v)
 
 
 def _model_stats(model: nn.Module) -> Dict[str, Any]:
@@ -125,18 +158,22 @@ def _data_details(run_args: Dict[str, Any]) -> Dict[str, Any]:
     """'Dataset' (timm name without its reader prefix) or a 'Training data' note, and the 'Training recipe'."""
     details = {}
     dataset = run_args.get('dataset')
-    if dataset and dataset.lower() != 'folder':
+    if isinstance(dataset, str) and dataset and dataset.lower() != 'folder':
         for p in _READERS:
             dataset = dataset[len(p):] if dataset.startswith(p) else dataset
-        details['Dataset'] = dataset
+        if _HEADER_NAME.fullmatch(dataset):
+            details['Dataset'] = dataset  # timm's card writer lists it in the YAML header
+        else:
+            details['Training data'] = f'{_text(dataset)} (not a dataset id: not listed in the card header)'
+
     elif 'dataset' in run_args:
         details['Training data'] = 'an image folder (its name is not recorded in the run args)'
     else:
         details['Training data'] = 'not recorded in the run args'
-    recipe = {k: _fmt(v) for k, v in run_args.items() if v is not None and v != '' and k not in _NOT_RECIPE
-              and (k in _RECIPE_KEYS or k.startswith(_RECIPE_PREFIXES))}
-    recipe.update({f'model_kwargs.{k}': _fmt(v) for k, v in (run_args.get('model_kwargs') or {}).items()
-                   if k.startswith('tgr_') and k[4:] not in _NOT_RECIPE})
+    recipe = {_text(k): _fmt(v) for k, v in run_args.items() if v is not None and v != '' and k not in _NOT_RECIPE
+              and (k in _RECIPE_KEYS or str(k).startswith(_RECIPE_PREFIXES))}
+    recipe.update({f'model_kwargs.{_text(k)}': _fmt(v) for k, v in (run_args.get('model_kwargs') or {}).items()
+                   if str(k).startswith('tgr_') and k[4:] not in _NOT_RECIPE})
     details['Training recipe'] = recipe or 'not recorded: the checkpoint has no run args and no args.yaml was found'
     return details
 
@@ -145,12 +182,12 @@ def _results_details(metrics: Optional[Dict[str, Any]], metrics_note: str) -> Di
     """'Results' (the row's scalars) and 'Routing per MoE block' from a metrics.jsonl row, or why there are none."""
     if not metrics:
         return {'Results': f'not recorded: {metrics_note or "no metrics.jsonl found"}'}
-    results = {k: _fmt(v) for k, v in metrics.items() if k != 'routing' and not isinstance(v, (dict, list))}
+    results = {_text(k): _fmt(v) for k, v in metrics.items() if k != 'routing' and not isinstance(v, (dict, list))}
     details = {'Results' + (f' ({metrics_note})' if metrics_note else ''): results}
     routing = metrics.get('routing') or {}
     if routing:
         details['Routing per MoE block (0-based)'] = {
-            f'block {b}': ', '.join(f'{k} {"n/a" if v is None else _fmt(v)}' for k, v in r.items()
+            f'block {_text(b)}': ', '.join(f'{_text(k)} {"n/a" if v is None else _fmt(v)}' for k, v in r.items()
                                     if not isinstance(v, (list, tuple, dict))) if isinstance(r, dict) else _fmt(r)
             for b, r in routing.items()}
     else:
@@ -165,13 +202,13 @@ def _start_details(run_args: Dict[str, Any], metrics: Optional[Dict[str, Any]]) 
         return {}
     source = str(run_args.get('model_source') or '')
     if source.startswith('hf-hub:'):
-        start = f'`{source}` (--pretrained)'
+        start = f'`{_text(source)}` (--pretrained)'
     elif source.startswith('local-dir:'):
         start = 'an exported model folder (--pretrained)'
     elif run_args.get('initial_checkpoint'):
         start = 'a training checkpoint (--initial-checkpoint)'
     elif run_args.get('pretrained'):
-        start = f"the pretrained weights of `{run_args.get('model', '?')}`"
+        start = f"the pretrained weights of `{_text(run_args.get('model', '?'))}`"
     else:
         start = 'its initial weights (no trained weights recorded in the run args)'
     value = float(metrics['consistency_pretrained'])
@@ -224,7 +261,8 @@ def make_model_card(
     (None: no picture)."""
     cfg = model.pretrained_cfg
     details = {'Model Type': 'Image classification, sparse Vision Mixture-of-Experts ViT (student weights only)',
-               'Architecture': f'`{arch}` (timm_tgr)', 'Model Stats': _model_stats(model), 'Papers': _papers(cfg)}
+               'Architecture': f'`{_text(arch)}` (timm_tgr)', 'Model Stats': _model_stats(model),
+               'Papers': _papers(cfg)}
     details.update(_data_details(run_args))
     details['Weights'] = dict(checkpoint_info or {})
     details.update(_start_details(run_args, metrics))
@@ -235,7 +273,8 @@ def make_model_card(
     description, usage = _usage(arch, repo_id)
     return {
         'description': description, 'details': details, 'usage': usage, 'citation': TGR_CITATION,
-        'license': cfg.get('license', 'apache-2.0'),
+        'license': cfg.get('license', 'apache-2.0') if _HEADER_NAME.fullmatch(str(cfg.get('license', 'apache-2.0')))
+        else 'other',
         'tags': ['image-classification', 'timm', 'timm_tgr', 'mixture-of-experts'],
     }
 
@@ -264,11 +303,11 @@ def _checkpoint_info(path: Path, key: Optional[str], ckpt: Dict[str, Any],
                      run_args: Dict[str, Any]) -> Dict[str, Any]:
     """The card's 'Weights' section: source file, state_dict key, epoch and metric of the checkpoint."""
     ema = key is not None and 'ema' in key
-    info = {'Exported from': path.name, 'State dict': (key or 'bare state_dict') + (' (EMA)' if ema else '')}
+    info = {'Exported from': _text(path.name), 'State dict': (key or 'bare state_dict') + (' (EMA)' if ema else '')}
     if ckpt.get('epoch') is not None:
         info['Checkpoint epoch'] = ckpt['epoch']
     if ckpt.get('metric') is not None:
-        info[f"Checkpoint metric ({run_args.get('eval_metric', 'eval metric')})"] = _fmt(float(ckpt['metric']))
+        info[f"Checkpoint metric ({_text(run_args.get('eval_metric', 'eval metric'))})"] = _fmt(float(ckpt['metric']))
     return info
 
 
@@ -369,13 +408,14 @@ def export_checkpoint(
     student, arch, model_args, run_args, ckpt, key = (loaded.model, loaded.arch, loaded.model_args, loaded.run_args,
                                                       loaded.checkpoint, loaded.weights_key)
     _logger.info(f'exporting {describe_weights(key)} of {path}')
+    check_probe_forward(student, path)
     row, note = _card_metrics(metrics, path, ckpt.get('epoch'))
     picture, caption = _card_picture(routing_picture, path, ckpt.get('epoch'))
     card = make_model_card(student, arch, run_args, row, note, _checkpoint_info(path, key, ckpt, run_args),
                            repo_id=push, routing_picture=caption or None)
     if out is not None:
-        _write_export(student, Path(out), model_args, generate_readme(card, push.split('/')[-1] if push else arch),
-                      picture)
+        title = _text(push.split('/')[-1] if push else arch)
+        _write_export(student, Path(out), model_args, generate_readme(card, title), picture)
     if push is not None:
         push_to_hf_hub(
             student, push, commit_message=f'Add {arch} student weights (timm_tgr.export)', token=token,
@@ -389,7 +429,7 @@ def export_checkpoint(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog='python -m timm_tgr.export', description=__doc__.split('\n\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('checkpoint', help='train_tgr.py / timm checkpoint (.pth.tar), a run folder (its '

@@ -25,6 +25,8 @@ from typing import List, Optional
 
 import torch
 
+from .utils.cli import ArgumentParser
+
 _logger = logging.getLogger('timm_tgr.quickstart')
 
 RECIPES = ('quick', 'full')
@@ -39,7 +41,7 @@ def config_path(name: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='python -m timm_tgr.quickstart', description=__doc__.split('\n')[0])
+    p = ArgumentParser(prog='python -m timm_tgr.quickstart', description=__doc__.split('\n')[0])
     p.add_argument('--recipe', default='quick', choices=RECIPES, help='quick (CPU, ~15 min) or full (GPU)')
     p.add_argument('--data-dir', default='data', help='where Fashion-MNIST is (or is prepared)')
     p.add_argument('--output', default='output/quickstart', help='runs, checkpoints and export go here')

@@ -219,7 +219,7 @@ def test_teacher_input_renormalized():
 
 def test_teacher_checkpoint_brings_its_input_normalization(tmp_path):
     """A train_tgr.py teacher checkpoint's recorded mean/std become the teacher's cfg (what TGR converts to);
-    a bare state_dict records none and keeps timm's cfg."""
+    a bare state_dict records none: its mean/std must be given (or come from an export's config.json)."""
     import argparse
     from timm_tgr.task.teacher import build_teacher
     kw = dict(embed_dim=32, num_heads=2, patch_size=7, img_size=14, in_chans=1, num_classes=3)
@@ -229,8 +229,13 @@ def test_teacher_checkpoint_brings_its_input_normalization(tmp_path):
     teacher = build_teacher('deit3_small_patch16_224', checkpoint=str(path), **kw)
     assert (teacher.pretrained_cfg['mean'], teacher.pretrained_cfg['std']) == ((0.25,), (0.5,))
     torch.save(dense.state_dict(), tmp_path / 'bare.pth')
+    with pytest.raises(ValueError, match='records no input normalization .*pass mean= and std='):
+        build_teacher('deit3_small_patch16_224', checkpoint=str(tmp_path / 'bare.pth'), **kw)
+    teacher = build_teacher('deit3_small_patch16_224', checkpoint=str(tmp_path / 'bare.pth'), mean=0.3, std=0.6, **kw)
+    assert (teacher.pretrained_cfg['mean'], teacher.pretrained_cfg['std']) == ((0.3,), (0.6,))
+    (tmp_path / 'config.json').write_text('{"pretrained_cfg": {"mean": [0.2], "std": [0.4]}}')
     teacher = build_teacher('deit3_small_patch16_224', checkpoint=str(tmp_path / 'bare.pth'), **kw)
-    assert teacher.pretrained_cfg['mean'] == dense.pretrained_cfg['mean']
+    assert (teacher.pretrained_cfg['mean'], teacher.pretrained_cfg['std']) == ((0.2,), (0.4,))
 
 
 def test_teacher_checkpoint_has_one_meaning_for_every_caller(tmp_path):

@@ -20,7 +20,7 @@ from test_export import _offline  # switches the Hugging Face hub offline onto a
 from timm_tgr.data import write_idx
 from timm_tgr.export import main as export_main
 from timm_tgr.train import main as train_main, parse_args, read_metrics
-from timm_tgr.utils.checkpoint import CheckpointWriteError, NonFiniteError
+from timm_tgr.utils.checkpoint import CheckpointWriteError, NonFiniteError, run_outputs
 
 # a tiny V-MoE without a teacher: the fastest real run (3 classes of 16x16 grayscale images)
 TINY = [
@@ -86,6 +86,8 @@ def _summary_epochs(run):
     (['--upcycle-from', 'deit_tiny_patch16_224.fb_in1k', '--pretrained'],
      "--upcycle-from 'deit_tiny_patch16_224.fb_in1k' and --pretrained both give the model its starting weights"),
     (['--initial-checkpoint', '/no/such.pth'], '--initial-checkpoint \'/no/such.pth\': no such file'),
+    (['--model-kwargs', 'num_experts'], "--model-kwargs takes key=value items, got 'num_experts': write e.g. "
+                                        '--model-kwargs num_experts=VALUE'),
 ])
 def test_bad_flags_are_refused_by_the_parser(argv, message, capsys):
     t0 = time.time()
@@ -93,6 +95,35 @@ def test_bad_flags_are_refused_by_the_parser(argv, message, capsys):
         parse_args(argv)
     assert message in capsys.readouterr().err
     assert time.time() - t0 < 10  # --upcycle-from with --pretrained: no Hub access before the conflict
+
+
+def test_a_bad_flag_is_one_line_with_status_2_and_no_usage(capsys):
+    """README: a bad flag ends with one error line and argparse's status 2; the usage comes with --help only."""
+    with pytest.raises(SystemExit) as e:
+        parse_args(['--epochs', '0'])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and 'usage:' not in err and err.count('\n') == 1
+    assert err.startswith('train_tgr.py: error: --epochs must be >= 1') and 'train_tgr.py --help lists the flags' in err
+
+
+def test_a_config_whose_kwargs_are_not_a_mapping_is_refused(tmp_path, capsys):
+    (tmp_path / 'c.yaml').write_text('model_kwargs: [1, 2]\n')
+    with pytest.raises(SystemExit):
+        parse_args(['-c', str(tmp_path / 'c.yaml')])
+    assert 'model_kwargs must be a mapping of keyword to value (e.g. model_kwargs: {num_experts: 8}), got [1, 2]' \
+        in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--model-kwargs', 'embed_dim=32', 'num_heads=3', 'patch_size=4', 'num_experts=4'],
+     'The width (embed_dim) must be a multiple of num_heads: pass --model-kwargs num_heads=H'),
+    (['--lr', '1e38', '--warmup-epochs', '0'], '--lr 1e+38 is too large for --opt adamw: its first update steps by '),
+])
+def test_flags_that_cannot_build_or_train_the_model_name_the_flag(image_folder, tmp_path, extra, message):
+    with pytest.raises(ValueError) as e:
+        train_main(_argv(image_folder, tmp_path, 'x', '--epochs', '1', *extra))
+    assert message in str(e.value)
+    assert not run_outputs(tmp_path / 'x')
 
 
 # --------------------------------------------------------------------------------------------------
@@ -116,6 +147,43 @@ def test_resume_into_another_runs_folder_is_refused(image_folder, done, tmp_path
                          '--resume', str(done / 'checkpoint-0.pth.tar')))
     assert 'holds another run' in capsys.readouterr().err
     assert _files(other) == before
+
+
+def test_a_second_trainer_on_a_running_runs_folder_stops_naming_it(image_folder, tmp_path):
+    """The folder of a run in progress is locked for its whole run: a second trainer started on it (same --output /
+    --experiment, before the first has written any checkpoint) stops before writing, naming the running one."""
+    from timm_tgr.train.lock import RunFolderBusy, RunLock
+    folder = tmp_path / 'run'
+    folder.mkdir()
+    with RunLock(str(folder)):  # the running trainer
+        before = _files(folder)
+        with pytest.raises(RunFolderBusy) as e:
+            train_main(_argv(image_folder, tmp_path, 'run', '--epochs', '1'))
+        assert _files(folder) == before
+    msg = str(e.value)
+    assert f'the run folder {folder} is in use by another train_tgr.py run (pid {os.getpid()} on ' in msg
+    assert 'another --experiment or --output' in msg
+    train_main(_argv(image_folder, tmp_path, 'run', '--epochs', '1'))  # once it ended, the folder is free
+    assert not (folder / '.lock').exists()
+
+
+def test_a_folder_with_records_but_no_checkpoint_is_started_again(image_folder, done, tmp_path):
+    """A run stopped before its first checkpoint leaves metrics.jsonl: nothing to --resume, so a rerun of the same
+    command starts the run there again (it was refused, told to --resume a last.pth.tar that does not exist)."""
+    run = _copy_run(done, tmp_path)
+    for p in run.glob('*.pth.tar'):
+        p.unlink()
+    result = train_main(_argv(image_folder, tmp_path, 'run', '--epochs', '1'))
+    assert [r['epoch'] for r in result['rows']] == [0] and _summary_epochs(run) == [0]
+    assert torch.load(run / 'last.pth.tar', weights_only=False)['epoch'] == 0
+
+
+def test_an_earlier_run_without_last_names_a_checkpoint_that_exists(image_folder, done, tmp_path, capsys):
+    run = _copy_run(done, tmp_path)
+    (run / 'last.pth.tar').unlink()
+    with pytest.raises(SystemExit):
+        train_main(_argv(image_folder, tmp_path, 'run', '--epochs', '1'))
+    assert f'continue it with --resume {run / "checkpoint-1.pth.tar"}' in capsys.readouterr().err
 
 
 def test_time_stamped_folders_never_collide(image_folder, tmp_path, monkeypatch):
@@ -186,6 +254,65 @@ def test_summary_has_no_duplicate_rows_after_resume(image_folder, done, tmp_path
     assert [r['epoch'] for r in read_metrics(run / 'metrics.jsonl')] == [0, 1]
     with open(run / 'summary.csv') as f:
         assert f.read().count('epoch,') == 1
+
+
+class _Killed(BaseException):
+    """kill -9 at that point: nothing after it runs (no except Exception, no cleanup of its temporary file)."""
+
+
+def test_a_kill_during_the_last_epochs_model_best_save_is_completed_on_resume(image_folder, tmp_path, monkeypatch,
+                                                                              caplog):
+    """kill -9 between last.pth.tar and model_best.pth.tar of the last epoch (the best): --resume completes the
+    save (model_best holds that epoch), removes the temporary file, and reports the run's real best."""
+    from timm_tgr.train import run as run_module, saver as saver_module, setup as setup_module
+    later_is_better = lambda row, args: float(row['epoch'])  # noqa: E731 - every epoch beats the one before
+    monkeypatch.setattr(run_module, 'row_metric', later_is_better)
+    monkeypatch.setattr(setup_module, 'row_metric', later_is_better)
+    replace, calls = os.replace, {'n': 0}
+
+    def killed_at_second_model_best(src, dst):
+        if str(dst).endswith('model_best.pth.tar'):
+            calls['n'] += 1
+            if calls['n'] == 2:
+                raise _Killed()
+        return replace(src, dst)
+
+    monkeypatch.setattr(saver_module.os, 'replace', killed_at_second_model_best)
+    out = tmp_path / 'k'
+    with pytest.raises(_Killed):
+        train_main(_argv(image_folder, tmp_path, 'k', '--epochs', '2'))
+    monkeypatch.setattr(saver_module.os, 'replace', replace)
+    assert torch.load(out / 'last.pth.tar', weights_only=False)['epoch'] == 1
+    assert torch.load(out / 'model_best.pth.tar', weights_only=False)['epoch'] == 0  # stale: epoch 1 is the best
+    assert [p.name for p in out.iterdir() if p.name.endswith('.tmp')]
+    with caplog.at_level('INFO', logger='train_tgr'):
+        result = train_main(TINY + ['--data-dir', image_folder, '--epochs', '2', '--resume', str(out / 'last.pth.tar')])
+    assert torch.load(out / 'model_best.pth.tar', weights_only=False)['epoch'] == 1
+    assert not [p.name for p in out.iterdir() if p.name.endswith('.tmp')]
+    assert (result['best_epoch'], result['best_metric']) == (1, 1.0)
+    assert 'Nothing left to do: the run in' in caplog.text and 'Best top1 1.0 at epoch 1' in caplog.text
+    export_main([str(out), '--out', str(tmp_path / 'e')])
+    assert 'Checkpoint epoch: 1' in (tmp_path / 'e' / 'README.md').read_text()
+
+
+def test_ctrl_c_names_the_checkpoint_to_resume_from(image_folder, tmp_path, monkeypatch, capsys):
+    from timm_tgr.train import run as run_module
+    from timm_tgr.utils.cli import run_cli
+    run_epoch = run_module.run_epoch
+
+    def ctrl_c_in_epoch_1(epoch, *args):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return run_epoch(epoch, *args)
+
+    monkeypatch.setattr(run_module, 'run_epoch', ctrl_c_in_epoch_1)
+    out = tmp_path / 'cc'
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: train_main(_argv(image_folder, tmp_path, 'cc', '--epochs', '3')), 'train_tgr.py')
+    assert e.value.code == 130
+    assert (f'train_tgr.py: interrupted: stopped in epoch 1; {out / "last.pth.tar"} (epoch 0) is the last '
+            f'checkpoint: continue with --resume {out / "last.pth.tar"}') in capsys.readouterr().err
+    assert not (out / '.lock').exists()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -264,6 +391,32 @@ def test_non_finite_weights_are_never_saved(image_folder, tmp_path, monkeypatch)
     assert f'{out / "last.pth.tar"} (epoch 0) is intact' in str(e.value)
     assert torch.load(out / 'last.pth.tar', weights_only=False)['epoch'] == 0
     assert [r['epoch'] for r in read_metrics(out / 'metrics.jsonl')] == [0] and _summary_epochs(out) == [0]
+
+
+def test_non_finite_evaluation_stops_the_run_and_never_becomes_model_best(image_folder, tmp_path, monkeypatch):
+    """Weights finite but every validation logit Inf / NaN (a huge classifier after epoch 1's last update): the
+    run stops like a training NaN, naming the evaluation; epoch 0 stays last and model_best."""
+    from timm_tgr.train import run as run_module
+    train_one_epoch = run_module.train_one_epoch
+
+    def huge_head_after_epoch_1(epoch, task, *args, **kwargs):
+        out = train_one_epoch(epoch, task, *args, **kwargs)
+        if epoch == 1:
+            with torch.no_grad():
+                task.get_trainable_module().head.weight.fill_(3e38)  # finite, but the logits overflow
+        return out
+
+    monkeypatch.setattr(run_module, 'train_one_epoch', huge_head_after_epoch_1)
+    out = tmp_path / 'ev'
+    with pytest.raises(RuntimeError) as e:
+        train_main(_argv(image_folder, tmp_path, 'ev', '--epochs', '3'))
+    msg = str(e.value)
+    assert ('evaluation of the model after epoch 1 diverged: the validation logits hold NaN / Inf in 2 of 2 '
+            'batches') in msg
+    assert f'{out / "last.pth.tar"} (epoch 0) is the last finite checkpoint' in msg
+    for name in ('last.pth.tar', 'model_best.pth.tar'):
+        assert torch.load(out / name, weights_only=False)['epoch'] == 0
+    assert [r['epoch'] for r in read_metrics(out / 'metrics.jsonl')] == [0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -349,6 +502,22 @@ def _pickled_path_checkpoint(done, tmp_path):
     return path
 
 
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}',)
+
+
+def _malicious_checkpoint(done, tmp_path):
+    ckpt = torch.load(done / 'last.pth.tar', weights_only=False)
+    ckpt['hook'] = _RunsCode(tmp_path / 'code-ran')  # runs a shell command when unpickled without weights_only
+    path = tmp_path / 'malicious.pth.tar'
+    torch.save(ckpt, path)
+    return path
+
+
 def _truncated_copy(done, tmp_path):
     path = tmp_path / 'cut.pth.tar'
     data = (done / 'last.pth.tar').read_bytes()
@@ -360,6 +529,9 @@ def _truncated_copy(done, tmp_path):
     (_nan_checkpoint, '--initial-checkpoint', 'holds non-finite values (NaN or Inf) in 1 of'),
     (_truncated_copy, '--initial-checkpoint', 'could not read --initial-checkpoint'),
     (_pickled_path_checkpoint, '--initial-checkpoint', 'rerun with --trust-checkpoint'),
+    (_malicious_checkpoint, '--initial-checkpoint', 'torch.load(weights_only=True) refuses (it refers to '
+                                                    'posix.system). If it is a checkpoint you made yourself, rerun '
+                                                    'with --trust-checkpoint'),
     (_nan_checkpoint, '--resume', 'holds non-finite values (NaN or Inf) in 1 of'),
     (_truncated_copy, '--upcycle-from', 'could not read dense checkpoint'),
 ])
@@ -370,8 +542,38 @@ def test_bad_starting_weights_name_the_file(image_folder, done, tmp_path, make, 
         train_main(_argv(image_folder, tmp_path, 'x', '--epochs', '1', *extra) if flag != '--resume' else
                    TINY + ['--data-dir', image_folder, '--output', str(tmp_path), '--epochs', '2', *extra])
     assert message in str(e.value) and str(path) in str(e.value)
+    assert not (tmp_path / 'code-ran').exists()
     if 'non-finite' in message:
         assert 'blocks.0.attn.qkv.weight' in str(e.value)
+
+
+def test_inf_in_the_optimizer_state_is_refused_on_resume(image_folder, done, tmp_path):
+    """Finite weights with an Inf Adam moment would diverge at the first step, and the divergence message would
+    send the user back to the same checkpoint: the resume refuses it, naming --no-resume-opt."""
+    run = _copy_run(done, tmp_path)
+    ckpt = torch.load(run / 'last.pth.tar', weights_only=False)
+    state = next(iter(ckpt['optimizer']['state'].values()))
+    state['exp_avg_sq'].view(-1)[0] = float('inf')
+    torch.save(ckpt, run / 'last.pth.tar')
+    before = _files(run)
+    with pytest.raises(NonFiniteError) as e:
+        train_main(TINY + ['--data-dir', image_folder, '--epochs', '3', '--resume', str(run / 'last.pth.tar')])
+    assert f'--resume {run / "last.pth.tar"} [optimizer state] holds non-finite values' in str(e.value)
+    assert 'exp_avg_sq' in str(e.value) and '--no-resume-opt' in str(e.value)
+    assert _files(run) == before
+
+
+def test_pretrained_local_dir_weights_with_inf_are_refused(image_folder, done, tmp_path):
+    export_main([str(done / 'last.pth.tar'), '--out', str(tmp_path / 'hub')])
+    weights = safetensors.torch.load_file(str(tmp_path / 'hub' / 'model.safetensors'))
+    weights['blocks.1.mlp.fc1.weight'][0, 0] = float('inf')
+    safetensors.torch.save_file(weights, str(tmp_path / 'hub' / 'model.safetensors'))
+    argv = _argv(image_folder, tmp_path, 'ft', '--epochs', '1', '--pretrained')
+    argv[argv.index('vmoe_deit_tiny')] = f'local-dir:{tmp_path / "hub"}'
+    with pytest.raises(NonFiniteError, match=f'--pretrained local-dir:{tmp_path / "hub"} holds non-finite values .*'
+                                             r'\(blocks.1.mlp.fc1.weight\)'):
+        train_main(argv)
+    assert not run_outputs(tmp_path / 'ft')
 
 
 def test_trust_checkpoint_is_a_trainer_flag(image_folder, done, tmp_path):
@@ -385,6 +587,24 @@ def test_truncated_teacher_checkpoint_names_the_file(image_folder, done, tmp_pat
     path = _truncated_copy(done, tmp_path)
     with pytest.raises(RuntimeError, match=f'could not read teacher checkpoint {path}'):
         train_main(_argv(image_folder, tmp_path, 'tc', '--epochs', '1', *TEACHER, '--teacher-checkpoint', str(path)))
+
+
+def test_a_plain_state_dict_teacher_needs_its_normalization(image_folder, tmp_path):
+    """A teacher given as bare weights records no mean/std: ImageNet's (timm's default) would re-normalize the
+    input for it silently (3 values for 1-channel images: a raw conv error). It is required, then used."""
+    import timm
+    kw = dict(embed_dim=32, num_heads=2, patch_size=4, img_size=16, in_chans=1, num_classes=3)
+    path = tmp_path / 'teacher.pth'
+    torch.save(timm.create_model('deit3_small_patch16_224', **kw).state_dict(), path)
+    teacher = [a for a in TEACHER if a != '--no-teacher-pretrained'] + ['--teacher-checkpoint', str(path)]
+    with pytest.raises(ValueError) as e:
+        train_main(_argv(image_folder, tmp_path, 'bare', '--epochs', '1', *teacher))
+    assert f'teacher checkpoint {path} holds weights only (a bare state_dict, no run args) and records no input ' \
+           'normalization' in str(e.value) and 'pass --teacher-kwargs mean=M std=S' in str(e.value)
+    at = teacher.index('num_classes=3') + 1
+    teacher[at:at] = ['mean=0.5', 'std=0.25']  # --teacher-kwargs ... mean=0.5 std=0.25
+    result = train_main(_argv(image_folder, tmp_path, 'bare2', '--epochs', '1', *teacher))
+    assert result['rows'][0]['epoch'] == 0
 
 
 def test_teacher_token_grid_mismatch_names_the_flag(image_folder, tmp_path):
@@ -467,6 +687,14 @@ def _non_finite_export(done, tmp_path):
     return [str(_nan_checkpoint(done, tmp_path)), '--out', str(tmp_path / 'e')]
 
 
+def _finite_weights_non_finite_logits(done, tmp_path):
+    ckpt = torch.load(done / 'last.pth.tar', weights_only=False)
+    ckpt['state_dict']['head.weight'].fill_(3e38)
+    path = tmp_path / 'huge.pth.tar'
+    torch.save(ckpt, path)
+    return [str(path), '--out', str(tmp_path / 'e')]
+
+
 def _truncated_export(done, tmp_path):
     return [str(_truncated_copy(done, tmp_path)), '--out', str(tmp_path / 'e')]
 
@@ -481,6 +709,8 @@ def _ema_without_ema(done, tmp_path):
     (_empty_run_folder, FileNotFoundError, 'is a folder without model_best.pth.tar'),
     (_run_folder_without_best, FileNotFoundError, 'give one of its checkpoints: checkpoint-0.pth.tar'),
     (_non_finite_export, NonFiniteError, 'holds non-finite values (NaN or Inf) in 1 of'),
+    (_finite_weights_non_finite_logits, NonFiniteError, 'its weights are finite, but a forward on a probe batch '
+                                                         'gives NaN / Inf logits'),
     (_truncated_export, RuntimeError, 'is truncated, corrupt or not a checkpoint'),
     (_ema_without_ema, ValueError, "has no EMA weights ('state_dict_ema')"),
 ])
@@ -493,6 +723,22 @@ def test_bad_export_inputs(done, tmp_path, make, error, message):
     assert message in str(e.value)
     assert (_files(out) if out.exists() else None) == before  # an earlier export stays as it was
     assert not [p for p in tmp_path.iterdir() if p.name.startswith('.e.tmp-')]
+
+
+def test_the_model_card_escapes_what_the_checkpoint_says(done, tmp_path):
+    """Run args are the checkpoint's (anyone's) strings: newlines and HTML in them must not reach the card's YAML
+    header (which --push uploads) or its markdown as markup."""
+    import yaml
+    ckpt = torch.load(done / 'last.pth.tar', weights_only=False)
+    ckpt['args'].dataset = 'evil\nlicense: mit\n<script>alert(1)</script>'
+    ckpt['args'].aa = '<img src=x onerror=alert(1)>\n---\ntags: [x]'
+    torch.save(ckpt, tmp_path / 'x.pth.tar')
+    export_main([str(tmp_path / 'x.pth.tar'), '--out', str(tmp_path / 'e')])
+    card = (tmp_path / 'e' / 'README.md').read_text()
+    header = yaml.safe_load(card.split('---\n')[1])
+    assert set(header) == {'tags', 'pipeline_tag', 'library_name', 'license'} and header['license'] == 'apache-2.0'
+    assert '<script>' not in card and '<img' not in card and card.count('\n---\n') == 1
+    assert 'evil license: mit &lt;script&gt;alert(1)&lt;/script&gt; (not a dataset id' in card
 
 
 def test_export_overwrite_replaces_the_export(done, tmp_path):
@@ -554,12 +800,19 @@ def _fewer_labels(root):
     return [], 'train-labels-idx1-ubyte holds 12 labels for the 16 images'
 
 
+def _trailing_bytes(root):
+    path = _raw(root) / 'train-images-idx3-ubyte'
+    path.write_bytes(path.read_bytes() + b'\0' * 5)
+    return [], 'train-images-idx3-ubyte has 5 bytes after the 12560 its header announces'
+
+
 def _more_classes_than_the_model(root):
     return ['--num-classes', '5'], ("the train split of --dataset 'torch/fashion_mnist' in {data} has labels 0..9, "
                                     'but the model is built for 5 classes (labels 0..4): pass --num-classes 10')
 
 
-@pytest.mark.parametrize('damage', [_truncate_images, _bad_magic, _fewer_labels, _more_classes_than_the_model])
+@pytest.mark.parametrize('damage', [_truncate_images, _bad_magic, _fewer_labels, _trailing_bytes,
+                                    _more_classes_than_the_model])
 def test_corrupt_fashion_mnist_files_stop_before_the_first_step(tmp_path, damage):
     root = _fmnist(tmp_path)
     extra, message = damage(root)
@@ -607,6 +860,54 @@ def test_more_class_folders_than_classes(image_folder, tmp_path):
                                          r'built for 3 classes \(labels 0..2\): pass --num-classes 4'):
         train_main(TINY + ['--data-dir', str(data), '--output', str(tmp_path), '--experiment', 'x', '--epochs', '1'])
     assert not (tmp_path / 'x').exists()
+
+
+def _no_validation_folder(data):
+    shutil.rmtree(data / 'validation')
+    return FileNotFoundError, (f'--data-dir {data} has no validation/ folder for --val-split validation (its folders: '
+                               'train): timm would read the whole --data-dir as that split, so the validation top-1 '
+                               'and model_best would come from the training images')
+
+
+def _renamed_validation_class(data):
+    (data / 'validation' / 'c1').rename(data / 'validation' / 'shirt')
+    return ValueError, 'differ (only in train/: c1; only in validation/: shirt; a class folder without images'
+
+
+def _empty_training_class(data):
+    for p in (data / 'train' / 'c1').iterdir():
+        p.unlink()
+    return ValueError, 'differ (only in validation/: c1; a class folder without images counts as missing)'
+
+
+def _unreadable_image(data):
+    (data / 'train' / 'c1' / '3.png').write_bytes(b'not a png')
+    return ValueError, (f"1 image(s) of the train split of --data-dir {data} cannot be read ({data / 'train' / 'c1'}"
+                        f"/3.png: UnidentifiedImageError")
+
+
+@pytest.mark.parametrize('damage', [_no_validation_folder, _renamed_validation_class, _empty_training_class,
+                                    _unreadable_image])
+def test_image_folders_are_checked_before_the_first_step(image_folder, tmp_path, damage):
+    """A missing validation split, class folders that differ between the splits (labels would shift) and an image
+    timm would skip unnamed stop the run before anything is written."""
+    data = tmp_path / 'data'
+    shutil.copytree(image_folder, data)
+    error, message = damage(data)
+    with pytest.raises(error) as e:
+        train_main(TINY + ['--data-dir', str(data), '--output', str(tmp_path), '--experiment', 'x', '--epochs', '1'])
+    assert message in str(e.value)
+    assert not (tmp_path / 'x').exists() or not run_outputs(tmp_path / 'x')
+
+
+def test_an_image_that_fails_to_decode_mid_epoch_is_named(image_folder, tmp_path):
+    data = tmp_path / 'data'
+    shutil.copytree(image_folder, data)
+    bad = data / 'train' / 'c2' / '5.png'
+    bad.write_bytes(bad.read_bytes()[:60])  # the header reads, the pixels do not
+    with pytest.raises(ValueError, match=f'image {bad} cannot be read .*: replace or remove it'):
+        train_main(TINY + ['--data-dir', str(data), '--output', str(tmp_path), '--experiment', 'x', '--epochs', '1'])
+    assert not run_outputs(tmp_path / 'x')
 
 
 def test_quickstart_refuses_an_output_holding_an_earlier_quickstart(tmp_path, capsys):

@@ -62,6 +62,9 @@ def check_idx_size(path: str) -> Tuple[np.dtype, Tuple[int, ...]]:
     if size < need:
         raise ValueError(f'{path} is truncated: {size} bytes for shape {shape} ({dtype}, {need} bytes); '
                          f're-extract the dataset.')
+    if size > need:
+        raise ValueError(f'{path} has {size - need} bytes after the {need} its header announces (shape {shape}, '
+                         f'{dtype}): it is not one IDX file as written; re-extract the dataset.')
     return dtype, shape
 
 
@@ -78,6 +81,10 @@ def read_idx(path: str) -> np.ndarray:
     count = int(np.prod(shape)) if shape else 1
     if len(data) < count * dtype.itemsize:
         raise ValueError(f'{path} is truncated: {len(data)} bytes of data for shape {shape} ({dtype}); '
+                         f're-extract the dataset.')
+    if len(data) > count * dtype.itemsize:
+        raise ValueError(f'{path} has {len(data) - count * dtype.itemsize} bytes after the {count * dtype.itemsize} '
+                         f'its header announces (shape {shape}, {dtype}): it is not one IDX file as written; '
                          f're-extract the dataset.')
     return np.frombuffer(data, dtype=dtype, count=count).reshape(shape).astype(dtype.newbyteorder('='))
 

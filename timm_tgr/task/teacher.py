@@ -42,14 +42,20 @@ DEFAULT_TEACHERS = {
 # way); ``grid`` is formatted with the image size that gives the teacher the student's token grid
 TEACHER_HOW = {
     'api': dict(name='pass teacher= a timm model name (e.g. {teacher!r}) or an nn.Module',
+                norm="pass mean= and std= with the teacher's kwargs (build_teacher; train_tgr.py: --teacher-kwargs "
+                     'mean=M std=S), the values the teacher was trained with',
                 weights='pass teacher_pretrained_path=FILE (build_teacher: checkpoint=FILE), or build the teacher '
                         'yourself and pass the nn.Module',
                 grid='e.g. teacher_img_size={img_size}, or img_size={img_size} in build_teacher\'s kwargs'),
     'train_tgr.py': dict(name='pass --teacher NAME (e.g. --teacher {teacher}), or --teacher none to train without one',
+                         norm='pass --teacher-kwargs mean=M std=S (the values the teacher was trained with, e.g. '
+                              'mean=0.286 std=0.353 for Fashion-MNIST)',
                          weights='pass --teacher-checkpoint FILE (e.g. model_best.pth.tar of a train_tgr.py run of the '
                                  'teacher), or --no-teacher-pretrained for a random teacher (debugging only)',
                          grid='pass --teacher-kwargs img_size={img_size}'),
     'train.py': dict(name='pass --model-kwargs tgr_teacher=NAME (e.g. {teacher})',
+                     norm='pass --model-kwargs "tgr_teacher_kwargs={{\'mean\': M, \'std\': S}}" (the values the teacher '
+                          'was trained with)',
                      weights='pass --model-kwargs tgr_teacher_checkpoint=FILE',
                      grid='pass --model-kwargs "tgr_teacher_kwargs={{\'img_size\': {img_size}}}"'),
 }
@@ -103,12 +109,15 @@ def build_teacher(teacher: Union[str, nn.Module], checkpoint: Optional[str] = No
       has them, ``module.`` prefixes removed) or a plain state dict (``.pth``, ``.safetensors``), loaded
       strictly: every tensor must fit the teacher built with ``kwargs`` (a teacher trained with other kwargs is
       an error naming them, not a partial load), and weights holding NaN / Inf are refused. The mean/std the
-      checkpoint's run args record are the teacher's; without them, its cfg's.
+      checkpoint's run args record are the teacher's (a run without them normalized with the cfg's); a file
+      without run args takes those of the ``config.json`` beside it (an export folder), else ``mean`` / ``std``
+      must be given in ``kwargs`` (an error says so: ImageNet's would silently re-normalize the input).
     - else, with ``pretrained``: the name's pretrained weights (the hub), with their cfg's mean/std.
     - else random weights (debugging only), which for a ``student`` take the student's mean/std: nothing to
       convert.
 
-    ``how`` (a key of :data:`TEACHER_HOW`) picks how errors say to give the weights.
+    ``mean`` / ``std`` in ``kwargs`` (one value or one per channel) set the teacher's normalization whatever the
+    weights' source. ``how`` (a key of :data:`TEACHER_HOW`) picks how errors say to give the weights.
     """
     if isinstance(teacher, nn.Module):
         return teacher
@@ -117,24 +126,62 @@ def build_teacher(teacher: Union[str, nn.Module], checkpoint: Optional[str] = No
     _check_teacher_name(teacher)
     if checkpoint and not os.path.isfile(checkpoint):
         raise FileNotFoundError(f'teacher checkpoint {checkpoint!r} does not exist: check the path.')
+    norm = {k: _mean_std(k, kwargs.pop(k)) for k in ('mean', 'std') if k in kwargs}
+    if len(norm) == 1:
+        raise ValueError(f'the teacher kwargs give {next(iter(norm))} without {({"mean", "std"} - set(norm)).pop()}: '
+                         f'give both (the values the teacher was trained with).')
     if student is not None:
         kwargs = dict(_student_input_kwargs(student), **kwargs)
     if checkpoint:
-        return _load_teacher_checkpoint(teacher, checkpoint, trust_checkpoint, kwargs)
+        model = _load_teacher_checkpoint(teacher, checkpoint, trust_checkpoint, kwargs, norm, how)
+        return _with_normalization(model, norm, f'teacher checkpoint {checkpoint}') if norm else model
     try:
         model = timm.create_model(teacher, pretrained=pretrained, **kwargs)
     except Exception as e:  # hub/offline/corrupt file: say what to do instead of a bare traceback
         raise RuntimeError(
             f'could not load teacher {teacher!r} weights ({type(e).__name__}: {e}). Without network access, '
             f'download the weights elsewhere and {TEACHER_HOW[how]["weights"]}.') from e
+    if pretrained:
+        from ..utils.checkpoint import check_finite
+        check_finite(model.state_dict(), f'the pretrained weights of teacher {teacher!r}',
+                     'Give the teacher weights from before it diverged.')
+    if norm:
+        return _with_normalization(model, norm, f'teacher {teacher!r}')
     if not pretrained and student is not None:
         norm = {k: unwrap_model(student).pretrained_cfg[k] for k in ('mean', 'std')}
         model.pretrained_cfg = model.default_cfg = dict(model.pretrained_cfg, **norm)
     return model
 
 
-def _load_teacher_checkpoint(name: str, checkpoint: str, trust_checkpoint: bool, kwargs: dict) -> nn.Module:
-    """``name`` built with ``kwargs``, its weights strictly from ``checkpoint`` (see :func:`build_teacher`)."""
+def _mean_std(key: str, value) -> tuple:
+    """A teacher kwarg ``mean`` / ``std``: one number or one per channel, as a tuple of floats."""
+    values = value if isinstance(value, (list, tuple)) else (value,)
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        out = ()
+    if not out or (key == 'std' and min(out) <= 0):
+        raise ValueError(f'teacher kwarg {key}={value!r}: give one number or one per channel'
+                         + (' (all > 0)' if key == 'std' else '') + f', e.g. {key}=0.5 or {key}=[0.5,0.5,0.5].')
+    return out
+
+
+def _with_normalization(model: nn.Module, norm: dict, what: str) -> nn.Module:
+    """The teacher's ``pretrained_cfg`` mean/std := ``norm`` (one value, or one per input channel)."""
+    channels = getattr(getattr(getattr(model, 'patch_embed', None), 'proj', None), 'in_channels', None)
+    for k, v in norm.items():
+        if channels is not None and len(v) not in (1, channels):
+            raise ValueError(f'{what}: {k} has {len(v)} values for a teacher of {channels} input channels: give one '
+                             f'value or {channels}.')
+    model.pretrained_cfg = model.default_cfg = dict(model.pretrained_cfg, **norm)
+    return model
+
+
+def _load_teacher_checkpoint(name: str, checkpoint: str, trust_checkpoint: bool, kwargs: dict, norm: dict,
+                             how: str = 'api') -> nn.Module:
+    """``name`` built with ``kwargs``, its weights strictly from ``checkpoint`` (see :func:`build_teacher`); the
+    input normalization its weights were trained with from ``norm`` (given), the checkpoint's run args, or the
+    ``config.json`` beside it (an export); a file that records none needs ``norm``."""
     from ..utils.checkpoint import (
         check_finite, describe_weights, read_checkpoint, select_weights, state_dict_mismatches, student_state_dict,
     )
@@ -152,13 +199,40 @@ def _load_teacher_checkpoint(name: str, checkpoint: str, trust_checkpoint: bool,
             f'trained with.')
     model.load_state_dict(state_dict, strict=True)
     _logger.info(f'teacher {name}: {describe_weights(key)} of {checkpoint}')
-    _set_trained_normalization(model, ckpt if key is not None else {})
+    if norm:
+        return model
+    args = ckpt.get('args') if key is not None else None
+    if isinstance(args, (argparse.Namespace, dict)):  # a train_tgr.py / timm training checkpoint
+        _set_trained_normalization(model, args)
+        return model
+    recorded = _exported_normalization(checkpoint)
+    if recorded is None:
+        raise ValueError(
+            f'teacher checkpoint {checkpoint} holds weights only ({describe_weights(key)}, no run args) and records '
+            f'no input normalization (mean/std), which the teacher needs to see the images as in its training '
+            f'(timm\'s default for {name!r} is ImageNet\'s): {TEACHER_HOW[how]["norm"].format()}, or give a train_tgr.py '
+            f'checkpoint of the teacher, or an export folder\'s model.safetensors (its config.json records them).')
+    model.pretrained_cfg = model.default_cfg = dict(model.pretrained_cfg, **recorded)
     return model
 
 
-def _set_trained_normalization(model: nn.Module, ckpt: dict) -> None:
-    """``pretrained_cfg`` mean/std from the run args of a ``train_tgr.py`` / timm checkpoint, when recorded."""
-    args = ckpt.get('args')
+def _exported_normalization(checkpoint: str) -> Optional[dict]:
+    """mean/std of the ``config.json`` beside ``checkpoint`` (a timm / timm_tgr.export folder), when it has them."""
+    import json
+    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), 'config.json')
+    try:
+        with open(path) as f:
+            cfg = json.load(f).get('pretrained_cfg') or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    if cfg.get('mean') is None or cfg.get('std') is None:
+        return None
+    return {'mean': tuple(cfg['mean']), 'std': tuple(cfg['std'])}
+
+
+def _set_trained_normalization(model: nn.Module, args) -> None:
+    """``pretrained_cfg`` mean/std from the run args of a ``train_tgr.py`` / timm checkpoint, when recorded (a run
+    without --mean / --std normalized with the model's own cfg, which the teacher keeps)."""
     run_args = vars(args) if isinstance(args, argparse.Namespace) else (args if isinstance(args, dict) else {})
     mean, std = run_args.get('mean'), run_args.get('std')
     if mean is not None and std is not None:

@@ -4,26 +4,29 @@ Flags are named as in timm's ``train.py`` where they mean the same; any of them 
 file given with ``-c/--config`` (keys use underscores, see ``timm_tgr/configs/``).
 """
 import argparse
+import logging
 import math
 import os
 import sys
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import yaml
 
 import timm
-from timm.utils import ParseKwargs
 
 from ..task import TGR_MODES, DistillSchedule
 from ..utils.checkpoint import run_outputs
+from ..utils.cli import ArgumentParser, ParseKwargs
 
-__all__ = ['build_parser', 'parse_args', 'checkpoint_args', 'yaml_safe']
+__all__ = ['build_parser', 'parse_args', 'checkpoint_args', 'yaml_safe', 'earlier_run']
+
+_logger = logging.getLogger('train_tgr')
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The trainer's argparse parser (``train_tgr.py --help``)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog='train_tgr.py',
         description='Train V-MoE / TGR-MoE (and dense teacher) models with timm. '
                     'Any flag can also be set in a YAML file given with -c/--config (keys use underscores).')
@@ -245,7 +248,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse flags, with ``-c FILE`` YAML values as defaults (unknown YAML keys are an error)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = ArgumentParser(prog='train_tgr.py', add_help=False)
     pre.add_argument('-c', '--config', default='')
     cfg_args, _ = pre.parse_known_args(argv)
     if cfg_args.config:
@@ -271,7 +274,12 @@ def _read_config(parser: argparse.ArgumentParser, path: str) -> dict:
     if unknown:
         parser.error(f'config file {path!r} has unknown keys {unknown}: use flag names with '
                      f'underscores, e.g. batch_size, model_kwargs (see train_tgr.py --help)')
-    return {k.replace('-', '_'): v for k, v in cfg.items()}
+    cfg = {k.replace('-', '_'): v for k, v in cfg.items()}
+    for action in parser._actions:
+        if isinstance(action, ParseKwargs) and action.dest in cfg and not isinstance(cfg[action.dest], dict):
+            parser.error(f'config file {path!r}: {action.dest} must be a mapping of keyword to value (e.g. '
+                         f'{action.dest}: {{num_experts: 8}}), got {cfg[action.dest]!r}')
+    return cfg
 
 
 # numeric flags: (dest, lowest, highest, whether the bounds are included); None for no bound
@@ -343,21 +351,44 @@ def _check_run_folder(parser: argparse.ArgumentParser, args: argparse.Namespace)
     without --resume (or when --resume continues another folder's run), naming the two ways out."""
     if not args.experiment:
         return  # the checkpoint's own folder (--resume), or a new time-stamped one (setup_output_dir)
-    folder = os.path.join(args.output, args.experiment)
+    message = earlier_run(os.path.join(args.output, args.experiment), args)
+    if message:
+        parser.error(message)
+
+
+def _checkpoints(folder: str, found: Sequence[str]) -> List[str]:
+    """The checkpoints among ``found`` (run_outputs of ``folder``), newest first: last.pth.tar, then by epoch."""
+    numbered = sorted((n for n in found if n.startswith('checkpoint-')),
+                      key=lambda n: int(n[len('checkpoint-'):-len('.pth.tar')]) if
+                      n[len('checkpoint-'):-len('.pth.tar')].isdigit() else -1, reverse=True)
+    return [n for n in ('last.pth.tar',) if n in found] + numbered + [n for n in ('model_best.pth.tar',) if n in found]
+
+
+def earlier_run(folder: str, args: argparse.Namespace, log: bool = True) -> Optional[str]:
+    """Why this command may not write into ``folder`` (None when it may): it holds a run's checkpoint and the
+    command does not resume that run. A folder with a run's records but no checkpoint (a run stopped before its
+    first checkpoint was saved) is started again: nothing in it can be continued, and the log says so."""
     found = run_outputs(folder)
     if not found:
-        return
+        return None
     if args.resume and os.path.abspath(os.path.dirname(args.resume)) == os.path.abspath(folder):
-        return  # continuing the run in its own folder
-    last = os.path.join(folder, 'last.pth.tar')
+        return None  # continuing the run in its own folder
+    checkpoints = _checkpoints(folder, found)
     held = ', '.join(found[:4]) + (' ...' if len(found) > 4 else '')
+    if not checkpoints:
+        if log:
+            _logger.warning(f'{folder} holds {held} but no checkpoint (a run stopped before its first checkpoint was '
+                            f'saved): nothing there can be continued, so this run starts there again and replaces '
+                            f'them.')
+        return None
+    name = f'--experiment {args.experiment} ({folder})' if args.experiment else folder
+    point = os.path.join(folder, checkpoints[0])
     if args.resume:
-        parser.error(f'--experiment {args.experiment} ({folder}) holds another run ({held}), and train_tgr.py never '
-                     f'writes into an earlier run: resume {args.resume} into a new folder (another --experiment), or '
-                     f'continue the run in {folder} with --resume {last}.')
-    parser.error(f'--experiment {args.experiment} ({folder}) holds an earlier run ({held}), and train_tgr.py never '
-                 f'writes into an earlier run: continue it with --resume {last}, or start a new run with another '
-                 f'--experiment (or --output).')
+        return (f'{name} holds another run ({held}), and train_tgr.py never writes into an earlier run: resume '
+                f'{args.resume} into a new folder (another --experiment), or continue the run in {folder} with '
+                f'--resume {point}.')
+    return (f'{name} holds an earlier run ({held}), and train_tgr.py never writes into an earlier run: continue it '
+            f'with --resume {point}, or start a new run with another --experiment (or --output).')
 
 
 def yaml_safe(d: dict) -> dict:

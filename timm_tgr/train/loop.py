@@ -13,6 +13,7 @@ gradients overflow is skipped by the scaler and is not divergence: only the forw
 """
 import argparse
 import logging
+import math
 import sys
 from contextlib import nullcontext, suppress
 from typing import Callable, Dict, List, Optional, Tuple
@@ -23,7 +24,8 @@ from timm.utils import AverageMeter, accuracy, dispatch_clip_grad, is_primary, r
 
 from ..task import RoutingStats
 
-__all__ = ['train_one_epoch', 'validate', 'reduce_routing_stats', 'set_epoch', 'FiniteGuard', 'TrainingDiverged']
+__all__ = ['train_one_epoch', 'validate', 'reduce_routing_stats', 'set_epoch', 'FiniteGuard', 'TrainingDiverged',
+           'check_eval_finite']
 
 _logger = logging.getLogger('train_tgr')
 
@@ -254,6 +256,7 @@ def validate(
     base = unwrap_model(model)
     loss_m, top1_m, top5_m = AverageMeter(), AverageMeter(), AverageMeter()
     probe: Dict[int, List[torch.Tensor]] = {}
+    non_finite = torch.zeros((), dtype=torch.int64, device=device)  # batches whose logits hold NaN / Inf
     for batch_idx, (input, target) in enumerate(loader):
         input, target = input.to(device), target.to(device)
         with amp_autocast():
@@ -261,6 +264,7 @@ def validate(
         if isinstance(output, (tuple, list)):
             output = output[0]
         loss = criterion(output.float(), target)
+        non_finite += (~torch.isfinite(output).all()).long()
         acc1, acc5 = accuracy(output, target, topk=(1, min(5, output.shape[-1])))
         if args.distributed:
             loss, acc1, acc5 = (reduce_tensor(t, args.world_size) for t in (loss, acc1, acc5))
@@ -274,7 +278,9 @@ def validate(
             if batch_idx < probe_batches:
                 for i, info in infos.items():
                     probe.setdefault(i, []).append(info.expert_index[..., 0].reshape(-1).cpu())
-    out = {'loss': loss_m.avg, 'top1': top1_m.avg, 'top5': top5_m.avg}
+    if args.distributed:
+        non_finite = reduce_tensor(non_finite.float(), 1)
+    out = {'loss': loss_m.avg, 'top1': top1_m.avg, 'top5': top5_m.avg, 'non_finite_batches': int(non_finite)}
     return out, {i: torch.cat(v) for i, v in probe.items()}
 
 
@@ -287,6 +293,18 @@ def mean_over_processes(value: float, args: argparse.Namespace, device=None) -> 
     t = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item()) / dist.get_world_size()
+
+
+def check_eval_finite(metrics: Dict[str, float], epoch: int, what: str, num_batches: int) -> None:
+    """Raise :class:`TrainingDiverged` when an evaluation's logits or loss hold NaN / Inf: its top-1 (argmax of NaN)
+    means nothing, and the epoch must not become ``model_best``."""
+    bad = metrics.get('non_finite_batches', 0)
+    if not bad and math.isfinite(metrics['loss']):
+        return
+    raise TrainingDiverged(
+        f'evaluation of {what} after epoch {epoch} diverged: the validation logits hold NaN / Inf in {bad} of '
+        f'{num_batches} batches (eval_loss = {metrics["loss"]}) although the weights are finite, so its top-1 '
+        f'means nothing.', epoch, num_batches, ['eval_loss'])
 
 
 def reduce_routing_stats(stats: RoutingStats, args: argparse.Namespace) -> None:

@@ -94,6 +94,13 @@ def _check_weights(ckpt: Dict[str, Any], path: str) -> None:
         else None
     if isinstance(routers, dict):
         check_finite(routers, f"--resume {path} [task_state['teacher_routers']]", fix)
+    state = ckpt.get('optimizer', {}).get('state') if isinstance(ckpt.get('optimizer'), dict) else None
+    if isinstance(state, dict):
+        tensors = {f'{p}.{k}': v for p, s in state.items() if isinstance(s, dict) for k, v in s.items()}
+        check_finite(tensors, f"--resume {path} [optimizer state]",
+                     'Its weights may be finite, but the optimizer would make them NaN at the first step. Resume from '
+                     'an earlier checkpoint of the run (checkpoint-N.pth.tar of an epoch before it diverged) with a '
+                     'lower --lr, or keep these weights with a fresh optimizer state: --no-resume-opt.')
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, state: Dict[str, Any], path: str, log_info: bool) -> None:

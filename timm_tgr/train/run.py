@@ -35,7 +35,10 @@ from timm.utils import is_primary, random_seed, setup_default_logging
 from ..task import RoutingStats, TGRTask, record_assignments
 from ..utils.cli import torch_threads
 from .args import parse_args
-from .loop import TrainingDiverged, mean_over_processes, reduce_routing_stats, set_epoch, train_one_epoch, validate
+from .loop import (
+    TrainingDiverged, check_eval_finite, mean_over_processes, reduce_routing_stats, set_epoch, train_one_epoch,
+    validate,
+)
 from .pictures import RoutingPictures, picture_epoch_dir
 from .report import epoch_row, log_row, record_epoch, routing_row, row_metric, unrecord_epoch, write_consistency
 from .setup import Training, setup_training
@@ -61,7 +64,8 @@ def train(args: argparse.Namespace) -> dict:
     if t.reference is not None:
         record_reference(t, args)
     observers = Observers.create(t, args)
-    best_metric, best_epoch = None, None
+    saver = t.run.saver
+    best_metric, best_epoch = (saver.best_metric, saver.best_epoch) if saver is not None else (None, None)
     num_updates = t.start_epoch * t.optim.updates_per_epoch
     try:
         for epoch in range(t.start_epoch, t.optim.num_epochs):
@@ -69,15 +73,22 @@ def train(args: argparse.Namespace) -> dict:
                 row, num_updates = run_epoch(epoch, t, args, num_updates)
             except TrainingDiverged as e:
                 raise diverged(e, t, args) from None
+            except KeyboardInterrupt:
+                raise interrupted(t, epoch) from None
             metric = row_metric(row, args)
             if t.run.saver is not None:
-                best_metric, best_epoch = save_epoch(t, epoch, row, metric)
+                try:
+                    best_metric, best_epoch = save_epoch(t, epoch, row, metric)
+                except KeyboardInterrupt:
+                    raise interrupted(t, epoch) from None
                 log_row(row)
                 observers.epoch_done(epoch, row, t, args)
             t.optim.lr_scheduler.step(epoch + 1, metric)
+        return finish(t, args, best_metric, best_epoch)
     finally:
         observers.close()
-    return finish(t, args, best_metric, best_epoch)
+        if t.run.lock is not None:
+            t.run.lock.release()
 
 
 def save_epoch(t: Training, epoch: int, row: dict, metric: float) -> Tuple[Optional[float], Optional[int]]:
@@ -103,6 +114,18 @@ def save_epoch(t: Training, epoch: int, row: dict, metric: float) -> Tuple[Optio
         t.run.pending()
         t.run.pending = None
     return result
+
+
+def interrupted(t: Training, epoch: int) -> KeyboardInterrupt:
+    """Ctrl-C: which checkpoint to continue from (the epoch in progress is not saved)."""
+    point = t.run.saver.resume_point() if t.run.saver is not None else None
+    if point is not None:
+        where = (f'stopped in epoch {epoch}; {point[0]} (epoch {point[1]}) is the last checkpoint: continue with '
+                 f'--resume {point[0]}')
+    else:
+        where = f'stopped in epoch {epoch}, before the first checkpoint: run the same command again to start over'
+    _logger.error(f'interrupted: {where}')
+    return KeyboardInterrupt(where)
 
 
 def restore_files(output_dir: str, originals: Dict[str, Optional[bytes]]) -> None:
@@ -202,12 +225,17 @@ def evaluate_epoch(epoch: int, t: Training, args: argparse.Namespace, train_metr
     eval_model = t.task.get_eval_model()
     stats = RoutingStats() if t.tracker is not None else None
     validate_ = partial(validate, loader=t.loaders.eval, args=args, device=t.device, amp_autocast=t.optim.amp_autocast)
+    num_batches = len(t.loaders.eval)
     eval_metrics, probe = validate_(eval_model, routing_stats=stats, probe_batches=t.loaders.probe_batches)
+    check_eval_finite(eval_metrics, epoch, 'the model', num_batches)
     row = epoch_row(epoch, t.optim.optimizer.param_groups[0]['lr'], train_metrics, eval_metrics)
     if isinstance(t.task, TGRTask) and t.task.mode == 'teacher_route':
-        row['eval_top1_teacher_route'] = validate_(eval_model, route_fn=t.task.forward_teacher_route)[0]['top1']
+        routed = validate_(eval_model, route_fn=t.task.forward_teacher_route)[0]
+        check_eval_finite(routed, epoch, 'the model routed by the teacher', num_batches)
+        row['eval_top1_teacher_route'] = routed['top1']
     if t.task.has_ema():
         ema_metrics, _ = validate_(t.task.get_eval_model(ema=True))
+        check_eval_finite(ema_metrics, epoch, 'the EMA', num_batches)
         row['eval_ema_top1'] = ema_metrics['top1']
         row['eval_ema_loss'] = ema_metrics['loss']
     if t.tracker is not None:
@@ -226,8 +254,13 @@ def finish(t: Training, args: argparse.Namespace, best_metric, best_epoch) -> di
     if is_primary(args) and t.tracker is not None and t.tracker.history:
         write_consistency(t.run.output_dir, t.tracker, t.run.rows, args)
     if is_primary(args):
-        _logger.info(f'Done: best {args.eval_metric} {best_metric} at epoch {best_epoch}; '
-                     f'outputs in {t.run.output_dir}')
+        if t.start_epoch >= t.optim.num_epochs:
+            _logger.info(f'Nothing left to do: the run in {t.run.output_dir} has done all its {t.optim.num_epochs} '
+                         f'epochs (raise --epochs to train more). Best {args.eval_metric} {best_metric} at epoch '
+                         f'{best_epoch}.')
+        else:
+            _logger.info(f'Done: best {args.eval_metric} {best_metric} at epoch {best_epoch}; '
+                         f'outputs in {t.run.output_dir}')
     if args.distributed:
         torch.distributed.barrier()
     return result

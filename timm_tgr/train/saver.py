@@ -59,11 +59,11 @@ class RunCheckpointSaver(CheckpointSaver):
     def _state_tensors(self) -> Dict[str, torch.Tensor]:
         """The weights a checkpoint of now would hold: model (or task) state_dict, teacher routers, EMA."""
         if self.task is None:
-            tensors = dict(unwrap_model(self.model).state_dict())
+            tensors = dict(unwrap_model(self.model).state_dict(), **_optimizer_tensors(self.optimizer))
             if self.model_ema is not None:
                 tensors.update({f'ema.{k}': v for k, v in unwrap_model(self.model_ema).state_dict().items()})
             return tensors
-        tensors = {}
+        tensors = _optimizer_tensors(self.optimizer)
         for ema in (False, True):
             state = self.task.get_checkpoint_state(ema=ema, unwrap_fn=self.unwrap_fn)
             for key, value in state.items():
@@ -129,6 +129,19 @@ class RunCheckpointSaver(CheckpointSaver):
             os.replace(tmp, dst)
         except OSError as e:
             self._fail(e, dst, tmp)
+
+
+def _optimizer_tensors(optimizer) -> Dict[str, torch.Tensor]:
+    """The optimizer's state tensors (moments, step counts) as ``optimizer.<param>.<name>``: saved with the weights,
+    so a NaN / Inf there is refused as theirs (a resume from it would diverge at its first step)."""
+    if optimizer is None:
+        return {}
+    out = {}
+    for i, (param, state) in enumerate(optimizer.state.items()):
+        for k, v in state.items():
+            if torch.is_tensor(v):
+                out[f'optimizer.{i}.{k}'] = v
+    return out
 
 
 def _flatten(out: Dict[str, torch.Tensor], prefix: str, value) -> None:

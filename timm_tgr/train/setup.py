@@ -19,9 +19,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import yaml
+from PIL import Image
 
 import timm
-from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader, resolve_data_config
+from timm.data import FastCollateMixup, ImageDataset, Mixup, create_dataset, create_loader, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.models import safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
@@ -36,10 +37,11 @@ from ..models import upcycle_from
 from ..task import ConsistencyTracker, RouterFreezeSchedule, RoutingReference, default_teacher
 from ..task.factory import GuidanceConfig, create_training_task, is_moe
 from ..task.timm_train import model_guidance_cfg
-from ..utils.checkpoint import run_outputs
+from ..utils.checkpoint import check_finite, run_outputs
 from ..utils.metrics_log import read_metrics
-from .args import checkpoint_args, yaml_safe
+from .args import checkpoint_args, earlier_run, yaml_safe
 from .finetune import load_initial_checkpoint, log_pretrained_head, model_source, reset_classifier
+from .lock import RunFolderBusy, RunLock
 from .report import row_metric
 from .resume import Resumed, load_resumed_ema, resume_run
 from .saver import RunCheckpointSaver
@@ -98,6 +100,7 @@ class RunFolder:
     rows: List[dict] = field(default_factory=list)
     pending: Optional[Callable[[], None]] = None
     originals: Dict[str, Optional[bytes]] = field(default_factory=dict)
+    lock: Optional[RunLock] = None  # held from setup to the run's end (primary process)
 
     @property
     def metrics_path(self) -> str:
@@ -135,12 +138,18 @@ def setup_training(args: argparse.Namespace) -> Training:
     loaders = make_loaders(args, data_config, device, num_classes=unwrap_model(model).num_classes)
     ts = create_task(args, model, loaders, device)
     optim = create_optimization(args, ts.task, model, len(loaders.train), device)
-    output_dir = setup_output_dir(args)
-    resumed = resume_task(args, ts.task, optim) if args.resume else None
-    start_epoch = resumed.start_epoch if resumed is not None else 0
-    prepare_task(args, ts.task, optim, device, resumed)
-    optim.lr_scheduler, optim.num_epochs = create_lr_scheduler(args, optim, start_epoch)
-    run = open_run_folder(args, model, ts, optim, output_dir, start_epoch)
+    output_dir, lock = setup_output_dir(args)
+    try:
+        resumed = resume_task(args, ts.task, optim) if args.resume else None
+        start_epoch = resumed.start_epoch if resumed is not None else 0
+        prepare_task(args, ts.task, optim, device, resumed)
+        optim.lr_scheduler, optim.num_epochs = create_lr_scheduler(args, optim, start_epoch)
+        run = open_run_folder(args, model, ts, optim, output_dir, start_epoch)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    run.lock = lock
     del resumed  # the checkpoint's tensors
     return Training(device=device, model=model, loaders=loaders, task=ts.task, task_kind=ts.kind,
                     tracker=ts.tracker, optim=optim, run=run, start_epoch=start_epoch, reference=ts.reference)
@@ -171,17 +180,108 @@ _FOLDER_DATASETS = ('', 'folder', 'imagefolder')
 
 
 def check_folder_dataset(args: argparse.Namespace) -> None:
-    """An image folder dataset (``--dataset folder`` / ``''``) needs ``--data-dir`` with its split folders."""
+    """An image folder dataset (``--dataset folder`` / ``''``) needs ``--data-dir`` with a folder for each split:
+    without one timm reads the whole ``--data-dir`` as that split, so the validation top-1 (and ``model_best``)
+    would come from other images than the validation split's (e.g. the training images)."""
     how = ('--dataset folder reads <data-dir>/<split>/<class>/<image> (splits --train-split / --val-split, '
            'default train / validation)')
     if not os.path.isdir(args.data_dir):
         raise FileNotFoundError(f'--data-dir {args.data_dir} does not exist: give the folder holding the image '
                                 f'folders ({how}).')
-    train, val = (os.path.join(args.data_dir, s) for s in (args.train_split, args.val_split))
-    if not os.path.isdir(train) and not os.path.isdir(val):
-        _logger.warning(f'--data-dir {args.data_dir} has neither {args.train_split}/ nor {args.val_split}/: timm reads '
-                        f'the folder itself for both splits, so the validation images are the training images '
-                        f'({how}).')
+    for flag, split in (('--train-split', args.train_split), ('--val-split', args.val_split)):
+        if split_folder(args.data_dir, split) is None:
+            there = sorted(d for d in os.listdir(args.data_dir) if os.path.isdir(os.path.join(args.data_dir, d)))
+            raise FileNotFoundError(
+                f'--data-dir {args.data_dir} has no {split}/ folder for {flag} {split} (its folders: '
+                f'{", ".join(there[:8]) or "none"}): timm would read the whole --data-dir as that split, so '
+                f'{_WHOLE_DIR[flag]}. '
+                f'Put the images in {os.path.join(args.data_dir, split)}/<class>/, or name the split\'s folder with '
+                f'{flag} ({how}).')
+
+
+_WHOLE_DIR = {'--train-split': 'training would read the images of every split',
+              '--val-split': 'the validation top-1 and model_best would come from the training images'}
+
+
+def split_folder(root: str, split: str) -> Optional[str]:
+    """The folder timm's ``create_dataset`` reads for ``split`` of the folder dataset ``root`` (the split's
+    name, or for train / validation one of its synonyms: training, val, valid, eval, evaluation); None where timm
+    would fall back to ``root`` itself."""
+    name = split.split('[')[0]
+    synonyms = {'train': ('train', 'training'), 'training': ('train', 'training')}
+    evals = ('val', 'valid', 'validation', 'eval', 'evaluation')
+    candidates = (name,) + synonyms.get(name, evals if name in evals else ())
+    return next((os.path.join(root, c) for c in candidates if os.path.isdir(os.path.join(root, c))), None)
+
+
+def check_class_lists(dataset_train, dataset_eval, args: argparse.Namespace) -> None:
+    """The two splits of a folder dataset must have the same class folders: labels are their sorted positions, so a
+    class folder missing (or renamed) in one split shifts every later label and the top-1 compares other classes."""
+    train, val = (getattr(getattr(d, 'reader', None), 'class_to_idx', None) for d in (dataset_train, dataset_eval))
+    if not isinstance(train, dict) or not isinstance(val, dict) or train == val:
+        return
+    only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))
+    parts = []
+    if only_train:
+        parts.append(f'only in {args.train_split}/: {", ".join(only_train[:6])}')
+    if only_val:
+        parts.append(f'only in {args.val_split}/: {", ".join(only_val[:6])}')
+    if not parts:
+        moved = sorted(c for c in train if train[c] != val[c])
+        parts.append(f'labelled differently: {", ".join(moved[:6])}')
+    raise ValueError(
+        f'the class folders of {os.path.join(args.data_dir, args.train_split)} and '
+        f'{os.path.join(args.data_dir, args.val_split)} differ ({"; ".join(parts)}; a class folder without images '
+        f'counts as missing): labels are the sorted class folders, so the splits would label the same class '
+        f'differently. Give both splits the same class folders (or one --class-map for both).')
+
+
+def check_images(dataset, split: str, args: argparse.Namespace) -> None:
+    """Every image of a folder dataset opens (its header is read) before the first step: timm would skip an
+    unreadable one mid-epoch without naming it. Later decode errors name the file (:class:`NamedImageDataset`)."""
+    samples = getattr(getattr(dataset, 'reader', None), 'samples', None)
+    if not isinstance(samples, (list, tuple)) or not samples or not isinstance(samples[0][0], str):
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    def error(path: str) -> Optional[str]:
+        try:
+            with Image.open(path) as im:
+                im.size
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file
+            return f'{path}: {type(e).__name__}: {(str(e).strip().splitlines() or [""])[0][:160]}'
+        return None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        bad = [b for b in pool.map(error, (s[0] for s in samples)) if b is not None]
+    if bad:
+        more = f' and {len(bad) - 3} more' if len(bad) > 3 else ''
+        raise ValueError(f'{len(bad)} image(s) of the {split} split of --data-dir {args.data_dir} cannot be read '
+                         f'({"; ".join(bad[:3])}{more}): replace or remove them.')
+    if isinstance(dataset, ImageDataset) and type(dataset) is ImageDataset:
+        dataset.__class__ = NamedImageDataset
+
+
+class NamedImageDataset(ImageDataset):
+    """timm's ImageDataset whose unreadable image stops the run naming the file (timm skips it, unnamed)."""
+
+    def __getitem__(self, index):
+        path = self.reader.samples[index][0]
+        try:
+            img, target = self.reader[index][:2]
+            img = Image.open(img)
+            if self.input_img_mode:
+                img = img.convert(self.input_img_mode)
+        except (OSError, ValueError, SyntaxError) as e:
+            raise ValueError(f'image {path} cannot be read ({type(e).__name__}: {e}): replace or remove it, then '
+                             f'--resume the run.') from e
+        if self.transform is not None:
+            img = self.transform(img)
+        if target is None:
+            target = -1
+        elif self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
 
 
 def dataset_labels(dataset) -> Optional[np.ndarray]:
@@ -260,10 +360,15 @@ def create_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
     """
     args.model_arch, source_kwargs = model_source(args.model)
     flag_kwargs = model_kwargs(args)
-    model = timm.create_model(args.model, pretrained=args.pretrained, **flag_kwargs)
+    try:
+        model = timm.create_model(args.model, pretrained=args.pretrained, **flag_kwargs)
+    except (AssertionError, TypeError) as e:  # timm's checks of the kwargs: an assert or an unknown keyword
+        raise ValueError(build_error(args.model, flag_kwargs, e)) from e
     model_guidance_cfg(model)  # tgr_* kwargs (recorded, read by timm's train.py only) must be known options
     args.model_kwargs_resolved = {**source_kwargs, **flag_kwargs}  # as timm merges them: the flags win
     if args.pretrained:
+        check_finite(model.state_dict(), f'--pretrained {args.model}',
+                     'Use weights from before it diverged (another export or checkpoint).')
         log_pretrained_head(model, args.model)
     if args.upcycle_from:
         upcycle_from(args.upcycle_from, model, trust_checkpoint=args.trust_checkpoint)
@@ -275,6 +380,17 @@ def create_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model.to(device)
+
+
+def build_error(name: str, kwargs: dict, e: BaseException) -> str:
+    """Why ``timm.create_model(name, **kwargs)`` failed, naming the flags that set the kwargs."""
+    text = (str(e).strip().splitlines() or [''])[0][:200] or type(e).__name__
+    hint = ''
+    if 'num_heads' in text:
+        hint = (' The width (embed_dim) must be a multiple of num_heads: pass --model-kwargs num_heads=H with H '
+                'dividing embed_dim (e.g. embed_dim=32 num_heads=2).')
+    return (f'--model {name} cannot be built with the kwargs {kwargs} (from --model-kwargs, --num-classes, '
+            f'--img-size, --in-chans, --drop, --drop-path): {type(e).__name__}: {text}.{hint or " Fix those flags."}')
 
 
 def set_input_normalization(model: nn.Module, data_config: dict) -> None:
@@ -318,6 +434,10 @@ def create_datasets(args: argparse.Namespace, data_config: dict, num_classes: Op
         args.dataset, root=args.data_dir, split=args.val_split, is_training=False, class_map=args.class_map,
         download=args.dataset_download, batch_size=args.validation_batch_size or args.batch_size,
         input_img_mode=img_mode)
+    if args.dataset.lower() in _FOLDER_DATASETS:
+        check_class_lists(dataset_train, dataset_eval, args)
+        check_images(dataset_train, args.train_split, args)
+        check_images(dataset_eval, args.val_split, args)
     if num_classes is not None:
         check_labels(dataset_train, args.train_split, num_classes, args)
         check_labels(dataset_eval, args.val_split, num_classes, args)
@@ -466,6 +586,7 @@ def create_optimization(
             raise ValueError('--freeze-router-at freezes MoE routers: the model has none')
         freeze = RouterFreezeSchedule(fraction=args.freeze_router_at, total_steps=args.epochs * updates_per_epoch)
     optimizer = create_optimizer_v2(task.get_trainable_module(), **optimizer_kwargs(cfg=args), **args.opt_kwargs)
+    check_step_size(args, optimizer)
     amp_autocast, loss_scaler = suppress, None
     if args.amp:
         amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
@@ -474,6 +595,23 @@ def create_optimization(
             loss_scaler = NativeScaler(device=device.type)
     return Optimization(optimizer=optimizer, updates_per_epoch=updates_per_epoch, amp_autocast=amp_autocast,
                         loss_scaler=loss_scaler, freeze=freeze)
+
+
+def check_step_size(args: argparse.Namespace, optimizer: torch.optim.Optimizer) -> None:
+    """Refuse a learning rate whose first update cannot be computed in float32: Adam-style optimizers step by
+    lr / (1 - beta1) and decay by lr * weight_decay; beyond float32's largest value (3.4e38) torch stops the step
+    with an overflow error instead of an update."""
+    largest = torch.finfo(torch.float32).max
+    for group in optimizer.param_groups:
+        lr = max(float(group.get('lr', 0.)), float(args.warmup_lr or 0.))
+        betas = group.get('betas')
+        scale = 1. / (1. - betas[0]) if isinstance(betas, (tuple, list)) and betas and 0 <= betas[0] < 1 else 1.
+        step = max(lr * scale, lr * float(group.get('weight_decay') or 0.))
+        if step >= largest:
+            raise ValueError(
+                f'--lr {args.lr:g} is too large for --opt {args.opt}: its first update steps by {step:.3g}, beyond '
+                f'float32\'s largest value ({largest:.3g}), so no update can be computed. Use a learning rate that '
+                f'trains (the recipes use 5e-4 to 2e-3).')
 
 
 def resume_task(args: argparse.Namespace, task: nn.Module, optim: Optimization) -> Resumed:
@@ -511,26 +649,45 @@ def create_lr_scheduler(args: argparse.Namespace, optim: Optimization, start_epo
 # --------------------------------------------------------------------------------------------------
 # run folder
 # --------------------------------------------------------------------------------------------------
-def setup_output_dir(args: argparse.Namespace) -> str:
-    """``<output>/<experiment or time-model>``; resuming without --experiment continues the checkpoint's folder.
+def setup_output_dir(args: argparse.Namespace) -> Tuple[str, Optional[RunLock]]:
+    """``<output>/<experiment or time-model>`` and its lock (:class:`~timm_tgr.train.lock.RunLock`, held for the
+    whole run; None on the other processes); resuming without --experiment continues the checkpoint's folder.
 
     Never an earlier run's folder without --resume: a named --experiment holding a run was refused with the
-    flags (``args._check_run_folder``); a time-stamped name already taken gets a numeric suffix (``-1``, ``-2``),
-    as timm's train.py does.
+    flags (``args._check_run_folder``) and is checked again once the folder is locked (a run may have finished
+    there since); a time-stamped name already taken (or in use) gets a numeric suffix (``-1``, ``-2``), as timm's
+    train.py does. A folder another run holds stops this one, naming the running one.
     """
     if args.resume and not args.experiment:
         out = os.path.dirname(os.path.abspath(args.resume))  # continue the run in its own folder
     elif args.experiment:
         out = os.path.join(args.output, args.experiment)
     else:
-        out = base = os.path.join(args.output, '-'.join([time.strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model)]))
-        n = 0
-        while run_outputs(out):
-            n += 1
-            out = f'{base}-{n}'
-    if is_primary(args):
-        os.makedirs(out, exist_ok=True)
-    return out
+        base = os.path.join(args.output, '-'.join([time.strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model)]))
+        for n in range(1000):
+            out = base if n == 0 else f'{base}-{n}'
+            if run_outputs(out):
+                continue
+            if not is_primary(args):
+                return out, None
+            os.makedirs(out, exist_ok=True)
+            try:
+                lock = RunLock(out).acquire()
+            except RunFolderBusy:
+                continue
+            if not run_outputs(out):
+                return out, lock
+            lock.release()
+        raise RuntimeError(f'no free run folder named {base}[-N] in --output {args.output}: give --experiment NAME.')
+    if not is_primary(args):
+        return out, None
+    os.makedirs(out, exist_ok=True)
+    lock = RunLock(out).acquire()
+    message = earlier_run(out, args, log=False)
+    if message:  # a run finished there after the flags were checked
+        lock.release()
+        raise FileExistsError(message)
+    return out, lock
 
 
 def open_run_folder(
@@ -562,9 +719,53 @@ def open_run_folder(
         best = max(run.rows, key=lambda r: row_metric(r, args))
         run.saver.best_metric, run.saver.best_epoch = row_metric(best, args), best['epoch']
         run.saver.checkpoint_files = kept_checkpoints(output_dir, run.rows, args)
+    if start_epoch > 0:
+        complete_last_save(args, run, start_epoch - 1)
     _logger.info(f'Output: {output_dir}; task {task.kind}; epochs {start_epoch}..{optim.num_epochs - 1}; '
                  f'{optim.updates_per_epoch} updates/epoch')
     return run
+
+
+def complete_last_save(args: argparse.Namespace, run: RunFolder, epoch: int) -> None:
+    """On resume, finish the resumed epoch's save where a kill cut it short (the saves of an epoch are one
+    transaction: the metrics row, ``last.pth.tar``, then its ``checkpoint-N`` and ``model_best`` copies). The row
+    and ``last.pth.tar`` being there, the copies are made again from the resumed checkpoint; a save cut before
+    ``last.pth.tar`` was replaced resumes from the epoch before, whose row is rewritten (rolled back). Temporary
+    files of the cut save are removed."""
+    folder = run.output_dir
+    for name in sorted(os.listdir(folder)):
+        if name == 'tmp.pth.tar' or name.endswith(('.tmp', '.restore', '.part')):
+            os.remove(os.path.join(folder, name))
+            _logger.info(f'--resume: removed {name}, a temporary file of an interrupted save')
+    resumed = os.path.abspath(args.resume)
+    if (os.path.abspath(run.saver.last_path) != resumed  # an earlier checkpoint: the run goes on from it as it was
+            or not any(r['epoch'] == epoch for r in run.rows)):
+        return
+    saver = run.saver
+    numbered = os.path.join(folder, f'checkpoint-{epoch}.pth.tar')
+    if not os.path.exists(numbered) and len(saver.checkpoint_files) < saver.max_history:
+        saver._duplicate(resumed, numbered)
+        row = next(r for r in run.rows if r['epoch'] == epoch)
+        saver.checkpoint_files = sorted(saver.checkpoint_files + [(numbered, row_metric(row, args))],
+                                        key=lambda f: f[1], reverse=True)
+        _logger.info(f'--resume: the save of epoch {epoch} was cut short; wrote its {os.path.basename(numbered)}')
+    best = os.path.join(folder, 'model_best.pth.tar')
+    if saver.best_epoch == epoch and _checkpoint_epoch(best) != epoch:
+        saver._duplicate(resumed, best)
+        _logger.info(f'--resume: the save of epoch {epoch} was cut short before model_best.pth.tar; epoch {epoch} is '
+                     f'the best ({args.eval_metric} {saver.best_metric}), so model_best.pth.tar now holds it')
+
+
+def _checkpoint_epoch(path: str) -> Optional[int]:
+    """The epoch a checkpoint records (memory-mapped: its tensors are not read); None when missing or unreadable."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+        return ckpt.get('epoch') if isinstance(ckpt, dict) else None
+    except Exception:  # noqa: BLE001 - a damaged model_best is replaced like a stale one
+        return None
 
 
 def _read_bytes(path: str) -> Optional[bytes]:

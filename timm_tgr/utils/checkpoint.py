@@ -99,11 +99,13 @@ def read_checkpoint(path: PathLike, trust_checkpoint: bool = False, what: str = 
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = _unpickling_reason(e)
-        if not any(s in str(e) for s in ('Unsupported global', 'allowed global', 'Unsupported class')):
+        refused = _refused_globals(path)
+        if refused is None:  # its pickle does not parse: a damaged file, whatever torch's wording
+            reason = _unpickling_reason(e)
             raise RuntimeError(
                 f'could not read {what} {path} ({reason}): it is truncated, corrupt or not a checkpoint (an '
                 f'interrupted save or copy, or a full disk). {_fix_for(path).capitalize()}.') from e
+        reason = f'it refers to {", ".join(refused[:5])}' if refused else _unpickling_reason(e)
         raise RuntimeError(
             f'{what} {path} holds objects besides tensors, containers and argparse.Namespace, which '
             f'torch.load(weights_only=True) refuses ({reason}). If it is a checkpoint you made yourself, rerun '
@@ -114,6 +116,45 @@ def read_checkpoint(path: PathLike, trust_checkpoint: bool = False, what: str = 
         raise RuntimeError(
             f'could not read {what} {path} ({type(e).__name__}: {reason}): it is truncated, corrupt or not a '
             f'checkpoint (an interrupted save or copy, or a full disk). {_fix_for(path).capitalize()}.') from e
+
+
+# globals a weights_only checkpoint may refer to (torch's own rebuild functions and storages, containers)
+_SAFE_GLOBAL_PREFIXES = ('torch.', 'collections.OrderedDict', 'argparse.Namespace', '_codecs.encode', 'builtins.set',
+                         'builtins.frozenset', 'builtins.bytearray', 'builtins.complex', 'builtins.slice',
+                         'numpy.')
+
+
+def _refused_globals(path: Path) -> Optional[List[str]]:
+    """For a torch zip checkpoint whose ``torch.load(weights_only=True)`` raised ``UnpicklingError``: the globals its
+    pickle refers to beyond tensors and containers, when the pickle parses whole (the file is intact: weights_only
+    refused what it holds); None when it does not parse or is not a zip checkpoint (the file is damaged). The
+    decision rests on the file, not on the wording of torch's message, which changes between releases."""
+    import pickletools
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            name = next(n for n in z.namelist() if n.endswith('/data.pkl') or n == 'data.pkl')
+            data = z.read(name)
+    except (zipfile.BadZipFile, StopIteration, OSError, EOFError, KeyError, ValueError, RuntimeError):
+        return None
+    found, strings, memo = [], [], {}
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str) and ('UNICODE' in op.name or 'STRING' in op.name):
+                strings.append(arg)
+            elif op.name == 'MEMOIZE' and strings:
+                memo[len(memo)] = strings[-1]
+            elif op.name in ('PUT', 'BINPUT', 'LONG_BINPUT') and strings:
+                memo[arg] = strings[-1]
+            elif op.name in ('GET', 'BINGET', 'LONG_BINGET') and isinstance(memo.get(arg), str):
+                strings.append(memo[arg])
+            elif op.name in ('GLOBAL', 'INST'):
+                found.append(arg.replace(' ', '.'))
+            elif op.name == 'STACK_GLOBAL' and len(strings) >= 2:
+                found.append(f'{strings[-2]}.{strings[-1]}')
+    except Exception:  # noqa: BLE001 - pickletools raises ValueError and others on a damaged pickle
+        return None
+    return sorted({g for g in found if not g.startswith(_SAFE_GLOBAL_PREFIXES)})
 
 
 def _unpickling_reason(e: Exception) -> str:
@@ -277,17 +318,20 @@ def write_error(e: BaseException, path: PathLike, kept: str = '') -> Optional[Ch
     folder = os.path.dirname(path)
     text = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     after = f' {kept}' if kept else ''
+    # what to do once there is space: continue from the intact checkpoint kept names, else run the command again
+    # (a run folder without a checkpoint is started again)
+    then = 'then continue with that --resume' if '--resume' in kept else 'then run the same command again'
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return CheckpointWriteError(
             e.errno, f'the disk is full: no space left to write {path} (on the disk of {folder}; {_free(folder)}).'
-                     f'{after} Free space there or write to another --output, then rerun.')
+                     f'{after} Free space there or write to another --output, {then}.')
     torch_write = isinstance(e, RuntimeError) and any(
         s in str(e) for s in ('inline_container', 'PytorchStreamWriter', 'file write failed', 'unexpected pos'))
     if torch_write:
         return CheckpointWriteError(
             errno.ENOSPC, f'writing {path} failed (torch: {text}); the usual cause is a full disk: the disk of '
                           f'{folder} has {_free(folder)}.{after} Free space there or write to another --output, '
-                          f'then rerun.')
+                          f'{then}.')
     if isinstance(e, OSError):
         return CheckpointWriteError(
             e.errno, f'could not write {path} ({type(e).__name__}: {text}).{after} Check that {folder} is writable '

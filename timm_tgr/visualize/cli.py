@@ -13,9 +13,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from PIL import Image
 from timm.data import create_dataset, create_transform, resolve_data_config
-from timm.utils import ParseKwargs
 
-from ..utils.cli import torch_threads
+from ..utils.cli import ArgumentParser, ParseKwargs, torch_threads
 from .load import class_names_for, load_model, load_teacher_routing, run_title
 from .writer import ProbeImages, round_robin, write_routing_pictures
 
@@ -28,7 +27,7 @@ _FASHION_MNIST = ('torch/fashion_mnist', 'torchvision/fashion_mnist')
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog='python -m timm_tgr.visualize', formatter_class=argparse.RawDescriptionHelpFormatter,
         description='Routing pictures of a timm_tgr MoE model: per image every MoE block\'s top-1 expert per patch '
                     '(dropped tokens hatched), per block the share of each class\'s tokens per expert, and for a '
