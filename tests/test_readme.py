@@ -45,11 +45,12 @@ def _program(argv):
     return None
 
 
-def _flags(argv):
-    """The options of a command line (up to --extra, whose rest goes to another program)."""
+def _flags(argv, program=''):
+    """The options of a command line (up to --extra, whose rest goes to another program; for the timm script
+    launcher up to the script, whose arguments are the script's)."""
     flags = []
     for a in argv:
-        if a == '--extra':
+        if a == '--extra' or (program == 'run_timm' and not a.startswith('-')):
             break
         if re.match(r'^--?[a-zA-Z]', a):
             flags.append(a.split('=')[0])
@@ -88,5 +89,5 @@ def test_readme_shows_commands_of_every_entry_point():
 @pytest.mark.parametrize('program, argv', COMMANDS, ids=[f"{p} {' '.join(a)}"[:80] for p, a in COMMANDS])
 def test_readme_command_flags_exist(program, argv):
     text = _help(program)
-    missing = [f for f in _flags(argv) if not re.search(r'(?<![\w-])' + re.escape(f) + r'(?![\w-])', text)]
+    missing = [f for f in _flags(argv, program) if not re.search(r'(?<![\w-])' + re.escape(f) + r'(?![\w-])', text)]
     assert not missing, f'README runs {program} with {missing}, which its --help does not list'

@@ -5,6 +5,10 @@ Importing the package registers its models with timm::
     import timm, timm_tgr
     model = timm.create_model('tgr_moe_deit_small', num_classes=100)
 
+Importing has no other effect. ``python -m timm_tgr.run_timm SCRIPT ARGS`` runs any timm script (validate.py,
+benchmark.py, ...) with the models registered; ``--device-modules timm_tgr.timm_train_hook`` is the plugin for
+timm's train.py.
+
 Layout (as timm's): ``layers/`` MoE blocks that know no models, ``models/`` the registered model
 families, ``task/`` the training-time teacher, losses, schedules, metrics and timm ``TrainingTask``s,
 ``train/`` the trainer (``train_tgr.py``), ``data/`` dataset helpers, ``export`` the Hub export.
@@ -34,6 +38,7 @@ __all__ = [
     'upcycle_dense_state_dict', 'upcycle_from', 'upcycled_eval_capacity_factor', 'moe_baselines', 'stablemoe',
 ]
 
-# Inside pytorch-image-models' train.py (``--device-modules timm_tgr``) make its tasks MoE-aware;
-# anywhere else this does nothing (see timm_tgr.task.timm_train).
-_timm_train.install_into_timm_train()
+# Importing the package only registers the models. The train.py hook is its own module
+# (``--device-modules timm_tgr.timm_train_hook``); the deprecated ``--device-modules timm_tgr`` still installs it,
+# with a warning, until 0.2 (a no-op for every other import: see timm_tgr.task.timm_train).
+_timm_train.install_for_legacy_device_modules()

@@ -379,3 +379,21 @@ def test_other_patch_and_image_size_and_channels_are_resampled(tmp_path, caplog)
         upcycle_from(path, model)
     log = caplog.text
     assert 'patch size (4, 4) -> (6, 6)' in log and '16 -> 16 position' not in log and '3 -> 1 input channels' in log
+
+
+@pytest.mark.parametrize('in_chans', [1, 2])
+def test_upcycled_tag_with_other_channels_says_what_happens(tmp_path, caplog, in_chans):
+    """RGB dense weights into an upcycled tag with ``in_chans`` 1 or 2: the patch embedding is adapted once, by timm's
+    loading (its "Converted input conv ... from 3 to N" line), never twice and never reported as loaded unchanged."""
+    from timm.models import adapt_input_conv
+    kw = dict(img_size=28, patch_size=7, embed_dim=64, num_heads=2, num_classes=10)
+    dense = _dense(**kw)
+    path = tmp_path / 'dense.safetensors'
+    safetensors.torch.save_file(dense.state_dict(), str(path))
+    with caplog.at_level('INFO'):
+        model = timm.create_model(f'vmoe_deit_tiny.{UPCYCLED_TAG}', pretrained=True, in_chans=in_chans, num_experts=4,
+                                  **kw, pretrained_cfg_overlay=dict(file=str(path), num_classes=10))
+    expected = adapt_input_conv(in_chans, dense.patch_embed.proj.weight.detach())
+    torch.testing.assert_close(model.patch_embed.proj.weight.detach(), expected)
+    assert 'already match' not in caplog.text and 'Unable to convert' not in caplog.text
+    assert f'from 3 to {in_chans} channel' in caplog.text

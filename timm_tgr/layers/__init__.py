@@ -6,6 +6,7 @@ ViT block's ``mlp_layer``. Top-K V-MoE is three small pieces: ``router`` (TopKRo
 all experts at once; ``sparse_moe`` (SparseMoE) strings them together. ``soft_moe`` and
 ``expert_choice`` are the baselines' layers, built from the same experts; ``moe_base`` holds what the layers
 share (the routing record ``RoutingInfo``, the capacity state of ``CapacityMoE``).
+``graph_tools``: for torch.fx the MoE layers are leaf modules, TorchScript is refused with a clear message.
 """
 from .router import RouterOutput, TopKRouter, resolve_noise_std
 from .dispatch import assign_slots, check_capacity, expert_capacity
@@ -15,6 +16,9 @@ from .sparse_moe import SparseMoE
 from .soft_moe import SoftMoE, SoftMoERouter, soft_moe_slots
 from .expert_choice import ExpertChoiceMoE, expert_choice_capacity, expert_choice_select
 from . import losses
+from .graph_tools import register_graph_tools
+
+register_graph_tools(SparseMoE, SoftMoE, ExpertChoiceMoE)
 
 __all__ = [
     'RouterOutput', 'TopKRouter', 'resolve_noise_std', 'assign_slots', 'check_capacity', 'expert_capacity',

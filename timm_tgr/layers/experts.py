@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .precision import autocast_dtype
+
 __all__ = [
     'EXPERT_IMPLS', 'GroupedExperts', 'bmm_linear', 'grouped_mm_available', 'grouped_mm_linear', 'grouped_mm_op',
     'jagged_linear',
@@ -43,17 +45,6 @@ def grouped_mm_op() -> Optional[Callable]:
     if op is None and hasattr(torch, '_grouped_mm') and torch.__version__ >= '2.9':
         op = torch._grouped_mm
     return op
-
-
-def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
-    """The autocast dtype for ``device_type`` if autocast is on there, else None (torch >= 2.4 API)."""
-    try:
-        if torch.is_autocast_enabled(device_type):
-            return torch.get_autocast_dtype(device_type)
-    except TypeError:  # older torch: no device_type argument
-        if device_type == 'cuda' and torch.is_autocast_enabled():
-            return torch.get_autocast_gpu_dtype()
-    return None
 
 
 class _ContiguousGrad(torch.autograd.Function):
@@ -82,7 +73,7 @@ def grouped_mm_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     the matmul. Under ``torch.compile`` fp32 operands take :func:`bmm_linear` instead (torch's meta
     kernel for ``_grouped_mm`` accepts only bf16/fp16).
     """
-    dtype = _autocast_dtype(x.device.type) or x.dtype
+    dtype = autocast_dtype(x.device.type) or x.dtype
     if dtype not in (torch.bfloat16, torch.float16) and torch.compiler.is_compiling():
         return bmm_linear(x, weight, bias)
     out = torch._grouped_mm(x.to(dtype), weight.to(dtype).transpose(1, 2))
@@ -199,17 +190,17 @@ class GroupedExperts(nn.Module):
         """The compute dtype of :meth:`forward_jagged` on ``x``, or None where it cannot run.
 
         It cannot without :func:`grouped_mm_op`, for dtypes other than fp32/bf16/fp16, for ``dim`` or
-        ``hidden_dim`` whose rows are not 16-byte aligned in that dtype, and under ``torch.compile`` in fp32
-        (torch's meta kernel of the grouped matmul accepts only bf16/fp16).
+        ``hidden_dim`` whose rows are not 16-byte aligned in that dtype, and under ``torch.compile`` or on the
+        ``meta`` device in fp32 (torch's meta kernel of the grouped matmul accepts only bf16/fp16).
         """
-        dtype = _autocast_dtype(x.device.type) or x.dtype
+        dtype = autocast_dtype(x.device.type) or x.dtype
         if grouped_mm_op() is None or dtype not in _GROUPED_MM_DTYPES:
             return None
         hidden_dim, dim = self.fc1_weight.shape[1:]
         align = 128 // torch.finfo(dtype).bits  # elements per 16 bytes
         if dim % align or hidden_dim % align:
             return None
-        if dtype == torch.float32 and torch.compiler.is_compiling():
+        if dtype == torch.float32 and (torch.compiler.is_compiling() or x.device.type == 'meta'):
             return None
         return dtype
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .precision import autocast_off
 from .checks import check_count, check_weight
 
 __all__ = ['RouterOutput', 'TopKRouter', 'resolve_noise_std']
@@ -89,7 +90,7 @@ class TopKRouter(nn.Module):
 
     def compute_logits(self, x: torch.Tensor) -> torch.Tensor:
         """fp32 logits ``[..., E]``, with autocast disabled so bf16/fp16 never reaches the router."""
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with autocast_off(x.device.type):
             return F.linear(x.float(), self.proj.weight.float())
 
     def route(self, logits: torch.Tensor, choice_probs: Optional[torch.Tensor] = None) -> RouterOutput:

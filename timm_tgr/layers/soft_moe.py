@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from .checks import check_count
 from .experts import GroupedExperts
 from .moe_base import RoutingInfo, check_mlp_replacement
+from .precision import autocast_off
 
 __all__ = ['SoftMoE', 'SoftMoERouter', 'soft_moe_slots']
 
@@ -100,7 +101,7 @@ class SoftMoERouter(nn.Module):
 
     def compute_logits(self, x: torch.Tensor) -> torch.Tensor:
         """fp32 slot logits ``[B, N, E*p]``."""
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with autocast_off(x.device.type):
             x = x.float()
             phi = self.slot_embed.float()
             if self.normalize:

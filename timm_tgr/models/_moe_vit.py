@@ -19,6 +19,7 @@ from timm.layers import Mlp, to_2tuple
 from timm.models.vision_transformer import Block
 
 from ..layers import RoutingInfo, SparseMoE
+from ..layers.graph_tools import refuse_torchscript
 
 __all__ = ['PAPER_MOE_LAYERS', 'MoEBlock', 'MoEVisionTransformerMixin', 'moe_layer_args', 'vit_num_tokens']
 
@@ -172,8 +173,15 @@ class MoEVisionTransformerMixin:
         for i, moe in self.get_moe_layers().items():
             moe.routing_override = probs.get(i)
 
+    # TorchScript is not supported: torch.jit.script stops here with a message that says so
+    __prepare_scriptable__ = refuse_torchscript
+
     # --- input checks ------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> None:
+        """Shape checks of the images, with a message that names the fix; skipped while torch.fx traces (``x`` is
+        a Proxy there, whose shape is not known)."""
+        if isinstance(x, torch.fx.Proxy):
+            return
         if x.ndim != 4:
             raise ValueError(f'{type(self).__name__} expects images as [B, C, H, W], got shape {tuple(x.shape)}.')
         if x.shape[1] != self.in_chans:

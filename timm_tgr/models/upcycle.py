@@ -215,7 +215,7 @@ def _check_layout(sd: Dict[str, torch.Tensor], model: nn.Module, name: str) -> N
         f'{py}{deit3} (train_tgr.py: --model-kwargs {cli}).')
 
 
-def _note_resampling(sd: Dict[str, torch.Tensor], model: nn.Module) -> None:
+def _note_resampling(sd: Dict[str, torch.Tensor], model: nn.Module, adapt_in_chans: bool = True) -> None:
     """Log what timm's checkpoint filter resamples or adapts: another patch size, grid (image size) or channels."""
     w = sd.get('patch_embed.proj.weight')
     own = model.patch_embed.proj.weight
@@ -229,7 +229,7 @@ def _note_resampling(sd: Dict[str, torch.Tensor], model: nn.Module) -> None:
         grid, size = tuple(model.patch_embed.grid_size), tuple(model.patch_embed.img_size)
         notes.append(f'{pos.shape[1]} -> {own_pos.shape[1]} position embeddings (resampled to the {grid} patch grid '
                      f'of image size {size})')
-    if w.shape[1] != own.shape[1]:
+    if w.shape[1] != own.shape[1] and adapt_in_chans:
         notes.append(f'{w.shape[1]} -> {own.shape[1]} input channels (first conv adapted as timm\'s pretrained '
                      f'loading does)')
     if notes:
@@ -295,6 +295,7 @@ def upcycle_dense_state_dict(
         expert_scale: Optional[float] = None,
         router_logit_std: float = UPCYCLE_ROUTER_LOGIT_STD,
         seed: int = 0,
+        adapt_in_chans: bool = True,
 ) -> Dict[str, torch.Tensor]:
     """A dense timm ViT / DeiT state_dict made into one for ``model`` (a V-MoE / TGR-MoE DeiT) by sparse upcycling.
 
@@ -306,14 +307,16 @@ def upcycle_dense_state_dict(
         expert_scale: factor on every expert's fc2 weight and bias; None = E/K (function-preserving at gates 1/E).
         router_logit_std: per-token std of the initial router logits (0 = zero router: every token ties on expert 0).
         seed: seed of the router init.
+        adapt_in_chans: adapt the first conv to the model's ``in_chans`` (timm's ``adapt_input_conv``); False leaves
+            it as in the checkpoint, for timm's pretrained loading, which adapts it itself after the filter.
     """
     sd = _unwrap(state_dict)
     layers = _moe_layers(model)
     _check_fits(sd, model)
-    _note_resampling(sd, model)
+    _note_resampling(sd, model, adapt_in_chans)
     sd = dict(checkpoint_filter_fn(sd, model, adapt_layer_scale=True))
     w, own = sd.get('patch_embed.proj.weight'), model.patch_embed.proj.weight
-    if w is not None and w.ndim == 4 and w.shape[1] != own.shape[1]:
+    if adapt_in_chans and w is not None and w.ndim == 4 and w.shape[1] != own.shape[1]:
         sd['patch_embed.proj.weight'] = adapt_input_conv(own.shape[1], w)
     generator = torch.Generator().manual_seed(seed)
     for i, moe in layers.items():
@@ -325,9 +328,15 @@ def upcycle_dense_state_dict(
 
 
 def upcycle_checkpoint_filter_fn(state_dict: Dict, model: nn.Module) -> Dict[str, torch.Tensor]:
-    """``pretrained_filter_fn`` of the V-MoE DeiT models: upcycles a dense checkpoint, gives others to timm's."""
+    """``pretrained_filter_fn`` of the V-MoE DeiT models: upcycles a dense checkpoint, gives others to timm's.
+
+    The first conv keeps the checkpoint's channels: timm's pretrained loading adapts it to the model's ``in_chans``
+    after the filter, and says so ("Converted input conv ... from 3 to N channel(s)"). Adapted here, timm would
+    adapt it again (timm 1.0.29: a no-op for 1 channel, random init for others) or log that the weights "already
+    match ... Loading unchanged" (1.0.31), which is not what happened.
+    """
     if is_dense_state_dict(state_dict):
-        return upcycle_dense_state_dict(state_dict, model)
+        return upcycle_dense_state_dict(state_dict, model, adapt_in_chans=False)
     return checkpoint_filter_fn(state_dict, model)
 
 

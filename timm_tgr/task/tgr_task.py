@@ -38,6 +38,7 @@ from timm.utils import unwrap_model
 from timm.utils.model_ema import ModelEmaV3
 
 from ..layers.checks import check_weight
+from .param_groups import student_task_group_matcher
 from .schedule import DistillSchedule
 from .teacher import RoutingTeacher, TeacherGuidance
 from .teacher_router import check_teacher_router_state, routing_distillation_loss, teacher_router_loss, teacher_routers
@@ -66,6 +67,10 @@ class TGRTrainableModule(nn.Module):
         student = unwrap_model(self.student)
         nwd = student.no_weight_decay() if hasattr(student, 'no_weight_decay') else set()
         return {'student.' + n for n in nwd}
+
+    def group_matcher(self, coarse: bool = False):
+        """``--layer-decay`` groups: the student's own; the teacher routers in the last (head's) group."""
+        return student_task_group_matcher(self.student, coarse)
 
     def forward(self, x: torch.Tensor, teacher_features: Mapping[str, torch.Tensor],
                 route_with_teacher: bool = False):

@@ -1,10 +1,12 @@
-"""timm's own ``train.py`` with the plugin: ``python train.py --device-modules timm_tgr --model ...``.
+"""timm's own ``train.py`` with the plugin: ``python train.py --device-modules timm_tgr.timm_train_hook --model ...``.
 
 timm's train.py picks its task itself: ``ClassificationTask(model=..., criterion=...)``, or a
 distillation task with ``--kd-model-name``. Those tasks know nothing of MoE auxiliary losses or
 teacher guidance, so a timm_tgr model trained by them would silently lose both. ``--device-modules``
-imports ``timm_tgr`` inside train.py's ``main()`` before the task is created; at that import
-:func:`install` replaces the task names in train.py's namespace (``__main__``) with MoE-aware ones:
+imports :mod:`timm_tgr.timm_train_hook` inside train.py's ``main()`` before the task is created; at that import
+:func:`install` replaces the task names in train.py's namespace (``__main__``) with MoE-aware ones
+(``import timm_tgr`` alone changes nothing; the deprecated ``--device-modules timm_tgr`` still installs, with a
+warning, until 0.2: :func:`install_for_legacy_device_modules`):
 
 - ``ClassificationTask(model, ...)`` -> :func:`create_task`: timm's ``ClassificationTask`` for dense
   models (unchanged behaviour), :class:`~timm_tgr.task.vmoe_task.VMoETask` for timm_tgr MoE models (adds
@@ -47,6 +49,7 @@ The MoE load loss is computed on each process's own batch (as V-MoE does per dev
 """
 import logging
 import sys
+import warnings
 from typing import Any, Dict, Optional
 
 import torch.nn as nn
@@ -59,7 +62,8 @@ _logger = logging.getLogger(__name__)
 
 __all__ = [
     'GUIDANCE_KEYS', 'check_guidance_cfg', 'pop_guidance_kwargs', 'model_guidance_cfg', 'guidance_config',
-    'create_task', 'moe_aware_kd_task', 'install', 'is_timm_train',
+    'create_task', 'moe_aware_kd_task', 'install', 'is_timm_train', 'install_into_timm_train',
+    'install_for_legacy_device_modules', 'LEGACY_HOOK_MESSAGE',
 ]
 
 GUIDANCE_KEYS = {
@@ -215,10 +219,45 @@ def install(namespace: Dict[str, Any]) -> bool:
     return True
 
 
+def _timm_train_namespace() -> Optional[Dict[str, Any]]:
+    namespace = getattr(sys.modules.get('__main__'), '__dict__', None)
+    return namespace if namespace is not None and is_timm_train(namespace) else None
+
+
 def install_into_timm_train() -> bool:
-    """Called on ``import timm_tgr``: installs only when ``__main__`` is timm's train.py."""
-    main = sys.modules.get('__main__')
-    namespace = getattr(main, '__dict__', None)
-    if namespace is None or not is_timm_train(namespace):
+    """What importing :mod:`timm_tgr.timm_train_hook` does: installs only when ``__main__`` is timm's train.py."""
+    namespace = _timm_train_namespace()
+    return namespace is not None and install(namespace)
+
+
+LEGACY_HOOK_MESSAGE = (
+    "'--device-modules timm_tgr' is deprecated: name the train.py hook, '--device-modules timm_tgr.timm_train_hook' "
+    "(from timm_tgr 0.2 'import timm_tgr' will only register the models, leaving train.py's tasks unchanged).")
+
+
+def _import_module_name() -> Optional[str]:
+    """The ``name`` of the ``importlib.import_module(name)`` call running now, if any (train.py imports its
+    ``--device-modules`` that way)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == 'import_module' and frame.f_globals.get('__name__') == 'importlib':
+            return frame.f_locals.get('name')
+        frame = frame.f_back
+    return None
+
+
+def install_for_legacy_device_modules() -> bool:
+    """Called on ``import timm_tgr``: the deprecated ``--device-modules timm_tgr`` keeps working for one release.
+
+    Only when that import is train.py's ``importlib.import_module('timm_tgr')`` of its ``--device-modules``
+    (``__main__`` is timm's train.py) are the tasks installed, with a DeprecationWarning and a logged warning; any
+    other ``import timm_tgr`` (a plain import statement, or the hook module's) changes nothing.
+    """
+    if _import_module_name() != 'timm_tgr':
         return False
+    namespace = _timm_train_namespace()
+    if namespace is None:
+        return False
+    warnings.warn(LEGACY_HOOK_MESSAGE, DeprecationWarning, stacklevel=2)
+    _logger.warning(LEGACY_HOOK_MESSAGE)
     return install(namespace)
