@@ -533,7 +533,8 @@ def tgr_overhead(rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
         budget = v[0]['step_ms'] + te[0]['step_ms']
         out.append({
             'size': t['size'], 'num_experts': t['num_experts'], 'expert_impl': t['expert_impl'],
-            'moe_path': t.get('moe_path'), 'compile': t['compile'], 'row': row_key(t), 'tgr_step_ms': t['step_ms'], 'vmoe_step_ms': v[0]['step_ms'],
+            'moe_path': t.get('moe_path'), 'compile': t['compile'], 'row': row_key(t), 'tgr_step_ms': t['step_ms'],
+            'vmoe_step_ms': v[0]['step_ms'],
             'teacher_forward_ms': te[0]['step_ms'], 'ratio': t['step_ms'] / budget, 'goal_max': TGR_GOAL,
         })
     return out
