@@ -25,8 +25,8 @@ timeout keeps what was measured), plus the study's ``study_estimate.json``, ``st
 to ``--work-dir``.
 
 ``--dry-run`` runs the same code on the CPU with tiny sizes (batch 4, 32x32 images, fp32, one thread, Tiny's eager
-goal rows only, no compile, the study with ``--quick`` on one seed) in about a minute; its numbers mean nothing, and its goal verdicts are
-computed only to exercise the code (``goals_meaningful: false``).
+goal rows only, no compile, the study with ``--quick`` on one seed) in about a minute; its numbers mean nothing,
+and its goal verdicts are computed only to exercise the code (``goals_meaningful: false``).
 
     python benchmarks/gpu_check.py --out /tmp/gpu_check --fmnist-gz data/fashion-mnist-gz   # on the GPU
     python benchmarks/gpu_check.py --dry-run --out /tmp/gpu_check_dry                        # CPU, ~1 min
@@ -34,7 +34,6 @@ computed only to exercise the code (``goals_meaningful: false``).
 import argparse
 import datetime
 import importlib.util
-import json
 import os
 import shutil
 import signal
@@ -52,6 +51,9 @@ ROOT = os.path.dirname(BENCH_DIR)
 for _p in (BENCH_DIR, ROOT):  # run from a checkout without installing: harness/ and timm_tgr/ importable
     if _p not in sys.path:
         sys.path.insert(0, _p)
+
+from harness.files import read_json as _read_json, write_json  # noqa: E402
+from harness.runner import child_env as _child_env  # noqa: E402
 
 SCHEMA = 'timm_tgr.benchmarks.gpu_check/1'
 SECTIONS = ('pytest', 'throughput', 'deepspeed', 'study')
@@ -73,6 +75,11 @@ THROUGHPUT = {
     'dry': dict(device='cpu', amp_dtype='float32', batch_size=4, img_size=32, steps=1, repeats=1, warmup=1,
                 compile_warmup=1, eager_guess_s=3., compile_guess_s=60., max_profiles=1, threads=1),
 }
+
+
+# what throughput.py's Bench and run_row take from its arguments (its grid flags do not apply here)
+SETTINGS = ('device', 'amp_dtype', 'batch_size', 'img_size', 'num_classes', 'steps', 'warmup', 'repeats', 'teacher',
+            'compile_mode', 'lr', 'fused_adamw', 'seed')
 
 
 def _row(size, variant, phase, compiled, path=None, impl=None):
@@ -110,27 +117,17 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def write_json(path: str, data) -> None:
-    """Write atomically: a reader (or a kill) never sees half a file."""
-    tmp = path + '.part'
-    with open(tmp, 'w') as f:
-        json.dump(data, f, indent=1, default=str)
-        f.write('\n')
-    os.replace(tmp, path)
-
-
 def read_json(path: str):
+    """The file's JSON, or None when it is not there (yet) or unreadable."""
     try:
-        with open(path) as f:
-            return json.load(f)
+        return _read_json(path)
     except (OSError, ValueError):
         return None
 
 
 def child_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-    env = dict(os.environ)
-    env['PYTHONPATH'] = ROOT + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
-    env['PYTHONUNBUFFERED'] = '1'
+    """The study runs' environment (this checkout first on PYTHONPATH, unbuffered output), plus ``extra``."""
+    env = _child_env()
     env.update(extra or {})
     return env
 
@@ -292,8 +289,8 @@ class ThroughputRun:
         self.walls: Dict[str, List[float]] = {'eager': [], 'compile': []}
         self.section = {
             'status': 'running', 'started': _now(), 'environment': tp.environment(self.device),
-            'settings': {k: v for k, v in vars(self.args).items() if k not in ('out', 'compile_flag', 'row_specs')},
-            'compile_warmup': c['compile_warmup'], 'memory_metric': self.bench.memory_metric,
+            'settings': dict({k: getattr(self.args, k) for k in SETTINGS}, compile_warmup=c['compile_warmup']),
+            'memory_metric': self.bench.memory_metric,
             'goals_meaningful': not dry_run and self.bench.cuda,
             'rows': self.rows, 'skipped': [], 'errors': [], 'profiles': [],
             'tgr_overhead': [], 'dropless': [], 'goals': [],
@@ -360,14 +357,16 @@ class ThroughputRun:
                 continue
             self.args.warmup = self.cfg['compile_warmup'] if spec['compile'] else self.cfg['warmup']
             t0 = time.monotonic()
+            row = None
             try:
                 row = tp.run_row(bench, spec['size'], spec['variant'], spec['phase'], spec['compile'],
                                  spec['num_experts'], spec['expert_impl'], spec['moe_path'], after=self.after)
-            except Exception as e:
-                bench.clear()
+            except Exception as e:  # e.g. out of memory, or a path torch.compile rejects: the next rows still run
                 self.section['errors'].append(dict(spec, error=f'{type(e).__name__}: {e}',
                                                    traceback=traceback.format_exc()[-2000:]))
                 print(f"  row failed: {spec}: {type(e).__name__}: {e}", flush=True)
+            if row is None:
+                bench.clear()  # out of the except block: its traceback no longer holds the row's tensors
             else:
                 row['wall_s'] = round(time.monotonic() - t0, 2)
                 tp.print_row(tp.add_row(self.rows, row))
