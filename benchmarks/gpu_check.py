@@ -450,7 +450,9 @@ def section_study(ctx: 'Context', deadline: float) -> dict:
     budget = round(0.85 * (left - STUDY_OVERHEAD_S[ctx.mode]), 1)
     if budget <= 0:
         return dict(out, status='skipped', reason=f'{left:.0f} s left: too little for the study')
-    # 1. the estimate decides the epochs
+    # 1. the estimate decides the epochs (never an older one left in a reused --work-dir)
+    if os.path.isfile(os.path.join(output, 'estimate.json')):
+        os.remove(os.path.join(output, 'estimate.json'))
     steps = ['--estimate-steps', '1'] if ctx.dry_run else []
     est_run = run_child(base + ['--estimate-only', '--budget-s', str(budget)] + steps, left,
                         env, os.path.join(ctx.work, 'study-estimate.log'), 'study')
