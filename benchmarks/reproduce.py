@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                         'epochs, batch 16, and without --data-dir a synthetic Fashion-MNIST-format set (64 train / '
                         '32 test images): checks the pipeline, the numbers mean nothing')
     p.add_argument('--estimate-only', action='store_true', help='print the time estimate and stop (trains nothing)')
+    p.add_argument('--budget-s', type=float, default=None,
+                   help="wall seconds the estimate is judged against, and for which it suggests --epochs when the "
+                        "study does not fit (default: the tier's budget)")
     p.add_argument('--estimate-steps', type=int, default=3, help='timed training steps per model kind (default 3)')
     p.add_argument('--report-only', action='store_true',
                    help='train nothing: rebuild results.md/csv/json and the plots from the runs in --output')
@@ -204,7 +207,8 @@ def _data_dir(args) -> bool:
 def _estimate(args, plan: Plan, runs, device: str, tier: Tier) -> dict:
     from timm_tgr.data import prepare_fashion_mnist
     prepare_fashion_mnist(args.data_dir)  # the estimate reads the split sizes; train_tgr.py would do it anyway
-    est = estimate_study(plan, runs, device, steps=args.estimate_steps, budget_s=tier.budget_s)
+    budget_s = args.budget_s if args.budget_s is not None else tier.budget_s
+    est = estimate_study(plan, runs, device, steps=args.estimate_steps, budget_s=budget_s)
     print(format_estimate(est, tier), flush=True)
     write_json(os.path.join(args.output, 'estimate.json'), est)
     return est

@@ -409,7 +409,10 @@ def _build_model(bench: Bench, size: str, variant: str, num_experts: Optional[in
 
 def run_row(bench: Bench, size: str, variant: str, phase: str, compiled: bool,
             num_experts: Optional[int] = None, impl: Optional[str] = None,
-            path: Optional[str] = None) -> Dict[str, object]:
+            path: Optional[str] = None,
+            after: Optional[Callable[[Dict[str, object], Callable[[], None]], None]] = None) -> Dict[str, object]:
+    """Build and time one row. ``after(row, step)``, if given, is called once the row is timed, while its model and
+    step still exist (e.g. to profile one more step without building or compiling again)."""
     args, dev = bench.args, bench.device
     bench.clear()
     torch.manual_seed(args.seed)
@@ -466,6 +469,8 @@ def run_row(bench: Bench, size: str, variant: str, phase: str, compiled: bool,
         'size': size, 'variant': variant, 'model': name, 'num_experts': num_experts, 'expert_impl': impl,
         'moe_path': path, 'teacher': teacher, 'phase': phase, 'compile': compiled, **result, 'ratio_to_dense': None,
     }
+    if after is not None:
+        after(row, step)
     del model, step
     bench.clear()
     return row
@@ -492,8 +497,28 @@ def _header(bench: Bench) -> None:
 
 
 # --- goals ---------------------------------------------------------------------------------------
+ROW_KEYS = ('size', 'variant', 'phase', 'num_experts', 'expert_impl', 'moe_path', 'compile')
+
+
 def _find(rows, **kw):
     return [r for r in rows if all(r.get(k) == v for k, v in kw.items())]
+
+
+def row_key(row: Dict[str, object]) -> Dict[str, object]:
+    """What identifies a row (``_find(rows, **row_key(row))`` finds it again)."""
+    return {k: row.get(k) for k in ROW_KEYS}
+
+
+def add_row(rows: List[Dict[str, object]], row: Dict[str, object]) -> Dict[str, object]:
+    """Append ``row`` with its ratio to the dense row of the same size, phase and mode (img/s over dense img/s;
+    1.0 for dense itself, None for the teacher or without a dense row)."""
+    dense = _find(rows, variant='dense', size=row['size'], phase=row['phase'], compile=row['compile'])
+    if row['variant'] == 'dense':
+        row['ratio_to_dense'] = 1.0
+    elif dense and row['variant'] in ('vmoe', 'tgr', 'upcycled'):
+        row['ratio_to_dense'] = row['img_per_s'] / dense[0]['img_per_s']
+    rows.append(row)
+    return row
 
 
 def tgr_overhead(rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
@@ -508,7 +533,8 @@ def tgr_overhead(rows: List[Dict[str, object]]) -> List[Dict[str, object]]:
         budget = v[0]['step_ms'] + te[0]['step_ms']
         out.append({
             'size': t['size'], 'num_experts': t['num_experts'], 'expert_impl': t['expert_impl'],
-            'compile': t['compile'], 'tgr_step_ms': t['step_ms'], 'vmoe_step_ms': v[0]['step_ms'],
+            'moe_path': t.get('moe_path'), 'compile': t['compile'], 'row': row_key(t), 'tgr_step_ms': t['step_ms'],
+            'vmoe_step_ms': v[0]['step_ms'],
             'teacher_forward_ms': te[0]['step_ms'], 'ratio': t['step_ms'] / budget, 'goal_max': TGR_GOAL,
         })
     return out
@@ -522,7 +548,7 @@ def dropless_comparisons(rows: List[Dict[str, object]]) -> List[Dict[str, object
         d = _find(rows, variant='dense', phase='infer', size=u['size'], compile=u['compile'])
         if d:
             out.append({'kind': 'upcycled_eval_vs_dense', 'size': u['size'], 'num_experts': u['num_experts'],
-                        'moe_path': u['moe_path'], 'compile': u['compile'], 'step_ms': u['step_ms'],
+                        'moe_path': u['moe_path'], 'compile': u['compile'], 'row': row_key(u), 'step_ms': u['step_ms'],
                         'baseline_step_ms': d[0]['step_ms'], 'ratio': u['step_ms'] / d[0]['step_ms'],
                         'goal_max': UPCYCLED_EVAL_GOAL if u['moe_path'] == 'dropless' else None})
     for r in [r for r in rows if r.get('moe_path') == 'dropless' and r['variant'] in ('vmoe', 'tgr')]:
@@ -531,7 +557,7 @@ def dropless_comparisons(rows: List[Dict[str, object]]) -> List[Dict[str, object
         if c:
             out.append({'kind': f"dropless_vs_capacity_{r['variant']}_{r['phase']}", 'size': r['size'],
                         'num_experts': r['num_experts'], 'moe_path': 'dropless', 'compile': r['compile'],
-                        'step_ms': r['step_ms'], 'baseline_step_ms': c[0]['step_ms'],
+                        'row': row_key(r), 'step_ms': r['step_ms'], 'baseline_step_ms': c[0]['step_ms'],
                         'ratio': r['step_ms'] / c[0]['step_ms'],
                         'goal_max': DROPLESS_TRAIN_GOAL if r['phase'] == 'train' else None})
     return out
@@ -541,37 +567,41 @@ def evaluate_goals(rows, overheads, on_cuda: bool, comparisons=()) -> List[Dict[
     """The GPU goals (judged on CUDA only) and the dropless targets of ``comparisons`` (judged on every device)."""
     goals = []
 
-    def add(name, value, threshold, higher_is_better=True, any_device=False):
+    def add(name, value, threshold, row, higher_is_better=True, any_device=False):
         ok, evaluated = None, on_cuda or any_device
         if evaluated and value is not None:
             ok = value >= threshold if higher_is_better else value <= threshold
         goals.append({'goal': name, 'value': value, 'threshold': threshold,
-                      'direction': '>=' if higher_is_better else '<=', 'evaluated': evaluated, 'pass': ok})
+                      'direction': '>=' if higher_is_better else '<=', 'evaluated': evaluated, 'pass': ok,
+                      'row': row})
+
+    def impl(r):  # the dropless path runs the jagged grouped matmul whatever the capacity path's impl
+        return 'dropless' if r.get('moe_path') == 'dropless' else r['expert_impl']
 
     for r in _find(rows, variant='vmoe', phase='train'):
         mode = 'compiled' if r['compile'] else 'eager'
         key = (r['size'], r['num_experts'])
-        tag = f"vmoe_deit_{r['size']} E={r['num_experts']} [{r['expert_impl']}] train {mode} / dense"
+        tag = f"vmoe_deit_{r['size']} E={r['num_experts']} [{impl(r)}] train {mode} / dense"
         if key in TRAIN_GOALS:
-            add(tag, r['ratio_to_dense'], TRAIN_GOALS[key])
+            add(tag, r['ratio_to_dense'], TRAIN_GOALS[key], row_key(r))
         if r['num_experts'] == 128:
-            add(tag, r['ratio_to_dense'], TRAIN_GOAL_E128)
+            add(tag, r['ratio_to_dense'], TRAIN_GOAL_E128, row_key(r))
     for r in _find(rows, variant='vmoe', phase='infer'):
         if r['num_experts'] == PAPER_EXPERTS[r['size']]:
             mode = 'compiled' if r['compile'] else 'eager'
-            add(f"vmoe_deit_{r['size']} E={r['num_experts']} [{r['expert_impl']}] infer {mode} / dense",
-                r['ratio_to_dense'], INFER_GOAL)
+            add(f"vmoe_deit_{r['size']} E={r['num_experts']} [{impl(r)}] infer {mode} / dense",
+                r['ratio_to_dense'], INFER_GOAL, row_key(r))
     for o in overheads:
         mode = 'compiled' if o['compile'] else 'eager'
-        add(f"tgr_moe_deit_{o['size']} E={o['num_experts']} [{o['expert_impl']}] {mode}: "
-            f"TGR step / (V-MoE step + teacher fwd)", o['ratio'], TGR_GOAL, higher_is_better=False)
+        add(f"tgr_moe_deit_{o['size']} E={o['num_experts']} [{impl(o)}] {mode}: "
+            f"TGR step / (V-MoE step + teacher fwd)", o['ratio'], TGR_GOAL, o.get('row'), higher_is_better=False)
     for c in comparisons:
         if c['goal_max'] is None:
             continue
         mode = 'compiled' if c['compile'] else 'eager'
         what = ('upcycled eval time / dense deit_{size}' if c['kind'] == 'upcycled_eval_vs_dense' else
                 'dropless train step / capacity cf 1.05').format(size=c['size'])
-        add(f"vmoe_deit_{c['size']} E={c['num_experts']} {mode}: {what}", c['ratio'], c['goal_max'],
+        add(f"vmoe_deit_{c['size']} E={c['num_experts']} {mode}: {what}", c['ratio'], c['goal_max'], c.get('row'),
             higher_is_better=False, any_device=True)
     return goals
 
@@ -618,13 +648,7 @@ def _run_rows(args: argparse.Namespace, bench: Bench) -> List[Dict[str, object]]
     rows: List[Dict[str, object]] = []
 
     def record(row):
-        dense = _find(rows, variant='dense', size=row['size'], phase=row['phase'], compile=row['compile'])
-        if row['variant'] == 'dense':
-            row['ratio_to_dense'] = 1.0
-        elif dense and row['variant'] in ('vmoe', 'tgr', 'upcycled'):
-            row['ratio_to_dense'] = row['img_per_s'] / dense[0]['img_per_s']
-        rows.append(row)
-        print_row(row)
+        print_row(add_row(rows, row))
 
     if args.row_specs is not None:
         for mode in args.compile_modes:

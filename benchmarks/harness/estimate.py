@@ -151,6 +151,23 @@ def _time_kinds(plan, runs: List[dict], left: Dict[str, int], device: str, steps
     return kinds, run_kind, name
 
 
+def fit_epochs(runs: List[dict], per_epoch: Dict[str, float], done: Dict[str, int], startup: float, jobs: int,
+               budget_s: float, epochs: int, teacher_epochs: int) -> Optional[dict]:
+    """The most student epochs below ``epochs`` (teacher epochs scaled alike, at least 1) whose schedule
+    (:func:`simulate`, each run ``startup + epochs still to train x per_epoch``) fits ``budget_s``:
+    ``{'epochs', 'teacher_epochs', 'scheduled_s'}``, or None when not even 1 epoch does."""
+    for e in range(epochs - 1, 0, -1):
+        te = max(1, round(teacher_epochs * e / epochs))
+        seconds = {}
+        for r in runs:
+            n = max(0, (te if r['kind'] == 'teacher' else e) - done[r['name']])
+            seconds[r['name']] = startup + n * per_epoch[r['name']] if n else 0.
+        scheduled = simulate(runs, seconds, jobs)
+        if scheduled <= budget_s:
+            return {'epochs': e, 'teacher_epochs': te, 'scheduled_s': scheduled}
+    return None
+
+
 def estimate_study(plan, runs: List[dict], device: str, steps: int = 3, budget_s=None) -> dict:
     """Time each model kind, then the study's serial and scheduled seconds (see the module docstring)."""
     sizes = _dataset_sizes(plan.args.data_dir)
@@ -160,8 +177,9 @@ def estimate_study(plan, runs: List[dict], device: str, steps: int = 3, budget_s
         left[run['name']] = 0 if st['complete'] else run['epochs'] - min(st['contiguous'], run['epochs'])
     kinds, run_kind, name = _time_kinds(plan, runs, left, device, steps)
     startup = startup_seconds(device, plan.threads) if plan.jobs > 1 and any(left.values()) else 0.
-    seconds = {r['name']: startup + run_seconds(r, kinds[run_kind[r['name']]], sizes, left[r['name']])
-               if left[r['name']] else 0. for r in runs}
+    per_epoch = {r['name']: run_seconds(r, kinds[run_kind[r['name']]], sizes, 1) if left[r['name']] else 0.
+                 for r in runs}
+    seconds = {r['name']: startup + left[r['name']] * per_epoch[r['name']] if left[r['name']] else 0. for r in runs}
     scheduled = simulate(runs, seconds, plan.jobs)
     est = {'device': device, 'device_name': name, 'jobs': plan.jobs, 'threads_per_job': plan.threads,
            'steps_timed': steps, 'dataset_sizes': sizes, 'step_times': kinds, 'startup_s_per_run': startup,
@@ -169,10 +187,10 @@ def estimate_study(plan, runs: List[dict], device: str, steps: int = 3, budget_s
            'run_seconds': seconds, 'serial_s': sum(seconds.values()), 'scheduled_s': scheduled, 'budget_s': budget_s,
            'fits': None if budget_s is None else scheduled <= budget_s,
            'not_counted': 'data loading, checkpoint writing' + ('' if startup else ', process start-up')}
-    if budget_s and scheduled > budget_s:  # time grows about linearly with epochs: scale both down
-        f = budget_s / scheduled
-        epochs, teacher_epochs = int(plan.epochs * f), int(plan.teacher_epochs * f)
-        est['suggested'] = {'epochs': epochs, 'teacher_epochs': teacher_epochs} if epochs and teacher_epochs else None
+    if budget_s and scheduled > budget_s:  # fewer epochs: the same per-epoch times and start-up, scheduled again
+        done = {r['name']: r['epochs'] - left[r['name']] for r in runs}
+        est['suggested'] = fit_epochs(runs, per_epoch, done, startup, plan.jobs, budget_s, plan.epochs,
+                                      plan.teacher_epochs)
     return est
 
 

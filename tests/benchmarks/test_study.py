@@ -137,6 +137,22 @@ def test_schedule_replays_the_runner_policy(bench):
         simulate([dict(name='A', teacher='X')], {'A': 1.}, 2)
 
 
+
+def test_fit_epochs_cuts_epochs_until_the_schedule_fits(bench):
+    """Teacher T (10 s/epoch), students A, B after it (5 s/epoch each), 2 jobs, 2 s start-up per run, 12 epochs:
+    at e student epochs and te = round(e / 2) teacher epochs the schedule is (2 + 10 te) + (2 + 5 e)."""
+    fit = bench.estimate.fit_epochs
+    runs = [dict(name='T', kind='teacher'), dict(name='A', kind='student', teacher='T'),
+            dict(name='B', kind='student', teacher='T')]
+    per_epoch, none_done = {'T': 10., 'A': 5., 'B': 5.}, {'T': 0, 'A': 0, 'B': 0}
+    # e=6, te=3: 32 + 32 = 64 > 60; e=5, te=2 (round(2.5) is 2): 22 + 27 = 49
+    assert fit(runs, per_epoch, none_done, 2., 2, 60., 12, 6) == {'epochs': 5, 'teacher_epochs': 2,
+                                                                   'scheduled_s': 49.}
+    # a teacher already trained for 3 epochs costs nothing at te <= 3: e=11 (te=6: 3 more) is 32 + 57 > 60, e=10
+    # (te=5: 2 more) is 22 + 52 > 60, e=9 (te=4: 1 more) is 12 + 47 = 59
+    assert fit(runs, per_epoch, dict(none_done, T=3), 2., 2, 60., 12, 6)['epochs'] == 9
+    assert fit(runs, per_epoch, none_done, 2., 2, 10., 12, 6) is None  # not even one epoch: 12 + 7 > 10
+
 def test_runner_resumes_from_the_newest_checkpoint_before_the_missing_rows(bench, tmp_path):
     """A save that failed after its metrics row was written leaves rows 0..k and checkpoints up to k-1: the runner
     resumes from the newest checkpoint before the first missing row instead of training from scratch."""
