@@ -212,7 +212,7 @@ def test_fine_tuning_defaults_of_upcycled_weights(tmp_path, monkeypatch):
     model = timm.create_model('tgr_moe_deit_tiny', **kw)  # the study's choice: V-MoE's code's noise 1/E
     for m in model.get_moe_layers().values():
         assert m.router.noise_std == 1 / 8 and m.capacity_factor == 1.05 and m.eval_capacity_factor == 8
-    monkeypatch.setattr(vmoe_deit, 'UPCYCLED_FINETUNE_DEFAULTS', {})
+    monkeypatch.setattr(vmoe_deit, 'UPCYCLED_FINETUNE_DEFAULTS', {'router_noise_std': 1.0})
     model = timm.create_model('tgr_moe_deit_tiny', **kw)
     assert all(m.router.noise_std == 1.0 and m.capacity_factor == 1.05 for m in model.get_moe_layers().values())
     monkeypatch.setattr(vmoe_deit, 'UPCYCLED_FINETUNE_DEFAULTS',
@@ -222,9 +222,9 @@ def test_fine_tuning_defaults_of_upcycled_weights(tmp_path, monkeypatch):
         assert m.router.noise_std == 1 / 8 and m.capacity_factor == 'dropless' and m.eval_capacity_factor == 8
     model = timm.create_model('tgr_moe_deit_tiny', router_noise_std=0.5, capacity_factor=1.25, **kw)
     assert all(m.router.noise_std == 0.5 and m.capacity_factor == 1.25 for m in model.get_moe_layers().values())
-    # from scratch, nothing changes
+    # from scratch, nothing changes: the layer's own defaults (V-MoE's code: noise 1/E)
     model = timm.create_model('tgr_moe_deit_tiny', **dict(SMALL_KW, num_experts=8))
-    assert all(m.router.noise_std == 1.0 and m.capacity_factor == 1.05 for m in model.get_moe_layers().values())
+    assert all(m.router.noise_std == 1 / 8 and m.capacity_factor == 1.05 for m in model.get_moe_layers().values())
 
 
 def test_upcycle_from_files(tmp_path):

@@ -71,7 +71,9 @@ def test_shipped_config_trains_an_epoch_on_synthetic_data(name, image_folder, fa
             write_class_subset(str(tmp_path / 'data'), data, list(range(10 - args.num_classes, 10)))
         tiny += ['--data-dir', data]
     else:  # ImageNet / CIFAR-100 recipes: a 3-class image folder at 32x32
-        tiny += ['--dataset', '', '--data-dir', image_folder, '--num-classes', '3', '--img-size', '32']
+        # the folder's validation split is 'validation'; the recipe may name another (CIFAR-100: test)
+        tiny += ['--dataset', '', '--data-dir', image_folder, '--num-classes', '3', '--img-size', '32',
+                 '--val-split', 'validation']
     if args.teacher not in (None, 'none'):
         tiny += ['--no-teacher-pretrained']
     result = train_main(tiny)
@@ -191,11 +193,14 @@ def test_ddp_two_processes_match_one_process(image_folder, tmp_path):
     """2 gloo processes x batch 12 == 1 process x batch 24 on the same global batches.
 
     One full-dataset batch per step makes the global batch identical whatever the sampler's order;
-    router noise and the per-process load-balancing losses are off, so every logged loss must agree.
+    router noise and the per-process load-balancing losses are off, and each image is its own routing group (groups
+    of 8 images would differ between 24 images in one process and 12 in each of two), so every logged loss must
+    agree.
     """
     args = TINY + ['--data-dir', image_folder, '--epochs', '2', '--output', str(tmp_path), '--probe-samples', '0',
                    '--model-kwargs', 'embed_dim=32', 'num_heads=2', 'patch_size=4', 'num_experts=4',
-                   'router_noise_std=0.0', 'load_loss_weight=0.0', '--teacher-load-weight', '0', '--smoothing', '0',
+                   'router_noise_std=0.0', 'load_loss_weight=0.0', 'capacity_group=sample',
+                   '--teacher-load-weight', '0', '--smoothing', '0',
                    '--hflip', '0', '--scale', '1', '1', '--ratio', '1', '1', '-vb', '6', '--no-plot']
     single = train_main(args + ['-b', '24', '--experiment', 'single'])
     env = dict(os.environ, OMP_NUM_THREADS='1', MASTER_ADDR='127.0.0.1')
