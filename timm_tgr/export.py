@@ -37,6 +37,7 @@ import torch.nn as nn
 from timm.models import push_to_hf_hub, save_for_hf
 from timm.models._hub import generate_readme  # the model card writer of push_to_hf_hub (not in timm.models)
 
+from .models import moe_model
 from .models._factory import load_student
 from .utils.checkpoint import (
     RUN_CHECKPOINTS, NonFiniteError, describe_weights, read_checkpoint, student_state_dict, write_error,
@@ -136,7 +137,7 @@ def _model_stats(model: nn.Module) -> Dict[str, Any]:
     c, h, w = model.pretrained_cfg['input_size']
     stats = {'Params (M)': f'{sum(p.numel() for p in model.parameters()) / 1e6:.2f}'}
     stats.update({'Image size': f'{h} x {w}', 'Input channels': c, 'Classes': model.num_classes})
-    moe = model.get_moe_layers() if hasattr(model, 'get_moe_layers') else {}
+    moe = model.get_moe_layers() if moe_model(model) is not None else {}
     if moe:
         stats.update({
             'Experts (E)': getattr(model, 'num_experts', '-'), 'Top-K': getattr(model, 'top_k', '-'),
