@@ -23,12 +23,12 @@ import torch.nn as nn
 from timm.utils import AverageMeter, accuracy, dispatch_clip_grad, is_primary, reduce_tensor, unwrap_model
 
 from ..models import moe_model
-from ..task import RoutingStats
+from ..task.metrics import RoutingStats
 
 __all__ = ['train_one_epoch', 'validate', 'reduce_routing_stats', 'set_epoch', 'FiniteGuard', 'TrainingDiverged',
            'check_eval_finite']
 
-_logger = logging.getLogger('train_tgr')
+_logger = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):

@@ -34,7 +34,8 @@ from ..data import (
     check_device_data_args, check_mnist_files, prepare_fashion_mnist,
 )
 from ..models import upcycle_from
-from ..task import ConsistencyTracker, RouterFreezeSchedule, RoutingReference, default_teacher
+from ..task import RouterFreezeSchedule, default_teacher
+from ..task.metrics import ConsistencyTracker, RoutingReference
 from ..task.teacher import teacher_fixes
 from ..models import moe_model
 from ..task.factory import GuidanceConfig, create_training_task
@@ -53,7 +54,7 @@ __all__ = [
     'create_loaders', 'create_device_loaders', 'create_task', 'create_reference', 'create_optimization',
 ]
 
-_logger = logging.getLogger('train_tgr')
+_logger = logging.getLogger(__name__)
 
 _FASHION_MNIST = ('torch/fashion_mnist', 'torchvision/fashion_mnist')
 

@@ -60,7 +60,8 @@ def load_teacher_routing(loaded: LoadedModel, teacher_checkpoint: Optional[str] 
     The teacher is the run's (``teacher`` / ``teacher_kwargs`` / ``layer_map`` of its args), with the weights
     of ``teacher_checkpoint`` if given, else of the run's ``teacher_checkpoint``.
     """
-    from ..task import build_teacher, check_teacher_router_state
+    from ..task.teacher import build_teacher
+    from ..task.teacher_router import check_teacher_router_state
     state = loaded.task_state.get('teacher_routers')
     if not state:
         if teacher_checkpoint:
