@@ -109,7 +109,8 @@ def split_groups(x: torch.Tensor, images: int) -> List[torch.Tensor]:
     B = x.shape[0]
     full = B - B % images
     parts = [x[:full], x[full:]] if 0 < full < B else [x]
-    return [p.reshape(-1, min(images, p.shape[0]) * p.shape[1], *p.shape[2:]) for p in parts]
+    # an empty batch is no group of one image: [0, N, ...]
+    return [p.reshape(-1, max(min(images, p.shape[0]), 1) * p.shape[1], *p.shape[2:]) for p in parts]
 
 
 def capacity_groups(batch: int, tokens: int, capacity_group: CapacityGroup) -> Tuple[int, int]:
