@@ -9,7 +9,8 @@
 
 Where no choice can be dropped (``capacity_factor='dropless'``, or a capacity C >= S, e.g. the upcycled models'
 ``eval_capacity_factor=E/K``) the layer takes the dropless path instead: choices sorted by expert, one
-grouped matmul over groups of any size, no capacity buffer and no padding (:class:`~timm_tgr.layers.dispatch.SortedDispatcher`). It gives the capacity path's
+grouped matmul over groups of any size, no capacity buffer and no padding
+(:class:`~timm_tgr.layers.dispatch.SortedDispatcher`). It gives the capacity path's
 outputs (to float rounding) with E/(K*cf) times less expert compute than a C = S buffer; on a torch without
 a jagged grouped matmul (:func:`~timm_tgr.layers.experts.grouped_mm_op`) the capacity path runs with C = S.
 

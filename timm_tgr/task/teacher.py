@@ -278,7 +278,8 @@ class FeatureTeacher(DistillationTeacher):
             ``forward_intermediates``.
         blocks: teacher block indices (0-based) whose outputs are needed.
 
-    The teacher is truncated after ``max(blocks)`` (later blocks, final norm and head are removed), kept in eval mode and has ``requires_grad=False`` everywhere.
+    The teacher is truncated after ``max(blocks)`` (later blocks, final norm and head are removed), kept in eval
+    mode and has ``requires_grad=False`` everywhere.
     Inputs normalized for the student are re-normalized for the teacher when their mean/std differ (timm's
     DistillationTeacher).
     """
