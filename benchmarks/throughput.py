@@ -66,7 +66,7 @@ from harness.env import cpu_model_name  # noqa: E402
 
 import timm  # noqa: E402
 import timm_tgr  # noqa: E402,F401  (registers the models)
-from timm_tgr.task.teacher import RoutingTeacher, default_teacher  # noqa: E402
+from timm_tgr.task.teacher import FeatureTeacher, build_teacher, default_teacher  # noqa: E402
 from timm_tgr.layers import SparseMoE  # noqa: E402
 from timm_tgr.layers.experts import EXPERT_IMPLS, GroupedExperts  # noqa: E402
 from timm_tgr.models import upcycle_dense_state_dict, upcycled_eval_capacity_factor  # noqa: E402
@@ -400,8 +400,8 @@ def _build_model(bench: Bench, size: str, variant: str, num_experts: Optional[in
     elif variant == 'teacher':
         teacher = _teacher_name(args, size)
         name = teacher
-        model = RoutingTeacher(teacher, blocks=PAPER_MOE_LAYERS, pretrained=False, img_size=args.img_size,
-                               device=dev).to(dev)
+        model = FeatureTeacher(build_teacher(teacher, pretrained=False, img_size=args.img_size),
+                               blocks=PAPER_MOE_LAYERS, device=dev).to(dev)
     else:
         raise ValueError(variant)
     return name, model, teacher

@@ -355,8 +355,7 @@ def _environment(argv: List[str], device: str) -> dict:
 
 
 def _prepare(args) -> None:
-    from timm_tgr.data import prepare_fashion_mnist
-    from timm_tgr.data.idx import write_synthetic_fashion_mnist
+    from timm_tgr.data import prepare_fashion_mnist, write_synthetic_fashion_mnist
     if args.quick:
         args.data_dir = write_synthetic_fashion_mnist(args.data_dir or os.path.join(args.output, 'data'), 64, 32)
         args.dense_epochs = args.finetune_epochs = args.scratch_epochs = 1

@@ -37,19 +37,20 @@ import torch.nn as nn
 from timm.models import push_to_hf_hub, save_for_hf
 from timm.models._hub import generate_readme  # the model card writer of push_to_hf_hub (not in timm.models)
 
+from .models import moe_model
 from .models._factory import load_student
 from .utils.checkpoint import (
-    RUN_CHECKPOINTS, NonFiniteError, describe_weights, read_checkpoint, student_state_dict, write_error,
+    RUN_CHECKPOINTS, NonFiniteError, describe_weights, student_state_dict, write_error,
 )
 from .utils.cli import ArgumentParser, ParseKwargs
 from .utils.metrics_log import metrics_row, read_metrics
 
 __all__ = [
-    'load_checkpoint_file', 'student_state_dict', 'read_metrics', 'make_model_card', 'export_checkpoint',
+    'student_state_dict', 'read_metrics', 'make_model_card', 'export_checkpoint',
     'checkpoint_of', 'EXPORT_FILES', 'TGR_CITATION', 'CARD_PICTURE',
 ]
 
-_logger = logging.getLogger(__name__)
+_logger = logging.getLogger('timm_tgr.export')  # not __name__: run as __main__ by python -m
 
 TGR_CITATION = """@inproceedings{tgrmoe2026,
   title     = {Teacher-Guided Routing for Sparse Vision Mixture-of-Experts},
@@ -72,12 +73,6 @@ _RECIPE_PREFIXES = ('tgr', 'teacher', 'distill', 'routing', 'stablemoe', 'moe_')
 _NOT_RECIPE = {'teacher_checkpoint', 'teacher_routers_from', 'teacher_routers'}  # local paths stay out of the card
 _READERS = ('torch/', 'hfds/', 'hfids/', 'tfds/', 'wds/')  # timm dataset reader prefixes
 CARD_PICTURE = 'routing_class_expert.png'  # the model card's class-by-expert heatmap, next to README.md
-
-
-def load_checkpoint_file(path: Union[str, Path], trust_checkpoint: bool = False) -> Any:
-    """A training checkpoint or a bare state_dict, read on the CPU by
-    :func:`timm_tgr.utils.checkpoint.read_checkpoint`."""
-    return read_checkpoint(path, trust_checkpoint=trust_checkpoint)
 
 
 EXPORT_FILES = ('model.safetensors', 'config.json', 'README.md')
@@ -136,7 +131,7 @@ def _model_stats(model: nn.Module) -> Dict[str, Any]:
     c, h, w = model.pretrained_cfg['input_size']
     stats = {'Params (M)': f'{sum(p.numel() for p in model.parameters()) / 1e6:.2f}'}
     stats.update({'Image size': f'{h} x {w}', 'Input channels': c, 'Classes': model.num_classes})
-    moe = model.get_moe_layers() if hasattr(model, 'get_moe_layers') else {}
+    moe = model.get_moe_layers() if moe_model(model) is not None else {}
     if moe:
         stats.update({
             'Experts (E)': getattr(model, 'num_experts', '-'), 'Top-K': getattr(model, 'top_k', '-'),

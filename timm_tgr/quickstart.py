@@ -27,7 +27,7 @@ import torch
 
 from .utils.cli import ArgumentParser
 
-_logger = logging.getLogger('timm_tgr.quickstart')
+_logger = logging.getLogger('timm_tgr.quickstart')  # not __name__: run as __main__ by python -m
 
 RECIPES = ('quick', 'full')
 
@@ -47,8 +47,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--output', default='output/quickstart', help='runs, checkpoints and export go here')
     p.add_argument('--no-download', action='store_true',
                    help='never download Fashion-MNIST (default: torchvision downloads it when no local copy exists)')
-    p.add_argument('--dataset-download', action='store_true',
-                   help='accepted for compatibility: downloading is already the default')
     p.add_argument('--device', default=None, help='cuda / cpu (default: cuda if available)')
     p.add_argument('--teacher-epochs', type=int, default=None, help='override the recipe\'s teacher epochs')
     p.add_argument('--epochs', type=int, default=None, help='override the recipe\'s student epochs')
@@ -107,8 +105,6 @@ def main(argv: Optional[List[str]] = None) -> dict:
     setup_default_logging()
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.no_download and args.dataset_download:
-        raise SystemExit('--no-download and --dataset-download contradict each other: pass one of them.')
     _check_output(parser, args.output)  # before the data: nothing is fetched for a run that would be refused
     source = prepare_fashion_mnist(args.data_dir, download=not args.no_download)
     _logger.info(f'Fashion-MNIST in {args.data_dir} (from {source})')

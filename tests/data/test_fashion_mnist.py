@@ -52,7 +52,4 @@ def test_quickstart_downloads_by_default_and_not_with_no_download(tmp_path, no_l
     with pytest.raises(FileNotFoundError) as e:
         quickstart.main(['--data-dir', str(tmp_path / 'data'), '--output', out, '--no-download'])
     assert str(e.value).startswith('Fashion-MNIST not found in')  # no download was tried
-    with pytest.raises(SystemExit, match='contradict'):
-        quickstart.main(['--data-dir', str(tmp_path / 'data'), '--output', out, '--no-download',
-                         '--dataset-download'])
     assert not os.path.exists(os.path.join(out, 'teacher'))  # nothing trained

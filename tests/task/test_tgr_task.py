@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from timm_tgr.task.teacher import RoutingTeacher, default_teacher, resolve_layer_map
+from timm_tgr.task.teacher import FeatureTeacher, build_teacher, default_teacher, resolve_layer_map
 from timm_tgr.task.tgr_task import TGRTask
 from timm_tgr.task.vmoe_task import VMoETask
 
@@ -214,7 +214,7 @@ def test_teacher_input_renormalized():
     x_teacher = (x * std + mean - 0.5) / 0.5
     ref = task.teacher.model.forward_intermediates(x_teacher, indices=[11], output_fmt='NLC',
                                                    return_prefix_tokens=True, intermediates_only=True)[0]
-    torch.testing.assert_close(feats['11'], torch.cat([ref[1], ref[0]], 1))
+    torch.testing.assert_close(feats[11], torch.cat([ref[1], ref[0]], 1))
 
 
 def test_teacher_checkpoint_brings_its_input_normalization(tmp_path):
@@ -239,7 +239,7 @@ def test_teacher_checkpoint_brings_its_input_normalization(tmp_path):
 
 
 def test_teacher_checkpoint_has_one_meaning_for_every_caller(tmp_path):
-    """TGRTask's teacher_pretrained_path and RoutingTeacher's pretrained_path load as build_teacher's checkpoint:
+    """TGRTask's teacher_pretrained_path loads as build_teacher's checkpoint:
     strictly, with the run's mean/std; a checkpoint of another architecture fails naming the kwargs."""
     import argparse
     dense = timm.create_model('test_vit', img_size=32)  # timm's 6-block test ViT, patch 16
@@ -250,10 +250,12 @@ def test_teacher_checkpoint_has_one_meaning_for_every_caller(tmp_path):
     assert (cfg['mean'], cfg['std']) == ((0.25,) * 3, (0.5,) * 3)
     for k, v in task.teacher.model.state_dict().items():
         assert torch.equal(v, dense.state_dict()[k]), k
-    teacher = RoutingTeacher('test_vit', blocks=[5], pretrained_path=str(path), img_size=32)
+    teacher = FeatureTeacher(build_teacher('test_vit', checkpoint=str(path), img_size=32), blocks=[5])
     assert teacher.model.pretrained_cfg['mean'] == (0.25,) * 3
     with pytest.raises(RuntimeError, match=r"does not fit 'test_vit' built with .*pos_embed.*Pass the architecture"):
-        RoutingTeacher('test_vit', blocks=[5], pretrained_path=str(path))  # img_size 160, not 32
+        build_teacher('test_vit', checkpoint=str(path))  # img_size 160, not 32
+    with pytest.raises(TypeError, match='takes the built teacher'):
+        FeatureTeacher('test_vit', blocks=[5])
 
 
 def test_named_teacher_follows_the_student_image_size():
@@ -290,8 +292,8 @@ def test_distilled_student_gets_teacher_class_token_on_both_prefix_tokens():
     task = TGRTask(student, tiny_teacher())
     x, y = _batch()
     feats = task.teacher_features(x)
-    assert feats['7'].shape[1] == 2 + 4
-    torch.testing.assert_close(feats['7'][:, 0], feats['7'][:, 1])
+    assert feats[7].shape[1] == 2 + 4
+    torch.testing.assert_close(feats[7][:, 0], feats[7][:, 1])
     assert torch.isfinite(task(x, y)['loss'])
 
 
@@ -456,7 +458,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match='mode'):
         TGRTask(tiny_student(), tiny_teacher(), mode='teacher')
     with pytest.raises(FileNotFoundError, match='does not exist'):
-        RoutingTeacher('deit3_small_patch16_224', blocks=[7], pretrained_path='/nonexistent.pth')
+        build_teacher('deit3_small_patch16_224', checkpoint='/nonexistent.pth')
     # loss weights are checked before the teacher is built (which may download it)
     for kwargs, match in ((dict(distill_weight=-5.), 'distill_weight must be >= 0 and finite'),
                           (dict(teacher_load_weight=float('nan')), 'teacher_load_weight must be >= 0 and finite'),

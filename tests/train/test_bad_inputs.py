@@ -285,7 +285,7 @@ def test_a_kill_during_the_last_epochs_model_best_save_is_completed_on_resume(im
     assert torch.load(out / 'last.pth.tar', weights_only=False)['epoch'] == 1
     assert torch.load(out / 'model_best.pth.tar', weights_only=False)['epoch'] == 0  # stale: epoch 1 is the best
     assert [p.name for p in out.iterdir() if p.name.endswith('.tmp')]
-    with caplog.at_level('INFO', logger='train_tgr'):
+    with caplog.at_level('INFO', logger='timm_tgr'):
         result = train_main(TINY + ['--data-dir', image_folder, '--epochs', '2', '--resume', str(out / 'last.pth.tar')])
     assert torch.load(out / 'model_best.pth.tar', weights_only=False)['epoch'] == 1
     assert not [p.name for p in out.iterdir() if p.name.endswith('.tmp')]

@@ -22,14 +22,16 @@ import shutil
 import zlib
 from typing import Optional
 
-from .idx import check_idx_size, read_idx
+import numpy as np
 
-__all__ = ['FASHION_MNIST_FILES', 'DEBIAN_FASHION_MNIST_DIR', 'prepare_fashion_mnist', 'FASHION_MNIST_MEAN',
-           'FASHION_MNIST_STD', 'MNIST_FOLDERS', 'check_mnist_files']
+from .idx import check_idx_size, read_idx, write_idx
+
+__all__ = ['FASHION_MNIST_FILES', 'prepare_fashion_mnist', 'FASHION_MNIST_MEAN', 'FASHION_MNIST_STD', 'MNIST_FOLDERS',
+           'check_mnist_files', 'write_synthetic_fashion_mnist']
 
 FASHION_MNIST_FILES = (
     'train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
-DEBIAN_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
+DEBIAN_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'  # searched by prepare_fashion_mnist, not public API
 # per-channel statistics of the 60k training images (pixel / 255)
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
@@ -140,3 +142,20 @@ def check_mnist_files(root: str, folder: str = 'FashionMNIST', num_classes: Opti
             raise ValueError(
                 f'{labels_path} has labels {int(labels.min())}..{high}, but the model is built for --num-classes '
                 f'{num_classes} (labels 0..{num_classes - 1}): pass --num-classes {high + 1}, or fix the labels.')
+
+
+def write_synthetic_fashion_mnist(root: str, n_train: int = 64, n_test: int = 32, seed: int = 0) -> str:
+    """A tiny Fashion-MNIST-format set (idx files in ``<root>/FashionMNIST/raw``) whose classes differ in
+    brightness, for smoke tests. ``timm``'s ``torch/fashion_mnist`` reads it like the real one.
+    Existing files are kept (returns ``root`` either way)."""
+    raw = os.path.join(root, 'FashionMNIST', 'raw')
+    if all(os.path.isfile(os.path.join(raw, f)) for f in FASHION_MNIST_FILES):
+        return root
+    os.makedirs(raw, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for split, n in (('train', n_train), ('t10k', n_test)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 50, (n, 28, 28)) + labels[:, None, None] * 20
+        write_idx(os.path.join(raw, f'{split}-images-idx3-ubyte'), images.astype(np.uint8))
+        write_idx(os.path.join(raw, f'{split}-labels-idx1-ubyte'), labels.astype(np.uint8))
+    return root

@@ -12,7 +12,7 @@ from typing import Tuple
 
 import numpy as np
 
-__all__ = ['read_idx', 'read_idx_shape', 'check_idx_size', 'write_idx', 'write_synthetic_fashion_mnist']
+__all__ = ['read_idx', 'read_idx_shape', 'check_idx_size', 'write_idx']
 
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype('>i2'), 0x0C: np.dtype('>i4'),
               0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8')}
@@ -99,21 +99,3 @@ def write_idx(path: str, array: np.ndarray) -> None:
     with open(tmp, 'wb') as f:
         f.write(header + array.tobytes())
     os.replace(tmp, path)
-
-
-def write_synthetic_fashion_mnist(root: str, n_train: int = 64, n_test: int = 32, seed: int = 0) -> str:
-    """A tiny Fashion-MNIST-format set (idx files in ``<root>/FashionMNIST/raw``) whose classes differ in
-    brightness, for smoke tests. ``timm``'s ``torch/fashion_mnist`` reads it like the real one.
-    Existing files are kept (returns ``root`` either way)."""
-    from .fashion_mnist import FASHION_MNIST_FILES
-    raw = os.path.join(root, 'FashionMNIST', 'raw')
-    if all(os.path.isfile(os.path.join(raw, f)) for f in FASHION_MNIST_FILES):
-        return root
-    os.makedirs(raw, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for split, n in (('train', n_train), ('t10k', n_test)):
-        labels = np.arange(n) % 10
-        images = rng.integers(0, 50, (n, 28, 28)) + labels[:, None, None] * 20
-        write_idx(os.path.join(raw, f'{split}-images-idx3-ubyte'), images.astype(np.uint8))
-        write_idx(os.path.join(raw, f'{split}-labels-idx1-ubyte'), labels.astype(np.uint8))
-    return root

@@ -18,15 +18,21 @@ The steps, each a function here:
 - :func:`dispatch_tokens` / :func:`combine_outputs`: copy tokens into the ``[E, G*C, D]`` expert
   buffer and sum the gated expert outputs back per token.
 
+:class:`CapacityDispatcher` strings them into ``dispatch(...) -> (tokens, metadata)`` and
+``combine(expert_out, metadata)``, the protocol of every dispatcher here (:class:`TokenDispatcher`).
+
 Where no choice can be dropped (C >= S: an expert can take every token of a group; or the factor :data:`DROPLESS`)
 the dropless path needs no buffer at all (MegaBlocks' idea): :func:`sort_by_expert` orders all B*N*K choices by
 expert, the experts run on those rows as groups of any size (``GroupedExperts.forward_jagged``), and
-:func:`combine_sorted` sums the gated outputs back per token.
+:func:`combine_sorted` sums the gated outputs back per token: :class:`SortedDispatcher`.
+
+Expert-Choice routing (each expert picks its C tokens of a group) fills the same ``[E, G*C, D]`` buffer from the
+experts' side: :class:`ExpertChoiceDispatcher`.
 
 None of them loops over experts in Python or reads a tensor value on the host.
 """
 import math
-from typing import List, Tuple, Union
+from typing import List, NamedTuple, Tuple, Union
 
 import torch
 
@@ -36,6 +42,7 @@ __all__ = [
     'CAPACITY_GROUPS', 'DROPLESS', 'check_capacity', 'check_capacity_group', 'group_images', 'split_groups',
     'capacity_groups', 'expert_capacity', 'assign_slots', 'slot_index',
     'dispatch_tokens', 'combine_outputs', 'kept_counts', 'sort_by_expert', 'combine_sorted',
+    'TokenDispatcher', 'CapacityDispatcher', 'SortedDispatcher', 'ExpertChoiceDispatcher',
 ]
 
 CAPACITY_GROUPS = ('sample', 'batch')  # besides a number of images per group
@@ -102,7 +109,8 @@ def split_groups(x: torch.Tensor, images: int) -> List[torch.Tensor]:
     B = x.shape[0]
     full = B - B % images
     parts = [x[:full], x[full:]] if 0 < full < B else [x]
-    return [p.reshape(-1, max(min(images, p.shape[0]), 1) * p.shape[1], *p.shape[2:]) for p in parts]  # B=0: G=0
+    # an empty batch is no group of one image: [0, N, ...]
+    return [p.reshape(-1, max(min(images, p.shape[0]), 1) * p.shape[1], *p.shape[2:]) for p in parts]
 
 
 def capacity_groups(batch: int, tokens: int, capacity_group: CapacityGroup) -> Tuple[int, int]:
@@ -234,3 +242,112 @@ def combine_sorted(expert_out: torch.Tensor, order: torch.Tensor, gates: torch.T
     if K == 1:  # nothing to sum: skip a copy
         return out.view(*gates.shape[:-1], D)
     return out.view(*gates.shape[:-1], K, D).sum(dim=-2)
+
+
+class TokenDispatcher:
+    """Where the tokens of a routing decision go, and how the experts' outputs come back.
+
+    ``dispatch(x, ...) -> (tokens, metadata)`` lays the tokens out for the experts; ``combine(expert_out,
+    metadata)`` weights the experts' outputs and sums them back per token. A dispatcher holds no tensors:
+    everything one forward needs between the two calls is in the metadata. The metadata of a token-choice
+    dispatcher also has ``kept`` (``[..., K]`` bool: the choice reached its expert) and ``counts`` (``[E]`` int64
+    choices each expert processed), for the routing record.
+    """
+
+    def __init__(self, num_experts: int):
+        self.num_experts = num_experts
+
+    def dispatch(self, x: torch.Tensor, *args, **kwargs):
+        raise NotImplementedError
+
+    def combine(self, expert_out: torch.Tensor, metadata) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(num_experts={self.num_experts})'
+
+
+class CapacityDispatch(NamedTuple):
+    """:class:`CapacityDispatcher`'s metadata: buffer slots ``[G*S*K]``, combine weights (gates, zero where
+    dropped) ``[G, S, K]``, ``kept`` ``[G, S, K]`` and ``counts`` ``[E]``."""
+    slot: torch.Tensor
+    weights: torch.Tensor
+    kept: torch.Tensor
+    counts: torch.Tensor
+
+
+class CapacityDispatcher(TokenDispatcher):
+    """Top-K choices of routing groups into capacity-limited expert buffers ``[E, G*C, D]`` (V-MoE)."""
+
+    def dispatch(self, x: torch.Tensor, expert_index: torch.Tensor, gates: torch.Tensor, capacity: int,
+                 batch_prioritized: bool = False) -> Tuple[torch.Tensor, CapacityDispatch]:
+        """``x`` ``[G, S, D]``, ``expert_index`` / ``gates`` ``[G, S, K]``, C -> ``([E, G*C, D], metadata)``."""
+        E = self.num_experts
+        position = assign_slots(expert_index, gates, E, batch_prioritized)
+        kept = position < capacity
+        slot = slot_index(expert_index, position, kept, capacity, E)
+        meta = CapacityDispatch(slot, gates * kept, kept, kept_counts(expert_index, kept, E))
+        return dispatch_tokens(x, slot, E, capacity), meta
+
+    def combine(self, expert_out: torch.Tensor, metadata: CapacityDispatch) -> torch.Tensor:
+        """``[E, G*C, D]`` expert outputs -> ``[G, S, D]``: each token's gated sum over its kept choices."""
+        return combine_outputs(expert_out, metadata.slot, metadata.weights)
+
+
+class SortedDispatch(NamedTuple):
+    """:class:`SortedDispatcher`'s metadata: the sort ``order`` ``[T]``, each row's expert ``row_expert`` ``[T]``,
+    the ``gates`` ``[..., K]``, ``kept`` (all True) and ``counts`` ``[E]`` (the rows of each expert)."""
+    order: torch.Tensor
+    row_expert: torch.Tensor
+    gates: torch.Tensor
+    kept: torch.Tensor
+    counts: torch.Tensor
+
+
+class SortedDispatcher(TokenDispatcher):
+    """Dropless: every top-K choice as one row, rows sorted by expert, for experts that run on groups of any
+    size (``GroupedExperts.forward_jagged(tokens, metadata.counts, metadata.row_expert)``)."""
+
+    def dispatch(self, x: torch.Tensor, expert_index: torch.Tensor,
+                 gates: torch.Tensor) -> Tuple[torch.Tensor, SortedDispatch]:
+        """``x`` ``[..., D]``, ``expert_index`` / ``gates`` ``[..., K]`` -> ``(rows [T, D], metadata)``."""
+        K = expert_index.shape[-1]
+        order, counts = sort_by_expert(expert_index, self.num_experts)
+        rows = x.reshape(-1, x.shape[-1]).index_select(0, torch.div(order, K, rounding_mode='floor'))
+        row_expert = expert_index.reshape(-1).index_select(0, order)
+        kept = torch.ones_like(expert_index, dtype=torch.bool)
+        return rows, SortedDispatch(order, row_expert, gates, kept, counts)
+
+    def combine(self, expert_out: torch.Tensor, metadata: SortedDispatch) -> torch.Tensor:
+        """``[T, D]`` outputs in sorted order -> ``[..., D]``: each token's gated sum over its K choices."""
+        return combine_sorted(expert_out, metadata.order, metadata.gates)
+
+
+class ExpertChoiceDispatch(NamedTuple):
+    """:class:`ExpertChoiceDispatcher`'s metadata: the token of every buffer slot ``[E*G*C]`` (flat over the
+    groups' tokens), its weight ``[E*G*C]`` and the number of tokens ``G*S``."""
+    token_of_slot: torch.Tensor
+    weights: torch.Tensor
+    num_tokens: int
+
+
+class ExpertChoiceDispatcher(TokenDispatcher):
+    """Each expert's chosen tokens of each routing group into an expert buffer ``[E, G*C, D]`` (Expert-Choice)."""
+
+    def dispatch(self, x: torch.Tensor, token_index: torch.Tensor,
+                 weights: torch.Tensor) -> Tuple[torch.Tensor, ExpertChoiceDispatch]:
+        """``x`` ``[G, S, D]``; ``token_index`` / ``weights`` ``[G, E, C]`` (the group positions of the tokens each
+        expert takes, and their combine weights) -> ``([E, G*C, D], metadata)``."""
+        G, S, D = x.shape
+        E, C = token_index.shape[1:]
+        group_base = (torch.arange(G, device=x.device) * S).view(G, 1, 1)
+        token_of_slot = (token_index + group_base).transpose(0, 1).reshape(-1)  # expert-major, as the buffer
+        tokens = x.reshape(G * S, D).index_select(0, token_of_slot).view(E, G * C, D)
+        return tokens, ExpertChoiceDispatch(token_of_slot, weights.transpose(0, 1).reshape(-1), G * S)
+
+    def combine(self, expert_out: torch.Tensor, metadata: ExpertChoiceDispatch) -> torch.Tensor:
+        """``[E, G*C, D]`` -> ``[G*S, D]``: every token's weighted sum over the experts that took it (zero for a
+        token none took)."""
+        D = expert_out.shape[-1]
+        weighted = expert_out.reshape(-1, D) * metadata.weights.unsqueeze(-1).to(expert_out.dtype)
+        return expert_out.new_zeros(metadata.num_tokens, D).index_add(0, metadata.token_of_slot, weighted)

@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 
 from .checks import check_count, check_weight
-from .dispatch import capacity_groups
+from .dispatch import ExpertChoiceDispatcher, capacity_groups
 from .experts import GroupedExperts
 from .losses import router_z_loss
 from .moe_base import CapacityMoE, RoutingInfo, check_mlp_replacement
@@ -114,11 +114,12 @@ class ExpertChoiceMoE(CapacityMoE):
         self.router = TopKRouter(in_features, num_experts, top_k=1, noise_std=router_noise_std, **dd)
         self.experts = GroupedExperts(
             num_experts, in_features, hidden_features or in_features, act_layer=act_layer, bias=bias, drop=drop, **dd)
+        self.dispatcher = ExpertChoiceDispatcher(self.num_experts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3:
             raise ValueError(f'ExpertChoiceMoE expects tokens as [B, N, C], got shape {tuple(x.shape)}.')
-        route = self.router.route(self.router.compute_logits(x.detach() if self.detach_router_input else x))
+        route = self.router.route(self.router.compute_logits(self.router_input(x)))
         scores = self._choice_scores(route)
         out, chosen, per_expert = self._dispatch_combine(x, scores)
         self.routing = self._routing_info(route.logits, route.probs, scores, chosen, per_expert)
@@ -147,14 +148,8 @@ class ExpertChoiceMoE(CapacityMoE):
         capacity = expert_choice_capacity(S, E, self.current_capacity_factor())
         weights, token_index = expert_choice_select(scores.reshape(G, S, E), capacity)  # [G, E, C]
 
-        # gather each expert's tokens: [G, E, C, D] -> expert-major [E, G*C, D]
-        flat_index = (token_index + (torch.arange(G, device=x.device) * S).view(G, 1, 1)).reshape(-1)
-        tokens = x.reshape(G * S, D).index_select(0, flat_index).view(G, E, capacity, D)
-        expert_out = self.experts(tokens.transpose(0, 1).reshape(E, G * capacity, D))
-        expert_out = expert_out.view(E, G, capacity, D).transpose(0, 1)  # [G, E, C, D]
-        weighted = expert_out * weights.unsqueeze(-1).to(expert_out.dtype)
-        out = expert_out.new_zeros(G * S, D).index_add(0, flat_index, weighted.reshape(-1, D))
-
+        tokens, meta = self.dispatcher.dispatch(x.reshape(G, S, D), token_index, weights)
+        out = self.dispatcher.combine(self.experts(tokens), meta)
         chosen = torch.zeros(G, E, S, dtype=torch.bool, device=x.device).scatter(
             2, token_index, torch.ones_like(token_index, dtype=torch.bool))
         return out.view(B, N, D), chosen.transpose(1, 2), G * capacity

@@ -161,7 +161,7 @@ class GroupedExperts(nn.Module):
 
     @property
     def impl(self) -> str:
-        return getattr(self, '_impl', 'bmm')  # modules pickled before ``impl`` existed use bmm
+        return self._impl
 
     @impl.setter
     def impl(self, impl: str) -> None:

@@ -5,9 +5,10 @@ take in its place, and the capacity state of the layers that route tokens under 
   (:class:`~timm_tgr.layers.sparse_moe.SparseMoE`, :class:`~timm_tgr.layers.soft_moe.SoftMoE`,
   :class:`~timm_tgr.layers.expert_choice.ExpertChoiceMoE`), for the losses and metrics.
 - :func:`check_mlp_replacement`: the argument checks of a layer that stands in for a timm ``Mlp``.
+- :class:`MoELayer`: the base of all three: the routing record and the state a model or a task sets between
+  forwards (``routing_override``, ``detach_gates``, ``detach_router_input``).
 - :class:`CapacityMoE`: the base of the layers with an expert capacity (top-K V-MoE and Expert-Choice): the
-  checked capacity factors of the training and eval modes, and the state a model or a task sets between forwards
-  (``routing_override``, ``detach_gates``).
+  checked capacity factors and routing groups of the training and eval modes.
 """
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -17,7 +18,7 @@ import torch.nn as nn
 
 from .dispatch import CapacityGroup, check_capacity, check_capacity_group
 
-__all__ = ['RoutingInfo', 'check_mlp_replacement', 'CapacityMoE']
+__all__ = ['RoutingInfo', 'check_mlp_replacement', 'MoELayer', 'CapacityMoE']
 
 
 def check_mlp_replacement(layer: str, extra: dict, in_features: int, out_features, norm_layer) -> None:
@@ -53,7 +54,44 @@ class RoutingInfo:
     aux_loss: torch.Tensor
 
 
-class CapacityMoE(nn.Module):
+class MoELayer(nn.Module):
+    """Base of the MoE layers: the routing record and the state a model or a task sets between forwards.
+
+    - ``routing_override``: a ``[B, N, E]`` probability tensor the layer routes by instead of its router (None:
+      the router); a layer with no choice to override names why in ``override_refused`` and refuses one;
+    - ``detach_gates``: True stops the task loss from reaching the router through the combine weights;
+    - ``detach_router_input``: True makes the router read its input without gradient, so losses on the router's
+      probabilities train the router's weights only (the teacher-route experiment: nothing of the student's
+      distillation loss flows back through the tokens into what routed them).
+
+    After every forward ``routing`` holds the layer's :class:`RoutingInfo`.
+    """
+
+    override_refused: Optional[str] = None  # why the layer takes no routing_override; None: it takes one
+
+    def __init__(self):
+        super().__init__()
+        self.routing: Optional[RoutingInfo] = None
+        self._routing_override: Optional[torch.Tensor] = None
+        self.detach_gates = False
+        self.detach_router_input = False
+
+    @property
+    def routing_override(self) -> Optional[torch.Tensor]:
+        return self._routing_override
+
+    @routing_override.setter
+    def routing_override(self, value: Optional[torch.Tensor]) -> None:
+        if value is not None and self.override_refused is not None:
+            raise ValueError(self.override_refused)
+        self._routing_override = value
+
+    def router_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the router reads: ``x``, without gradient when ``detach_router_input``."""
+        return x.detach() if self.detach_router_input else x
+
+
+class CapacityMoE(MoELayer):
     """Base of the MoE layers that route tokens under an expert capacity.
 
     Args:
@@ -62,16 +100,8 @@ class CapacityMoE(nn.Module):
             (in its messages), ``dropless`` whether it takes ``'dropless'`` (no capacity limit).
         eval_capacity_group: the routing group in eval mode (None: ``capacity_group``).
 
-    State a model or a task sets between forwards (the layer's forward reads it):
-
-    - ``routing_override``: a ``[B, N, E]`` probability tensor the layer routes by instead of its router (None:
-      the router);
-    - ``detach_gates``: True stops the task loss from reaching the router through the combine weights;
-    - ``detach_router_input``: True makes the router read its input without gradient, so losses on the router's
-      probabilities train the router's weights only (the teacher-route experiment: nothing of the student's
-      distillation loss flows back through the tokens into what routed them).
-
-    After every forward ``routing`` holds the layer's :class:`RoutingInfo`.
+    The routing state (``routing``, ``routing_override``, ``detach_gates``, ``detach_router_input``) is
+    :class:`MoELayer`'s.
     """
 
     def __init__(self, capacity_factor: Union[float, str, None], eval_capacity_factor: Union[float, str, None],
@@ -82,10 +112,6 @@ class CapacityMoE(nn.Module):
             capacity_factor, eval_capacity_factor, capacity_group, meaning, dropless=dropless)
         self.eval_capacity_group = (None if eval_capacity_group is None
                                     else check_capacity_group(eval_capacity_group, 'eval_capacity_group'))
-        self.routing: Optional[RoutingInfo] = None
-        self.routing_override: Optional[torch.Tensor] = None
-        self.detach_gates = False
-        self.detach_router_input = False
 
     def current_capacity_factor(self) -> Union[float, str]:
         """The capacity factor of the current mode: ``eval_capacity_factor`` in eval mode when set, else

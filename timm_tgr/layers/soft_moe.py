@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from .checks import check_count
 from .experts import GroupedExperts
-from .moe_base import RoutingInfo, check_mlp_replacement
+from .moe_base import MoELayer, RoutingInfo, check_mlp_replacement
 from .precision import autocast_off
 
 __all__ = ['SoftMoE', 'SoftMoERouter', 'soft_moe_slots']
@@ -113,7 +113,7 @@ class SoftMoERouter(nn.Module):
         return f'num_slots={self.num_slots}, normalize={self.normalize}'
 
 
-class SoftMoE(nn.Module):
+class SoftMoE(MoELayer):
     """Soft-MoE replacement for a transformer MLP, on any ``[B, N, C]`` tensor.
 
     Takes timm ``Mlp``'s arguments, so it can be a ViT block's ``mlp_layer``.
@@ -130,6 +130,10 @@ class SoftMoE(nn.Module):
     After every forward ``self.routing`` holds a :class:`~timm_tgr.layers.moe_base.RoutingInfo` (see the module
     docstring for what its fields mean here).
     """
+
+    override_refused = (
+        'Soft-MoE has no token-to-expert choice to override (every slot mixes all tokens): the '
+        'teacher-route experiment needs a top-K or Expert-Choice model.')
 
     def __init__(
             self,
@@ -159,26 +163,13 @@ class SoftMoE(nn.Module):
         self.router = SoftMoERouter(in_features, num_experts * self.slots_per_expert, normalize=normalize, **dd)
         self.experts = GroupedExperts(
             num_experts, in_features, hidden_features or in_features, act_layer=act_layer, bias=bias, drop=drop, **dd)
-        self.routing: Optional[RoutingInfo] = None
-        self.detach_gates = False
-
-    @property
-    def routing_override(self) -> None:
-        return None
-
-    @routing_override.setter
-    def routing_override(self, value: Optional[torch.Tensor]) -> None:
-        if value is not None:
-            raise ValueError(
-                'Soft-MoE has no token-to-expert choice to override (every slot mixes all tokens): the '
-                'teacher-route experiment needs a top-K or Expert-Choice model.')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3:
             raise ValueError(f'SoftMoE expects tokens as [B, N, C], got shape {tuple(x.shape)}.')
         B, N, D = x.shape
         E, P = self.num_experts, self.slots_per_expert
-        logits = self.router.compute_logits(x)  # [B, N, E*P] fp32
+        logits = self.router.compute_logits(self.router_input(x))  # [B, N, E*P] fp32
         mix_logits = logits.detach() if self.detach_gates else logits
         dispatch = torch.softmax(mix_logits, dim=1)  # over tokens
         combine = torch.softmax(mix_logits, dim=2)  # over slots

@@ -3,13 +3,14 @@
 :class:`SparseMoE` strings three small pieces together, each replaceable on its own:
 
 - :class:`~timm_tgr.layers.router.TopKRouter` picks K experts per token (fp32),
-- :mod:`~timm_tgr.layers.dispatch` turns the choices into expert-buffer slots under the capacity
-  limit and sums the gated outputs back,
+- a dispatcher of :mod:`~timm_tgr.layers.dispatch` (:class:`~timm_tgr.layers.dispatch.CapacityDispatcher`) turns
+  the choices into expert-buffer slots under the capacity limit and sums the gated outputs back,
 - :class:`~timm_tgr.layers.experts.GroupedExperts` runs all experts at once with batched matmuls.
 
 Where no choice can be dropped (``capacity_factor='dropless'``, or a capacity C >= S, e.g. the upcycled models'
 ``eval_capacity_factor=E/K``) the layer takes the dropless path instead: choices sorted by expert, one
-grouped matmul over groups of any size, no capacity buffer and no padding. It gives the capacity path's
+grouped matmul over groups of any size, no capacity buffer and no padding
+(:class:`~timm_tgr.layers.dispatch.SortedDispatcher`). It gives the capacity path's
 outputs (to float rounding) with E/(K*cf) times less expert compute than a C = S buffer; on a torch without
 a jagged grouped matmul (:func:`~timm_tgr.layers.experts.grouped_mm_op`) the capacity path runs with C = S.
 
@@ -25,8 +26,7 @@ import torch.nn as nn
 
 from .checks import check_weight
 from .dispatch import (
-    DROPLESS, CapacityGroup, assign_slots, combine_outputs, combine_sorted, dispatch_tokens, expert_capacity,
-    group_images, kept_counts, slot_index, sort_by_expert, split_groups,
+    DROPLESS, CapacityDispatcher, CapacityGroup, SortedDispatcher, expert_capacity, group_images, split_groups,
 )
 from .experts import GroupedExperts
 from .losses import importance_loss, noisy_load_loss, router_z_loss
@@ -114,64 +114,57 @@ class SparseMoE(CapacityMoE):
         self.router = TopKRouter(in_features, num_experts, top_k=top_k, noise_std=router_noise_std, **dd)
         self.experts = GroupedExperts(
             num_experts, in_features, hidden_features or in_features, act_layer=act_layer, bias=bias, drop=drop, **dd)
+        self.capacity_dispatcher = CapacityDispatcher(num_experts)
+        self.sorted_dispatcher = SortedDispatcher(num_experts)
         self.use_dropless = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3:
             raise ValueError(f'SparseMoE expects tokens as [B, N, C], got shape {tuple(x.shape)}.')
-        logits = self.router.compute_logits(x.detach() if self.detach_router_input else x)
+        logits = self.router.compute_logits(self.router_input(x))
         route = self.router.route(logits, choice_probs=self.routing_override)
         if self.detach_gates:
             route.gates = route.gates.detach()
         images = group_images(x.shape[0], self.current_capacity_group())
-        out, kept, counts = self._dispatch_combine(x, route, images)
+        if self._runs_dropless(x, images):
+            out, kept, counts = self._dropless(x, route)
+        else:
+            out, kept, counts = self._capacity(x, route, images)
         self.routing = self._routing_info(route, kept, counts, images)
         return out
 
-    def _dispatch_combine(self, x: torch.Tensor, route: RouterOutput, images: int) -> Tuple[torch.Tensor, ...]:
-        """Dispatch, experts, gated combine: ``(out [B, N, D], kept [B, N, K], counts [E])``.
-
-        Dropless where no choice can be dropped (an expert takes at most S choices of a group of S tokens, so
-        C >= S drops none) and the experts can run on jagged groups; else the capacity buffer per routing group
-        (C at most S), for the full groups and then the last, smaller one.
-        """
-        B, N, D = x.shape
-        S = images * N
+    def _runs_dropless(self, x: torch.Tensor, images: int) -> bool:
+        """Dropless where no choice can be dropped (an expert takes at most S choices of a group of S tokens, so
+        C >= S drops none) and the experts can run on jagged groups."""
+        S = images * x.shape[1]
         cf = self.current_capacity_factor()
         no_drop = cf == DROPLESS or expert_capacity(S, self.num_experts, self.top_k, cf) >= S
-        if no_drop and self.use_dropless and self.experts.jagged_dtype(x) is not None:
-            return self._dropless(x, route)
-        parts = [self._capacity(*groups) for groups in zip(
-            split_groups(x, images), split_groups(route.expert_index, images), split_groups(route.gates, images))]
+        return no_drop and self.use_dropless and self.experts.jagged_dtype(x) is not None
+
+    def _dropless(self, x: torch.Tensor, route: RouterOutput) -> Tuple[torch.Tensor, ...]:
+        """Every choice kept: rows sorted by expert, one grouped matmul per expert layer, gated sum back."""
+        tokens, meta = self.sorted_dispatcher.dispatch(x, route.expert_index, route.gates)
+        out = self.sorted_dispatcher.combine(self.experts.forward_jagged(tokens, meta.counts, meta.row_expert), meta)
+        return out, meta.kept, meta.counts
+
+    def _capacity(self, x: torch.Tensor, route: RouterOutput, images: int) -> Tuple[torch.Tensor, ...]:
+        """The capacity buffer per routing group (C at most S), for the full groups and then the last, smaller one
+        (its own capacity): ``(out [B, N, D], kept [B, N, K], counts [E])``."""
+        B, N, D = x.shape
+        cf = self.current_capacity_factor()
+        parts = []
+        for xg, index, gates in zip(split_groups(x, images), split_groups(route.expert_index, images),
+                                    split_groups(route.gates, images)):
+            S = xg.shape[1]
+            capacity = S if cf == DROPLESS else min(S, expert_capacity(S, self.num_experts, self.top_k, cf))
+            tokens, meta = self.capacity_dispatcher.dispatch(xg, index, gates, capacity, self.batch_prioritized_routing)
+            parts.append((self.capacity_dispatcher.combine(self.experts(tokens), meta), meta.kept, meta.counts))
         if len(parts) == 1:
             out, kept, counts = parts[0]
         else:
             out, kept, counts = (torch.cat([p[0].reshape(-1, D) for p in parts]),
                                  torch.cat([p[1].reshape(-1) for p in parts]), parts[0][2] + parts[1][2])
         return out.view(B, N, D), kept.view(B, N, self.top_k), counts
-
-    def _capacity(self, x: torch.Tensor, expert_index: torch.Tensor, gates: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """The capacity path on routing groups ``[G, S, ...]``: ``(out [G, S, D], kept [G, S, K], counts [E])``."""
-        G, S, D = x.shape
-        E = self.num_experts
-        cf = self.current_capacity_factor()
-        capacity = S if cf == DROPLESS else min(S, expert_capacity(S, E, self.top_k, cf))
-        position = assign_slots(expert_index, gates, E, self.batch_prioritized_routing)
-        kept = position < capacity
-        slot = slot_index(expert_index, position, kept, capacity, E)
-        expert_out = self.experts(dispatch_tokens(x, slot, E, capacity))
-        return combine_outputs(expert_out, slot, gates * kept), kept, kept_counts(expert_index, kept, E)
-
-    def _dropless(self, x: torch.Tensor, route: RouterOutput) -> Tuple[torch.Tensor, ...]:
-        """Every choice kept: tokens sorted by expert, one grouped matmul per expert layer, gated sum back."""
-        B, N, D = x.shape
-        K = self.top_k
-        order, counts = sort_by_expert(route.expert_index, self.num_experts)
-        tokens = x.reshape(B * N, D).index_select(0, torch.div(order, K, rounding_mode='floor'))
-        row_expert = route.expert_index.reshape(-1).index_select(0, order)
-        out = combine_sorted(self.experts.forward_jagged(tokens, counts, row_expert), order, route.gates)
-        kept = torch.ones_like(route.expert_index, dtype=torch.bool)
-        return out, kept, counts
 
     def _routing_info(self, route: RouterOutput, kept: torch.Tensor, counts: torch.Tensor,
                       images: int) -> RoutingInfo:

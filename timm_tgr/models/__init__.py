@@ -6,7 +6,7 @@ timm builder with pretrained-loading errors that name the fix, ``upcycle`` dense
 student of a training checkpoint.
 """
 from ._builder import HF_HUB_ORG, build_model_with_hub_cfg
-from ._moe_vit import MoEBlock, MoEVisionTransformerMixin, PAPER_MOE_LAYERS, moe_layer_args, vit_num_tokens
+from ._moe_vit import MoEBlock, MoEVisionTransformerMixin, PAPER_MOE_LAYERS, moe_layer_args, moe_model, vit_num_tokens
 from .vmoe_deit import VMoEVisionTransformer, VMoEVisionTransformerDistilled
 from .moe_baselines import ExpertChoiceVisionTransformer, SoftMoEVisionTransformer
 from .upcycle import (
@@ -17,7 +17,7 @@ from .upcycle import (
 
 __all__ = [
     'HF_HUB_ORG', 'build_model_with_hub_cfg', 'MoEBlock', 'MoEVisionTransformerMixin', 'PAPER_MOE_LAYERS',
-    'moe_layer_args', 'vit_num_tokens', 'VMoEVisionTransformer', 'VMoEVisionTransformerDistilled',
+    'moe_layer_args', 'moe_model', 'vit_num_tokens', 'VMoEVisionTransformer', 'VMoEVisionTransformerDistilled',
     'ExpertChoiceVisionTransformer', 'SoftMoEVisionTransformer',
     'UPCYCLE_ROUTER_LOGIT_STD', 'UPCYCLED_TAG', 'init_upcycled_router', 'is_dense_state_dict', 'is_upcycled_tag',
     'load_dense_state_dict', 'upcycle_checkpoint_filter_fn', 'upcycle_dense_state_dict', 'upcycle_from',

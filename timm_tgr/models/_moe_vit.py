@@ -17,17 +17,32 @@ import torch
 import torch.nn as nn
 from timm.layers import Mlp, to_2tuple
 from timm.models.vision_transformer import Block
+from timm.utils import unwrap_model
 
 from ..layers import RoutingInfo, SparseMoE
 from ..layers.graph_tools import refuse_torchscript
 
-__all__ = ['PAPER_MOE_LAYERS', 'MoEBlock', 'MoEVisionTransformerMixin', 'moe_layer_args', 'vit_num_tokens']
+__all__ = ['PAPER_MOE_LAYERS', 'MoEBlock', 'MoEVisionTransformerMixin', 'moe_layer_args', 'moe_model', 'vit_num_tokens']
 
 PAPER_MOE_LAYERS = (7, 9, 11)  # blocks 8, 10, 12 of the paper, 0-based
 
 # timm Mlp's constructor arguments: the block gives them to its MLP, whatever the MLP's class
 _MLP_ARGS = {'in_features', 'hidden_features', 'out_features', 'act_layer', 'norm_layer', 'bias', 'drop', 'device',
              'dtype'}
+
+
+def moe_model(model: nn.Module, required: bool = False) -> Optional[nn.Module]:
+    """The one answer to "is this an MoE model?": the timm_tgr MoE model inside ``model`` (unwrapped from DDP,
+    ``torch.compile``, EMA), i.e. one with the routing API (``get_moe_layers``, ``routing_infos``, ...); None for any
+    other model, or with ``required`` a TypeError naming the fix."""
+    base = unwrap_model(model)
+    if callable(getattr(base, 'get_moe_layers', None)):
+        return base
+    if required:
+        raise TypeError(
+            f'{type(base).__name__} is not a timm_tgr MoE model (no get_moe_layers()); create it with '
+            f"timm.create_model('vmoe_deit_small') or another model registered by timm_tgr.")
+    return None
 
 
 class MoEBlock(Block):

@@ -36,6 +36,7 @@ from timm.models import adapt_input_conv
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 from ..layers import SparseMoE
+from ._moe_vit import moe_model
 
 try:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
@@ -83,8 +84,8 @@ def _model_name(model: nn.Module) -> str:
 
 def _moe_layers(model: nn.Module) -> Dict[int, SparseMoE]:
     """``{block index: SparseMoE}`` of ``model``; errors (never TypeError: timm retries filters on it) otherwise."""
-    get = getattr(model, 'get_moe_layers', None)
-    layers = get() if callable(get) else {}
+    base = moe_model(model)
+    layers = base.get_moe_layers() if base is not None else {}
     if not layers:
         raise ValueError(
             f'{type(model).__name__} has no MoE blocks to upcycle into: create a vmoe_deit_* or tgr_moe_deit_* model.')

@@ -17,14 +17,14 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import torch.nn as nn
 from timm.task import ClassificationTask
-from timm.utils import unwrap_model
 
-from .teacher import build_teacher, check_token_grids
+from ..models import moe_model
+from .teacher import build_teacher
 from .teacher_router import read_teacher_routers
 from .tgr_task import TGRTask
-from .vmoe_task import VMoETask, moe_student
+from .vmoe_task import VMoETask
 
-__all__ = ['GuidanceConfig', 'create_training_task', 'is_moe']
+__all__ = ['GuidanceConfig', 'create_training_task']
 
 
 @dataclass
@@ -34,8 +34,8 @@ class GuidanceConfig:
     ``teacher`` (a timm name), ``teacher_kwargs``, ``teacher_checkpoint``, ``teacher_pretrained`` and
     ``trust_checkpoint`` build the teacher (:func:`~timm_tgr.task.teacher.build_teacher`); ``teacher_routers`` is
     the checkpoint of a TGR run whose teacher routers (``task_state``) start this run's (None: fresh routers);
-    ``mode`` ... ``distill_fraction`` are :class:`TGRTask`'s arguments; ``how`` says whose command line the
-    messages name the fix for (a key of :data:`~timm_tgr.task.teacher.TEACHER_HOW`).
+    ``mode`` ... ``distill_fraction`` are :class:`TGRTask`'s arguments. Teacher errors name the fix in this API's
+    words; an entry point phrases it in its options (:func:`~timm_tgr.task.teacher.teacher_fixes`).
     """
     teacher: str
     teacher_kwargs: Dict[str, Any] = field(default_factory=dict)
@@ -51,12 +51,6 @@ class GuidanceConfig:
     schedule: str = 'full'
     total_steps: Optional[int] = None
     distill_fraction: float = 0.5
-    how: str = 'api'
-
-
-def is_moe(model: nn.Module) -> bool:
-    """True for timm_tgr MoE models (they report routing through ``routing_infos``)."""
-    return hasattr(unwrap_model(model), 'routing_infos')
 
 
 def create_training_task(model: nn.Module, criterion: Optional[nn.Module] = None,
@@ -65,15 +59,14 @@ def create_training_task(model: nn.Module, criterion: Optional[nn.Module] = None
     """The training task of ``model``: TGR with ``guidance``, else V-MoE for an MoE model, else timm's dense
     classification (which alone takes further ``kwargs``, as timm's ``ClassificationTask``)."""
     if guidance is None:
-        if is_moe(model):
+        if moe_model(model) is not None:
             return VMoETask(model, criterion=criterion, device=device, dtype=dtype, verbose=verbose)
         return ClassificationTask(model=model, criterion=criterion, device=device, dtype=dtype, verbose=verbose,
                                   **kwargs)
-    student = moe_student(model)
+    student = moe_model(model, required=True)
     teacher = build_teacher(
         guidance.teacher, checkpoint=guidance.teacher_checkpoint or None, pretrained=guidance.teacher_pretrained,
-        trust_checkpoint=guidance.trust_checkpoint, how=guidance.how, student=student, **guidance.teacher_kwargs)
-    check_token_grids(student, teacher, how=guidance.how)
+        trust_checkpoint=guidance.trust_checkpoint, student=student, **guidance.teacher_kwargs)
     task = TGRTask(
         model, teacher_model=teacher.to(device) if device is not None else teacher, criterion=criterion,
         layer_map=guidance.layer_map, distill_weight=guidance.distill_weight,

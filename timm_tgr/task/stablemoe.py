@@ -43,16 +43,13 @@ from typing import List, Optional
 import torch.nn as nn
 from timm.utils import unwrap_model
 
+from ..models import moe_model
+
 __all__ = ['router_parameters', 'freeze_routers', 'routers_frozen', 'RouterFreezeSchedule']
 
 
 def _moe_layers(model: nn.Module) -> dict:
-    base = unwrap_model(model)
-    if not hasattr(base, 'get_moe_layers'):
-        raise TypeError(
-            f'{type(base).__name__} is not a timm_tgr MoE model (no get_moe_layers()); create it with '
-            f"timm.create_model('vmoe_deit_small') or another model registered by timm_tgr.")
-    return base.get_moe_layers()
+    return moe_model(model, required=True).get_moe_layers()
 
 
 def router_parameters(model: nn.Module) -> dict:

@@ -2,11 +2,11 @@
 
 - :func:`default_teacher` / :func:`build_teacher`: which dense teacher (Table S2), and the one way every caller
   builds it (name, kwargs, weights, input normalization).
-- :class:`RoutingTeacher`: a frozen dense ViT teacher, truncated after the deepest block a teacher router
+- :class:`FeatureTeacher`: a frozen dense ViT teacher, truncated after the deepest block a teacher router
   reads, returning the token features h_t of those blocks. Never trained, never in the student's state_dict.
 - :func:`resolve_layer_map`: student MoE block -> teacher block (layer-aligned by default).
 - :func:`check_token_grids` / :func:`align_teacher_tokens`: every student token gets a teacher token.
-- :class:`TeacherGuidance`: the above put together: the student's input in, ``{str(block): h_t}`` out.
+- :class:`TeacherGuidance`: the above put together: the student's input in, ``{block: h_t}`` out.
 
 The teacher routers that turn h_t into p_t are trained, so they live with the student in
 :class:`~timm_tgr.task.tgr_task.TGRTrainableModule` (:mod:`~timm_tgr.task.teacher_router`).
@@ -14,6 +14,7 @@ The teacher routers that turn h_t into p_t are trained, so they live with the st
 import argparse
 import logging
 import os
+from contextlib import contextmanager
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -24,7 +25,8 @@ from timm.task import DistillationTeacher
 from timm.utils import unwrap_model
 
 __all__ = [
-    'DEFAULT_TEACHERS', 'TEACHER_HOW', 'default_teacher', 'build_teacher', 'RoutingTeacher', 'resolve_layer_map',
+    'DEFAULT_TEACHERS', 'TEACHER_FIXES', 'TeacherFix', 'TeacherValueError', 'TeacherLoadError', 'teacher_fixes',
+    'default_teacher', 'build_teacher', 'FeatureTeacher', 'resolve_layer_map',
     'check_token_grids', 'align_teacher_tokens', 'TeacherGuidance',
 ]
 
@@ -38,39 +40,56 @@ DEFAULT_TEACHERS = {
 }
 
 
-# how to give a teacher, its weights and its image size, by where the teacher is named (messages say the caller's
-# way); ``grid`` is formatted with the image size that gives the teacher the student's token grid
-TEACHER_HOW = {
-    'api': dict(name='pass teacher= a timm model name (e.g. {teacher!r}) or an nn.Module',
-                norm="pass mean= and std= with the teacher's kwargs (build_teacher; train_tgr.py: --teacher-kwargs "
-                     'mean=M std=S), the values the teacher was trained with',
-                weights='pass teacher_pretrained_path=FILE (build_teacher: checkpoint=FILE), or build the teacher '
-                        'yourself and pass the nn.Module',
-                grid='e.g. teacher_img_size={img_size}, or img_size={img_size} in build_teacher\'s kwargs'),
-    'train_tgr.py': dict(name='pass --teacher NAME (e.g. --teacher {teacher}), or --teacher none to train without one',
-                         norm='pass --teacher-kwargs mean=M std=S (the values the teacher was trained with, e.g. '
-                              'mean=0.286 std=0.353 for Fashion-MNIST)',
-                         weights='pass --teacher-checkpoint FILE (e.g. model_best.pth.tar of a train_tgr.py run of the '
-                                 'teacher), or --no-teacher-pretrained for a random teacher (debugging only)',
-                         grid='pass --teacher-kwargs img_size={img_size}'),
-    'train.py': dict(name='pass --model-kwargs tgr_teacher=NAME (e.g. {teacher})',
-                     norm='pass --model-kwargs "tgr_teacher_kwargs={{\'mean\': M, \'std\': S}}" (the values the teacher '
-                          'was trained with)',
-                     weights='pass --model-kwargs tgr_teacher_checkpoint=FILE',
-                     grid='pass --model-kwargs "tgr_teacher_kwargs={{\'img_size\': {img_size}}}"'),
-}
+# what to give instead, in this API's words, by what is wrong (name: no teacher for the student; norm: the teacher's
+# input normalization; weights: its weights; grid: its image size, formatted with the size that gives the teacher
+# the student's token grid). Entry points phrase the same fixes in their options: :func:`teacher_fixes`.
+TEACHER_FIXES = dict(
+    name='pass teacher= a timm model name (e.g. {teacher!r}) or an nn.Module',
+    norm="pass mean= and std= with the teacher's kwargs (build_teacher), the values the teacher was trained with",
+    weights='pass teacher_pretrained_path=FILE (build_teacher: checkpoint=FILE), or build the teacher yourself and '
+            'pass the nn.Module',
+    grid="e.g. teacher_img_size={img_size}, or img_size={img_size} in build_teacher's kwargs",
+)
 
 
-def default_teacher(model_name: str, how: str = 'api') -> str:
-    """The paper's teacher for a registered student name (e.g. ``tgr_moe_deit_tiny`` -> DeiT-III-Small).
+class TeacherFix(Exception):
+    """Base of the teacher errors whose fix depends on where the teacher was given: the message is ``before`` +
+    the fix + ``after``; the fix is ``TEACHER_FIXES[kind]`` formatted with ``params``, or an entry point's own
+    words for it (:func:`teacher_fixes`)."""
 
-    ``how`` (a key of :data:`TEACHER_HOW`) picks how the error says to name a teacher.
-    """
+    def __init__(self, before: str, kind: str, after: str = '.', **params):
+        self.before, self.kind, self.after, self.params = before, kind, after, params
+        super().__init__(self.phrase(TEACHER_FIXES))
+
+    def phrase(self, fixes: Mapping[str, str]) -> str:
+        return self.before + fixes[self.kind].format(**self.params) + self.after
+
+
+class TeacherValueError(TeacherFix, ValueError):
+    """A teacher that does not fit the student or lacks what it needs."""
+
+
+class TeacherLoadError(TeacherFix, RuntimeError):
+    """A teacher whose weights could not be loaded."""
+
+
+@contextmanager
+def teacher_fixes(fixes: Mapping[str, str]):
+    """Teacher errors raised inside say their fix in ``fixes``' words (an entry point's options, keys as
+    :data:`TEACHER_FIXES`)."""
+    try:
+        yield
+    except TeacherFix as e:
+        e.args = (e.phrase(fixes),)
+        raise
+
+
+def default_teacher(model_name: str) -> str:
+    """The paper's teacher for a registered student name (e.g. ``tgr_moe_deit_tiny`` -> DeiT-III-Small)."""
     for size, teacher in DEFAULT_TEACHERS.items():
         if f'_deit_{size}' in model_name:
             return teacher
-    raise ValueError(f'no default teacher for {model_name!r}: '
-                     f'{TEACHER_HOW[how]["name"].format(teacher=DEFAULT_TEACHERS["tiny"])}.')
+    raise TeacherValueError(f'no default teacher for {model_name!r}: ', 'name', teacher=DEFAULT_TEACHERS['tiny'])
 
 
 def _check_teacher_name(name: str) -> None:
@@ -91,7 +110,7 @@ def _student_input_kwargs(student: nn.Module) -> dict:
 
 
 def build_teacher(teacher: Union[str, nn.Module], checkpoint: Optional[str] = None, pretrained: bool = True,
-                  trust_checkpoint: bool = False, how: str = 'api', student: Optional[nn.Module] = None,
+                  trust_checkpoint: bool = False, student: Optional[nn.Module] = None,
                   **kwargs) -> nn.Module:
     """The dense teacher: the one way train_tgr.py, timm's train.py, :class:`TGRTask` and the routing pictures
     build it.
@@ -117,7 +136,7 @@ def build_teacher(teacher: Union[str, nn.Module], checkpoint: Optional[str] = No
       convert.
 
     ``mean`` / ``std`` in ``kwargs`` (one value or one per channel) set the teacher's normalization whatever the
-    weights' source. ``how`` (a key of :data:`TEACHER_HOW`) picks how errors say to give the weights.
+    weights' source.
     """
     if isinstance(teacher, nn.Module):
         return teacher
@@ -133,14 +152,14 @@ def build_teacher(teacher: Union[str, nn.Module], checkpoint: Optional[str] = No
     if student is not None:
         kwargs = dict(_student_input_kwargs(student), **kwargs)
     if checkpoint:
-        model = _load_teacher_checkpoint(teacher, checkpoint, trust_checkpoint, kwargs, norm, how)
+        model = _load_teacher_checkpoint(teacher, checkpoint, trust_checkpoint, kwargs, norm)
         return _with_normalization(model, norm, f'teacher checkpoint {checkpoint}') if norm else model
     try:
         model = timm.create_model(teacher, pretrained=pretrained, **kwargs)
     except Exception as e:  # hub/offline/corrupt file: say what to do instead of a bare traceback
-        raise RuntimeError(
+        raise TeacherLoadError(
             f'could not load teacher {teacher!r} weights ({type(e).__name__}: {e}). Without network access, '
-            f'download the weights elsewhere and {TEACHER_HOW[how]["weights"]}.') from e
+            f'download the weights elsewhere and ', 'weights') from e
     if pretrained:
         from ..utils.checkpoint import check_finite
         check_finite(model.state_dict(), f'the pretrained weights of teacher {teacher!r}',
@@ -177,8 +196,8 @@ def _with_normalization(model: nn.Module, norm: dict, what: str) -> nn.Module:
     return model
 
 
-def _load_teacher_checkpoint(name: str, checkpoint: str, trust_checkpoint: bool, kwargs: dict, norm: dict,
-                             how: str = 'api') -> nn.Module:
+def _load_teacher_checkpoint(name: str, checkpoint: str, trust_checkpoint: bool, kwargs: dict,
+                             norm: dict) -> nn.Module:
     """``name`` built with ``kwargs``, its weights strictly from ``checkpoint`` (see :func:`build_teacher`); the
     input normalization its weights were trained with from ``norm`` (given), the checkpoint's run args, or the
     ``config.json`` beside it (an export); a file that records none needs ``norm``."""
@@ -207,11 +226,12 @@ def _load_teacher_checkpoint(name: str, checkpoint: str, trust_checkpoint: bool,
         return model
     recorded = _exported_normalization(checkpoint)
     if recorded is None:
-        raise ValueError(
+        raise TeacherValueError(
             f'teacher checkpoint {checkpoint} holds weights only ({describe_weights(key)}, no run args) and records '
             f'no input normalization (mean/std), which the teacher needs to see the images as in its training '
-            f'(timm\'s default for {name!r} is ImageNet\'s): {TEACHER_HOW[how]["norm"].format()}, or give a train_tgr.py '
-            f'checkpoint of the teacher, or an export folder\'s model.safetensors (its config.json records them).')
+            f'(timm\'s default for {name!r} is ImageNet\'s): ', 'norm',
+            ', or give a train_tgr.py checkpoint of the teacher, or an export folder\'s model.safetensors (its '
+            'config.json records them).')
     model.pretrained_cfg = model.default_cfg = dict(model.pretrained_cfg, **recorded)
     return model
 
@@ -250,36 +270,29 @@ def _vit_teacher(model: nn.Module) -> nn.Module:
     return base
 
 
-class RoutingTeacher(DistillationTeacher):
+class FeatureTeacher(DistillationTeacher):
     """Frozen dense ViT teacher returning token features at the blocks teacher routers read.
 
     Args:
-        model_name_or_module: timm model name (``deit3_small_patch16_224.fb_in22k_ft_in1k``), or a
-            timm ViT-like ``nn.Module`` with ``forward_intermediates``.
+        model: the built teacher (:func:`build_teacher`), a timm ViT-like ``nn.Module`` with
+            ``forward_intermediates``.
         blocks: teacher block indices (0-based) whose outputs are needed.
-        pretrained_path: checkpoint file of a named teacher's weights, loaded strictly (see :func:`build_teacher`).
-        pretrained: load a named teacher's pretrained weights (True; False only for tests/debugging).
-        img_size / in_chans: passed when creating a named teacher.
 
-    A named teacher is built by :func:`build_teacher`. The teacher is truncated after ``max(blocks)`` (later
-    blocks, final norm and head are removed), kept in eval mode and has ``requires_grad=False`` everywhere.
+    The teacher is truncated after ``max(blocks)`` (later blocks, final norm and head are removed), kept in eval
+    mode and has ``requires_grad=False`` everywhere.
     Inputs normalized for the student are re-normalized for the teacher when their mean/std differ (timm's
     DistillationTeacher).
     """
 
     def __init__(
             self,
-            model_name_or_module: Union[str, nn.Module],
+            model: nn.Module,
             blocks: Sequence[int],
-            pretrained_path: Optional[str] = None,
-            pretrained: bool = True,
-            img_size: Optional[int] = None,
-            in_chans: Optional[int] = None,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
     ):
-        kwargs = {k: v for k, v in dict(img_size=img_size, in_chans=in_chans).items() if v is not None}
-        model = build_teacher(model_name_or_module, checkpoint=pretrained_path, pretrained=pretrained, **kwargs)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f'FeatureTeacher takes the built teacher (build_teacher(name, ...)), got {type(model)}.')
         base = _vit_teacher(model)
         depth = len(base.blocks)
         blocks = sorted(set(int(b) for b in blocks))
@@ -294,7 +307,7 @@ class RoutingTeacher(DistillationTeacher):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> 'RoutingTeacher':
+    def train(self, mode: bool = True) -> 'FeatureTeacher':
         """The teacher stays in eval mode (no dropout / drop-path) whatever the task's mode."""
         return super().train(False)
 
@@ -318,7 +331,7 @@ class RoutingTeacher(DistillationTeacher):
             else self._features(x)
         return dict(zip(self.blocks, feats))
 
-    def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **kwargs) -> 'RoutingTeacher':
+    def compile(self, backend: str = 'inductor', mode: Optional[str] = None, **kwargs) -> 'FeatureTeacher':
         self._compiled_forward_features = torch.compile(self._features, backend=backend, mode=mode, **kwargs)
         return self
 
@@ -349,23 +362,21 @@ def resolve_layer_map(
     return mapping
 
 
-def check_token_grids(student: nn.Module, teacher: Union['RoutingTeacher', nn.Module], how: str = 'api') -> None:
+def check_token_grids(student: nn.Module, teacher: Union['FeatureTeacher', nn.Module]) -> None:
     """The teacher must see the same patch grid as the student, and a compatible set of prefix tokens.
 
-    ``teacher`` is a :class:`RoutingTeacher` or the timm ViT it wraps; ``how`` (a key of :data:`TEACHER_HOW`)
-    picks how the error says to give the teacher another image size.
+    ``teacher`` is a :class:`FeatureTeacher` or the timm ViT it wraps.
     """
     s = unwrap_model(student)
-    t = _vit_teacher(teacher.model if isinstance(teacher, RoutingTeacher) else teacher)
+    t = _vit_teacher(teacher.model if isinstance(teacher, FeatureTeacher) else teacher)
     s_grid, t_grid = tuple(s.patch_embed.grid_size), tuple(t.patch_embed.grid_size)
     if s_grid != t_grid:
         t_patch = tuple(t.patch_embed.patch_size)
         size = (s_grid[0] * t_patch[0], s_grid[1] * t_patch[1])
-        fix = TEACHER_HOW[how]['grid'].format(img_size=size[0] if size[0] == size[1] else size)
-        raise ValueError(
+        raise TeacherValueError(
             f'token-grid mismatch: the student has a {s_grid[0]}x{s_grid[1]} patch grid, the teacher '
-            f'{t_grid[0]}x{t_grid[1]}. Give the teacher the same img_size/patch_size ratio ({fix}), so every '
-            f'student token has a teacher token.')
+            f'{t_grid[0]}x{t_grid[1]}. Give the teacher the same img_size/patch_size ratio (', 'grid',
+            '), so every student token has a teacher token.', img_size=size[0] if size[0] == size[1] else size)
     p_s, p_t = s.num_prefix_tokens, t.num_prefix_tokens
     if not (p_s == p_t or p_t == 1):
         raise ValueError(
@@ -394,19 +405,19 @@ def _student_mean_std(student: nn.Module, device, dtype):
 class TeacherGuidance(nn.Module):
     """Frozen teacher + layer map: the student's input in, h_t per student MoE block out (no grad).
 
-    ``forward(input)`` returns ``{str(student block): [B, N, C_t]}``: the input re-normalized from the
+    ``forward(input)`` returns ``{student block: [B, N, C_t]}``: the input re-normalized from the
     student's mean/std to the teacher's, the teacher's block ``layer_map[block]`` output, with its
     tokens laid out like the student's (:func:`align_teacher_tokens`). Build it with :meth:`create`.
     """
 
-    def __init__(self, teacher: RoutingTeacher, layer_map: Mapping[int, int], student: nn.Module,
+    def __init__(self, teacher: FeatureTeacher, layer_map: Mapping[int, int], student: nn.Module,
                  device=None, dtype=None):
         super().__init__()
         student = unwrap_model(student)
         missing = set(layer_map.values()) - set(teacher.blocks)
         if missing:
             raise ValueError(
-                f'the RoutingTeacher was built for blocks {teacher.blocks}, but the layer map needs {sorted(missing)}: '
+                f'the FeatureTeacher was built for blocks {teacher.blocks}, but the layer map needs {sorted(missing)}: '
                 f'build it with blocks covering every mapped teacher block.')
         check_token_grids(student, teacher)
         self.teacher = teacher
@@ -420,40 +431,28 @@ class TeacherGuidance(nn.Module):
     def create(
             cls,
             student: nn.Module,
-            teacher_model: Union[str, nn.Module, RoutingTeacher, None] = None,
+            teacher: nn.Module,
             layer_map: Union[None, str, Mapping[int, int]] = None,
-            pretrained_path: Optional[str] = None,
-            pretrained: bool = True,
-            img_size: Optional[int] = None,
             device=None,
             dtype=None,
     ) -> 'TeacherGuidance':
-        """Guidance for ``student``; ``teacher_model`` None is the paper's teacher for its size (Table S2).
-
-        A named teacher is built by :func:`build_teacher` for the student (its image size unless ``img_size`` is
-        given, its channels; weights from ``pretrained_path`` or the hub); a named or ``nn.Module`` teacher becomes
-        a :class:`RoutingTeacher` for exactly the mapped blocks.
-        """
+        """Guidance for ``student`` from the built ``teacher`` (:func:`build_teacher`), which becomes a
+        :class:`FeatureTeacher` for exactly the mapped blocks unless it is one already."""
         student = unwrap_model(student)
         moe_layers = sorted(student.get_moe_layers())
-        if teacher_model is None:
-            teacher_model = default_teacher(student.pretrained_cfg.get('architecture', ''))
-        if isinstance(teacher_model, RoutingTeacher):
-            return cls(teacher_model, resolve_layer_map(moe_layers, teacher_model.depth, layer_map), student,
+        if isinstance(teacher, FeatureTeacher):
+            return cls(teacher, resolve_layer_map(moe_layers, teacher.depth, layer_map), student,
                        device=device, dtype=dtype)
-        kwargs = {'img_size': img_size} if img_size is not None else {}
-        model = build_teacher(teacher_model, checkpoint=pretrained_path, pretrained=pretrained, student=student,
-                              **kwargs)
-        mapping = resolve_layer_map(moe_layers, len(_vit_teacher(model).blocks), layer_map)
-        teacher = RoutingTeacher(model, blocks=sorted(set(mapping.values())), device=device, dtype=dtype)
+        mapping = resolve_layer_map(moe_layers, len(_vit_teacher(teacher).blocks), layer_map)
+        teacher = FeatureTeacher(teacher, blocks=sorted(set(mapping.values())), device=device, dtype=dtype)
         return cls(teacher, mapping, student, device=device, dtype=dtype)
 
-    def forward(self, input: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, input: torch.Tensor) -> Dict[int, torch.Tensor]:
         with torch.no_grad():
             x = self.teacher.normalize_input(input, self.student_mean, self.student_std)
             feats = self.teacher(x.detach())
         return {
-            str(s): align_teacher_tokens(feats[t], self.teacher.num_prefix_tokens, self.student_prefix_tokens)
+            s: align_teacher_tokens(feats[t], self.teacher.num_prefix_tokens, self.student_prefix_tokens)
             for s, t in self.layer_map.items()}
 
     def extra_repr(self) -> str:

@@ -1,7 +1,11 @@
 """Teacher routers and the two TGR losses (TGR-MoE, arXiv 2604.21330, Sec. 3.2-3.3).
 
 - :class:`TeacherRouter`: p_t = softmax(R_t h_t), a bias-free linear teacher dim -> E per MoE layer;
-  :func:`teacher_routers` builds one per student MoE block, keyed by ``str(block)``.
+  :class:`TeacherRouters` (built by :func:`teacher_routers`) holds one per student MoE block: ``{block: h_t}`` in,
+  ``{block: p_t}`` out.
+- :class:`TeacherRouting`: the one place teacher and routers give p_t: the frozen
+  :class:`~timm_tgr.task.teacher.TeacherGuidance` and the routers, for a student (:meth:`TeacherRouting.create`,
+  used by :class:`~timm_tgr.task.tgr_task.TGRTask` and the routing pictures).
 - :func:`teacher_router_loss`: L_teacher = sum_i lambda_load L_load(p_t^i) + lambda_ent L_ent(p_t^i),
   the teacher routers' only objective (no task loss).
 - :func:`routing_distillation_loss`: 1/|S| sum_i KL(stopgrad(p_t^i) || p^i), the student's
@@ -10,16 +14,19 @@
   from another run's checkpoint (``task_state['teacher_routers']``), e.g. to continue TGR while
   fine-tuning; they must route the same MoE blocks over the same experts from the same teacher width.
 """
-from typing import Dict, Iterable, Mapping, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
+from timm.utils import unwrap_model
 
 from ..layers.losses import load_balance_loss, routing_entropy_loss, routing_kl_divergence
+from ..models import moe_model
+from .teacher import TeacherGuidance
 
 __all__ = [
-    'TeacherRouter', 'teacher_routers', 'teacher_router_loss', 'routing_distillation_loss', 'read_teacher_routers',
-    'check_teacher_router_state',
+    'TeacherRouter', 'TeacherRouters', 'teacher_routers', 'num_experts_of', 'TeacherRouting', 'teacher_router_loss',
+    'routing_distillation_loss', 'read_teacher_routers', 'check_teacher_router_state',
 ]
 
 
@@ -35,13 +42,78 @@ class TeacherRouter(nn.Module):
             return torch.softmax(nn.functional.linear(h.float(), self.proj.weight.float()), dim=-1)
 
 
-def teacher_routers(dim: int, num_experts: int, blocks: Iterable[int], device=None, dtype=None) -> nn.ModuleDict:
-    """One :class:`TeacherRouter` per student MoE block, keyed ``str(block)`` in ascending block order.
+class TeacherRouters(nn.ModuleDict):
+    """One :class:`TeacherRouter` per student MoE block: ``forward({block: h_t}) -> {block: p_t}``.
 
-    The keys are the checkpoint format: ``task_state['teacher_routers']`` holds ``'{block}.proj.weight'``.
+    Blocks are ints on every side (``routers[7]``, ``blocks``, the features in, the probabilities out); a
+    ModuleDict stores them as ``str(block)``, which is the checkpoint format: ``task_state['teacher_routers']``
+    holds ``'{block}.proj.weight'``.
     """
-    return nn.ModuleDict({
-        str(i): TeacherRouter(dim, num_experts, device=device, dtype=dtype) for i in sorted(blocks)})
+
+    def __init__(self, dim: int, num_experts: int, blocks: Iterable[int], device=None, dtype=None):
+        super().__init__({str(i): TeacherRouter(dim, num_experts, device=device, dtype=dtype) for i in sorted(blocks)})
+
+    @property
+    def blocks(self) -> List[int]:
+        return [int(k) for k in self.keys()]
+
+    def __getitem__(self, block) -> nn.Module:
+        return super().__getitem__(str(block))
+
+    def forward(self, features: Mapping[int, torch.Tensor]) -> Dict[int, torch.Tensor]:
+        return {int(k): router(features[int(k)]) for k, router in self.items()}
+
+
+def teacher_routers(dim: int, num_experts: int, blocks: Iterable[int], device=None, dtype=None) -> TeacherRouters:
+    """One :class:`TeacherRouter` per student MoE block, in ascending block order (:class:`TeacherRouters`)."""
+    return TeacherRouters(dim, num_experts, blocks, device=device, dtype=dtype)
+
+
+def num_experts_of(student: nn.Module) -> int:
+    """E of a timm_tgr MoE student; TGR needs the same E in every MoE layer."""
+    num_experts = {m.num_experts for m in moe_model(student, required=True).get_moe_layers().values()}
+    if len(num_experts) != 1:
+        raise ValueError('TGR needs the same number of experts in every MoE layer.')
+    return num_experts.pop()
+
+
+class TeacherRouting(nn.Module):
+    """The frozen teacher and its routers: ``forward(x)`` gives p_t ``{block: [B, N, E]}``, no grad.
+
+    ``guidance`` is a :class:`~timm_tgr.task.teacher.TeacherGuidance` (h_t per student MoE block), ``routers``
+    the :class:`TeacherRouters`. Training keeps the two apart (the routers train inside the module DDP wraps, the
+    teacher stays outside): :class:`~timm_tgr.task.tgr_task.TGRTask` builds them here and holds them
+    separately; :meth:`from_task` puts a task's back together.
+    """
+
+    def __init__(self, guidance: nn.Module, routers: TeacherRouters):
+        super().__init__()
+        self.guidance = guidance
+        self.routers = routers
+
+    @classmethod
+    def create(cls, student: nn.Module, teacher: nn.Module, layer_map=None, device=None,
+               dtype=None) -> 'TeacherRouting':
+        """Guidance from the built ``teacher`` (a timm ViT or a :class:`~timm_tgr.task.teacher.FeatureTeacher`)
+        for ``student`` through ``layer_map``, and fresh routers for the student's MoE blocks."""
+        student = moe_model(student, required=True)
+        guidance = TeacherGuidance.create(student, teacher, layer_map, device=device, dtype=dtype)
+        routers = teacher_routers(guidance.teacher.embed_dim, num_experts_of(student), student.get_moe_layers(),
+                                  device=device, dtype=dtype)
+        return cls(guidance, routers)
+
+    @classmethod
+    def from_task(cls, task) -> Optional['TeacherRouting']:
+        """The teacher side of a :class:`~timm_tgr.task.tgr_task.TGRTask`; None for other tasks."""
+        guidance = getattr(task, 'guidance', None)
+        routers = getattr(unwrap_model(getattr(task, 'trainable_module', None)), 'teacher_routers', None)
+        if guidance is None or routers is None:
+            return None
+        return cls(guidance, routers)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> Dict[int, torch.Tensor]:
+        return self.routers(self.guidance(x))
 
 
 def teacher_router_loss(

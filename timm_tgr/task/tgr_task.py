@@ -38,11 +38,14 @@ from timm.utils import unwrap_model
 from timm.utils.model_ema import ModelEmaV3
 
 from ..layers.checks import check_weight
+from ..models import moe_model
 from .param_groups import student_task_group_matcher
 from .schedule import DistillSchedule
-from .teacher import RoutingTeacher, TeacherGuidance
-from .teacher_router import check_teacher_router_state, routing_distillation_loss, teacher_router_loss, teacher_routers
-from .vmoe_task import TrainerStateMixin, moe_loss_components, moe_student, wrap_ddp
+from .teacher import FeatureTeacher, build_teacher, default_teacher
+from .teacher_router import (
+    TeacherRouters, TeacherRouting, check_teacher_router_state, routing_distillation_loss, teacher_router_loss,
+)
+from .vmoe_task import TrainerStateMixin, moe_loss_components, wrap_ddp
 
 _logger = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ class TGRTrainableModule(nn.Module):
     teacher features and the student on ``x``; returns ``(logits, {block: p_t})``.
     """
 
-    def __init__(self, student: nn.Module, teacher_routers: nn.ModuleDict):
+    def __init__(self, student: nn.Module, teacher_routers: TeacherRouters):
         super().__init__()
         self.student = student
         self.teacher_routers = teacher_routers
@@ -72,12 +75,12 @@ class TGRTrainableModule(nn.Module):
         """``--layer-decay`` groups: the student's own; the teacher routers in the last (head's) group."""
         return student_task_group_matcher(self.student, coarse)
 
-    def forward(self, x: torch.Tensor, teacher_features: Mapping[str, torch.Tensor],
+    def forward(self, x: torch.Tensor, teacher_features: Mapping[int, torch.Tensor],
                 route_with_teacher: bool = False):
-        teacher_probs = {k: router(teacher_features[k]) for k, router in self.teacher_routers.items()}
+        teacher_probs = self.teacher_routers(teacher_features)
         student = unwrap_model(self.student)
         if route_with_teacher:
-            student.set_routing_override({int(k): p for k, p in teacher_probs.items()})
+            student.set_routing_override(teacher_probs)
         try:
             logits = self.student(x)
         finally:
@@ -86,20 +89,15 @@ class TGRTrainableModule(nn.Module):
         return logits, teacher_probs
 
 
-def _num_experts(student: nn.Module) -> int:
-    num_experts = {m.num_experts for m in student.get_moe_layers().values()}
-    if len(num_experts) != 1:
-        raise ValueError('TGR needs the same number of experts in every MoE layer.')
-    return num_experts.pop()
-
-
 class TGRTask(TrainerStateMixin, TrainingTask):
     """Teacher-Guided Routing for a timm_tgr MoE student (paper Sec. 3).
 
     Args:
         student_model: a timm_tgr MoE model (e.g. ``tgr_moe_deit_small``).
-        teacher_model: timm model name, ``nn.Module`` or :class:`RoutingTeacher`; None picks the
-            paper's teacher for the student's size (DeiT-III-Small for Tiny, DeiT-III-Base otherwise).
+        teacher_model: the built teacher (:func:`~timm_tgr.task.teacher.build_teacher`, an ``nn.Module`` or a
+            :class:`FeatureTeacher`). For a quick start also a timm model name, or None for the paper's teacher
+            for the student's size (DeiT-III-Small for Tiny, DeiT-III-Base otherwise): built here by
+            ``build_teacher`` for the student, with the three ``teacher_*`` arguments below.
         criterion: task loss (default cross-entropy; pass timm's SoftTargetCrossEntropy with Mixup).
         teacher_pretrained_path: checkpoint file for a named teacher.
         teacher_pretrained: load a named teacher's weights (False only for tests/debugging).
@@ -116,7 +114,7 @@ class TGRTask(TrainerStateMixin, TrainingTask):
     def __init__(
             self,
             student_model: nn.Module,
-            teacher_model: Union[str, nn.Module, RoutingTeacher, None] = None,
+            teacher_model: Union[str, nn.Module, FeatureTeacher, None] = None,
             criterion: Optional[nn.Module] = None,
             teacher_pretrained_path: Optional[str] = None,
             teacher_pretrained: bool = True,
@@ -141,14 +139,15 @@ class TGRTask(TrainerStateMixin, TrainingTask):
             check_weight('teacher_load_weight', teacher_load_weight, 'lambda_load of L_teacher'),
             check_weight('teacher_entropy_weight', teacher_entropy_weight if teacher_entropy_weight is not None
                          else (0. if mode == 'teacher_route' else 0.005), 'lambda_ent of L_teacher'))
-        student = moe_student(student_model)
-        num_experts = _num_experts(student)
-        dd = dict(device=self.device, dtype=self.dtype)
-        self.guidance = TeacherGuidance.create(
-            student, teacher_model, layer_map, pretrained_path=teacher_pretrained_path,
-            pretrained=teacher_pretrained, img_size=teacher_img_size, **dd)
-        routers = teacher_routers(self.teacher.embed_dim, num_experts, student.get_moe_layers(), **dd)
-        self.trainable_module = TGRTrainableModule(student_model, routers)
+        student = moe_model(student_model, required=True)
+        if not isinstance(teacher_model, nn.Module):  # a name: the one place TGRTask builds a teacher
+            teacher_model = build_teacher(
+                teacher_model or default_teacher(student.pretrained_cfg.get('architecture', '')),
+                checkpoint=teacher_pretrained_path, pretrained=teacher_pretrained, student=student,
+                **({'img_size': teacher_img_size} if teacher_img_size is not None else {}))
+        routing = TeacherRouting.create(student, teacher_model, layer_map, device=self.device, dtype=self.dtype)
+        self.guidance = routing.guidance
+        self.trainable_module = TGRTrainableModule(student_model, routing.routers)
         self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
         self.mode = mode
         self.distill_weight, self.teacher_load_weight, self.teacher_entropy_weight = weights
@@ -173,8 +172,8 @@ class TGRTask(TrainerStateMixin, TrainingTask):
 
     # --- parts -------------------------------------------------------------------------------
     @property
-    def teacher(self) -> RoutingTeacher:
-        """The frozen :class:`RoutingTeacher` (held by ``self.guidance``)."""
+    def teacher(self) -> FeatureTeacher:
+        """The frozen :class:`FeatureTeacher` (held by ``self.guidance``)."""
         return self.guidance.teacher
 
     @property
@@ -188,8 +187,8 @@ class TGRTask(TrainerStateMixin, TrainingTask):
     def _student(self) -> nn.Module:
         return unwrap_model(self._trainable().student)
 
-    def teacher_features(self, input: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Teacher token features per student MoE block (keys are str(block)), laid out like the student's."""
+    def teacher_features(self, input: torch.Tensor) -> Dict[int, torch.Tensor]:
+        """Teacher token features per student MoE block, laid out like the student's."""
         return self.guidance(input)
 
     # --- forward -----------------------------------------------------------------------------
@@ -202,7 +201,7 @@ class TGRTask(TrainerStateMixin, TrainingTask):
         infos = self._student().routing_infos()
         moe = moe_loss_components(infos)
         teacher = teacher_router_loss(teacher_probs, self.teacher_load_weight, self.teacher_entropy_weight)
-        distill, active = self._distillation(teacher_probs, {k: infos[int(k)].probs for k in teacher_probs})
+        distill, active = self._distillation(teacher_probs, {k: infos[k].probs for k in teacher_probs})
         loss = self._total_loss(task_loss, moe['moe_aux_loss'], teacher['loss'], distill, active)
         if self.training:
             self.schedule.advance()
@@ -219,8 +218,8 @@ class TGRTask(TrainerStateMixin, TrainingTask):
             'teacher_entropy': teacher['entropy'].detach(),
         }
 
-    def _distillation(self, teacher_probs: Mapping[str, torch.Tensor],
-                      student_probs: Mapping[str, torch.Tensor]) -> Tuple[torch.Tensor, bool]:
+    def _distillation(self, teacher_probs: Mapping[int, torch.Tensor],
+                      student_probs: Mapping[int, torch.Tensor]) -> Tuple[torch.Tensor, bool]:
         """L_distill and whether the schedule has it on now; when off it is computed for logging only.
 
         The mean over MoE layers (main paper, lambda_distill/|S| sum_i), the sum in teacher_route mode (Eq. S2).

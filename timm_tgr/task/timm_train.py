@@ -55,8 +55,9 @@ from typing import Any, Dict, Optional
 import torch.nn as nn
 from timm.utils import unwrap_model
 
-from .factory import GuidanceConfig, create_training_task, is_moe
-from .teacher import default_teacher
+from ..models import moe_model
+from .factory import GuidanceConfig, create_training_task
+from .teacher import default_teacher, teacher_fixes
 
 _logger = logging.getLogger(__name__)
 
@@ -116,6 +117,21 @@ def _wants_guidance(base: nn.Module, cfg: Dict[str, Any]) -> bool:
     return name.startswith('tgr_') or bool(cfg)
 
 
+# the fixes of teacher errors (keys of timm_tgr.task.teacher.TEACHER_FIXES) in train.py's options
+TRAIN_PY_TEACHER_FIXES = dict(
+    name='pass --model-kwargs tgr_teacher=NAME (e.g. {teacher})',
+    norm='pass --model-kwargs "tgr_teacher_kwargs={{\'mean\': M, \'std\': S}}" (the values the teacher was trained '
+         'with)',
+    weights='pass --model-kwargs tgr_teacher_checkpoint=FILE',
+    grid='pass --model-kwargs "tgr_teacher_kwargs={{\'img_size\': {img_size}}}"',
+)
+
+
+def _default_teacher(arch: str) -> str:
+    with teacher_fixes(TRAIN_PY_TEACHER_FIXES):
+        return default_teacher(arch)
+
+
 def guidance_config(model: nn.Module) -> Optional[GuidanceConfig]:
     """The teacher guidance the ``tgr_*`` kwargs of ``model`` ask for; None for a dense model or an MoE model
     trained without teacher (a ``vmoe_*`` model without ``tgr_*`` kwargs, or ``tgr_enable=False``).
@@ -123,7 +139,7 @@ def guidance_config(model: nn.Module) -> Optional[GuidanceConfig]:
     The teacher defaults to the paper's for the student's size, created at the student's image size and channels
     unless ``tgr_teacher_kwargs`` say otherwise.
     """
-    if not is_moe(model):
+    if moe_model(model) is None:
         return None
     base = unwrap_model(model)
     cfg = model_guidance_cfg(base)
@@ -140,13 +156,13 @@ def guidance_config(model: nn.Module) -> Optional[GuidanceConfig]:
             "per epoch, counting every micro-batch with --grad-accum-steps).")
     arch = (getattr(base, 'pretrained_cfg', None) or {}).get('architecture', '')
     return GuidanceConfig(
-        teacher=cfg.get('teacher') or default_teacher(arch, how='train.py'),
+        teacher=cfg.get('teacher') or _default_teacher(arch),
         teacher_kwargs=dict(cfg.get('teacher_kwargs') or {}),
         teacher_checkpoint=cfg.get('teacher_checkpoint'), teacher_pretrained=cfg.get('teacher_pretrained', True),
         teacher_routers=cfg.get('teacher_routers'), mode=cfg.get('mode', 'tgr'), layer_map=cfg.get('layer_map'),
         distill_weight=cfg.get('distill_weight', 5.0), teacher_load_weight=cfg.get('teacher_load_weight', 0.005),
         teacher_entropy_weight=cfg.get('teacher_entropy_weight'), schedule=schedule,
-        total_steps=cfg.get('total_steps'), distill_fraction=cfg.get('distill_fraction', 0.5), how='train.py')
+        total_steps=cfg.get('total_steps'), distill_fraction=cfg.get('distill_fraction', 0.5))
 
 
 def create_task(model: nn.Module, criterion: Optional[nn.Module] = None, device=None, dtype=None,
@@ -154,12 +170,13 @@ def create_task(model: nn.Module, criterion: Optional[nn.Module] = None, device=
     """The task timm's train.py should use for ``model`` (its ``ClassificationTask`` signature): see
     :func:`~timm_tgr.task.factory.create_training_task`, with the guidance of :func:`guidance_config`."""
     guidance = guidance_config(model)
-    task = create_training_task(model, criterion=criterion, guidance=guidance, device=device, dtype=dtype,
-                                verbose=verbose, **kwargs)
+    with teacher_fixes(TRAIN_PY_TEACHER_FIXES):
+        task = create_training_task(model, criterion=criterion, guidance=guidance, device=device, dtype=dtype,
+                                    verbose=verbose, **kwargs)
     if verbose and guidance is not None:
         routers = f', teacher routers from {guidance.teacher_routers}' if guidance.teacher_routers else ''
         _logger.info(f'timm_tgr: TGR task, teacher {guidance.teacher}{routers}')
-    elif verbose and is_moe(model):
+    elif verbose and moe_model(model) is not None:
         _logger.info('timm_tgr: V-MoE task (task loss + MoE load/z losses)')
     return task
 
@@ -184,7 +201,7 @@ def moe_aware_kd_task(task_cls):
     class MoEAwareTask(_MoEAuxMixin, task_cls):
         def __init__(self, student_model, *args, **kwargs):
             super().__init__(student_model, *args, **kwargs)
-            if is_moe(student_model):
+            if moe_model(student_model) is not None:
                 base = unwrap_model(student_model)
                 if _wants_guidance(base, model_guidance_cfg(base)):
                     raise ValueError(

@@ -15,19 +15,10 @@ from typing import Dict, Mapping, Optional
 import torch
 import torch.nn as nn
 from timm.task import TrainingTask
-from timm.utils import unwrap_model
 
-__all__ = ['VMoETask', 'TrainerStateMixin', 'moe_loss_components', 'moe_student', 'wrap_ddp']
+from ..models import moe_model
 
-
-def moe_student(module: nn.Module) -> nn.Module:
-    """``module`` unwrapped (DDP, compile); a TypeError naming the fix unless it is a timm_tgr MoE model."""
-    student = unwrap_model(module)
-    if not hasattr(student, 'routing_infos'):
-        raise TypeError(
-            f'{type(student).__name__} is not a timm_tgr MoE model (no routing_infos()); create it with '
-            f"timm.create_model('vmoe_deit_small') or another model registered by timm_tgr.")
-    return student
+__all__ = ['VMoETask', 'TrainerStateMixin', 'moe_loss_components', 'wrap_ddp']
 
 
 def moe_loss_components(routing_infos: Mapping[int, object]) -> Dict[str, torch.Tensor]:
@@ -76,7 +67,7 @@ class VMoETask(TrainerStateMixin, TrainingTask):
     def __init__(self, model: nn.Module, criterion: Optional[nn.Module] = None, device=None, dtype=None,
                  verbose: bool = True):
         super().__init__(device=device, dtype=dtype, verbose=verbose)
-        moe_student(model)
+        moe_model(model, required=True)
         self.trainable_module = model
         self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
 
@@ -101,7 +92,7 @@ class VMoETask(TrainerStateMixin, TrainingTask):
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
         output = self.trainable_module(input)
         task_loss = self.criterion(output, target)
-        moe = moe_loss_components(moe_student(self.trainable_module).routing_infos())
+        moe = moe_loss_components(moe_model(self.trainable_module).routing_infos())
         loss = task_loss + moe['moe_aux_loss']
         moe['moe_aux_loss'] = moe['moe_aux_loss'].detach()
         return {'loss': loss, 'output': output, 'task_loss': task_loss.detach(), **moe}

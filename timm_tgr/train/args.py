@@ -21,7 +21,7 @@ from ..utils.cli import ArgumentParser, ParseKwargs
 
 __all__ = ['build_parser', 'parse_args', 'checkpoint_args', 'yaml_safe', 'earlier_run']
 
-_logger = logging.getLogger('train_tgr')
+_logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,7 +32,7 @@ __all__ = [
     'describe_model',
 ]
 
-_logger = logging.getLogger('train_tgr')
+_logger = logging.getLogger(__name__)
 
 # create_model kwargs that never change the weights' layout (left out of descriptions and comparisons)
 _NOT_ARCH = ('drop_rate', 'drop_path_rate', 'attn_drop_rate', 'proj_drop_rate', 'pos_drop_rate', 'num_classes')

@@ -22,12 +22,13 @@ import torch
 import torch.nn as nn
 from timm.utils import AverageMeter, accuracy, dispatch_clip_grad, is_primary, reduce_tensor, unwrap_model
 
-from ..task import RoutingStats
+from ..models import moe_model
+from ..task.metrics import RoutingStats
 
 __all__ = ['train_one_epoch', 'validate', 'reduce_routing_stats', 'set_epoch', 'FiniteGuard', 'TrainingDiverged',
            'check_eval_finite']
 
-_logger = logging.getLogger('train_tgr')
+_logger = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -58,8 +59,8 @@ class FiniteGuard:
     def _watched(self, result: dict) -> Dict[str, torch.Tensor]:
         values = {}
         trainable = unwrap_model(self.task.get_trainable_module())
-        student = unwrap_model(getattr(trainable, 'student', trainable))
-        if hasattr(student, 'get_moe_layers'):
+        student = moe_model(getattr(trainable, 'student', trainable))
+        if student is not None:
             for i, moe in student.get_moe_layers().items():
                 if getattr(moe, 'routing', None) is not None:
                     values[f'router logits of MoE block {i}'] = moe.routing.logits
@@ -272,7 +273,7 @@ def validate(
         loss_m.update(float(loss), n)
         top1_m.update(float(acc1), n)
         top5_m.update(float(acc5), n)
-        if routing_stats is not None and hasattr(base, 'routing_infos'):
+        if routing_stats is not None and moe_model(base) is not None:
             infos = base.routing_infos()
             routing_stats.update(infos)
             if batch_idx < probe_batches:

@@ -20,7 +20,7 @@ from ..visualize.writer import picture_epoch_dir
 
 __all__ = ['RoutingPictures', 'picture_epoch_dir']
 
-_logger = logging.getLogger('train_tgr')
+_logger = logging.getLogger(__name__)
 
 
 class RoutingPictures:

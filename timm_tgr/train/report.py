@@ -15,7 +15,7 @@ import logging
 import os
 from typing import Dict, List, Optional
 
-from ..task import ConsistencyTracker
+from ..task.metrics import ConsistencyTracker
 from ..task.metrics import mean_over_layers
 from ..utils.checkpoint import write_error
 from ..utils.metrics_log import write_metrics
@@ -25,7 +25,7 @@ __all__ = [
     'write_summary', 'summary_row', 'write_consistency', 'plot_routing_consistency',
 ]
 
-_logger = logging.getLogger('train_tgr')
+_logger = logging.getLogger(__name__)
 
 
 def epoch_row(epoch: int, lr: float, train_metrics: Dict[str, float], eval_metrics: Dict[str, float]) -> dict:

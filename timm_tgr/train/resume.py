@@ -31,7 +31,7 @@ from ..utils.checkpoint import as_dict, check_finite, plain_value, read_checkpoi
 
 __all__ = ['Resumed', 'resume_run', 'load_resumed_ema', 'run_differences']
 
-_logger = logging.getLogger('train_tgr')
+_logger = logging.getLogger(__name__)
 
 # model kwargs that change neither the weights' layout nor what the run trains toward
 _NOT_ARCH = ('drop_rate', 'drop_path_rate', 'attn_drop_rate', 'proj_drop_rate', 'pos_drop_rate', 'patch_drop_rate')

@@ -32,7 +32,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 from timm.utils import is_primary, random_seed, setup_default_logging
 
-from ..task import RoutingStats, TGRTask, record_assignments
+from ..task import TGRTask
+from ..task.metrics import RoutingStats, record_assignments
 from ..utils.cli import torch_threads
 from .args import parse_args
 from .loop import (
@@ -46,7 +47,7 @@ from .wandb_log import WandbLogger
 
 __all__ = ['main', 'train']
 
-_logger = logging.getLogger('train_tgr')
+_logger = logging.getLogger(__name__)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:

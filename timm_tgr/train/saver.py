@@ -20,7 +20,7 @@ from ..utils.checkpoint import NonFiniteError, non_finite_tensors, write_error
 
 __all__ = ['RunCheckpointSaver']
 
-_logger = logging.getLogger('train_tgr')
+_logger = logging.getLogger(__name__)
 
 
 class RunCheckpointSaver(CheckpointSaver):

@@ -34,8 +34,11 @@ from ..data import (
     check_device_data_args, check_mnist_files, prepare_fashion_mnist,
 )
 from ..models import upcycle_from
-from ..task import ConsistencyTracker, RouterFreezeSchedule, RoutingReference, default_teacher
-from ..task.factory import GuidanceConfig, create_training_task, is_moe
+from ..task import RouterFreezeSchedule, default_teacher
+from ..task.metrics import ConsistencyTracker, RoutingReference
+from ..task.teacher import teacher_fixes
+from ..models import moe_model
+from ..task.factory import GuidanceConfig, create_training_task
 from ..task.timm_train import model_guidance_cfg
 from ..utils.checkpoint import check_finite, run_outputs
 from ..utils.metrics_log import read_metrics
@@ -48,10 +51,10 @@ from .saver import RunCheckpointSaver
 
 __all__ = [
     'Loaders', 'TaskSetup', 'Optimization', 'RunFolder', 'Training', 'setup_training', 'create_model',
-    'create_loaders', 'create_device_loaders', 'create_task', 'create_reference', 'create_optimization', 'is_moe',
+    'create_loaders', 'create_device_loaders', 'create_task', 'create_reference', 'create_optimization',
 ]
 
-_logger = logging.getLogger('train_tgr')
+_logger = logging.getLogger(__name__)
 
 _FASHION_MNIST = ('torch/fashion_mnist', 'torchvision/fashion_mnist')
 
@@ -401,14 +404,26 @@ def set_input_normalization(model: nn.Module, data_config: dict) -> None:
     model.pretrained_cfg = model.default_cfg = cfg
 
 
+# the fixes of teacher errors (keys of timm_tgr.task.teacher.TEACHER_FIXES) in train_tgr.py's flags
+TRAIN_TGR_TEACHER_FIXES = dict(
+    name='pass --teacher NAME (e.g. --teacher {teacher}), or --teacher none to train without one',
+    norm='pass --teacher-kwargs mean=M std=S (the values the teacher was trained with, e.g. mean=0.286 std=0.353 '
+         'for Fashion-MNIST)',
+    weights='pass --teacher-checkpoint FILE (e.g. model_best.pth.tar of a train_tgr.py run of the teacher), or '
+            '--no-teacher-pretrained for a random teacher (debugging only)',
+    grid='pass --teacher-kwargs img_size={img_size}',
+)
+
+
 def resolve_teacher(args: argparse.Namespace, model: nn.Module) -> Optional[str]:
     """The teacher's name: --teacher, else the paper's for ``tgr_*`` models; None for 'none' or no teacher."""
     teacher = args.teacher
     if teacher is not None and teacher.lower() == 'none':
         return None
     if teacher is None and args.model_arch.startswith('tgr_'):
-        teacher = default_teacher(args.model_arch, how='train_tgr.py')
-    if teacher is not None and not is_moe(model):
+        with teacher_fixes(TRAIN_TGR_TEACHER_FIXES):
+            teacher = default_teacher(args.model_arch)
+    if teacher is not None and moe_model(model) is None:
         raise ValueError(f'--teacher {teacher!r} guides MoE routers, but {args.model!r} is a dense model: '
                          f'drop --teacher, or train a timm_tgr MoE model (e.g. tgr_moe_deit_tiny).')
     if teacher is None and args.teacher_routers_from:
@@ -533,7 +548,7 @@ def guidance_config(args: argparse.Namespace, batches_per_epoch: int) -> Optiona
         mode=args.tgr_mode, layer_map=None if args.layer_map == 'aligned' else args.layer_map,
         distill_weight=args.distill_weight, teacher_load_weight=args.teacher_load_weight,
         teacher_entropy_weight=args.teacher_entropy_weight, schedule=args.distill_schedule,
-        total_steps=args.epochs * batches_per_epoch, distill_fraction=args.distill_fraction, how='train_tgr.py')
+        total_steps=args.epochs * batches_per_epoch, distill_fraction=args.distill_fraction)
 
 
 def create_task(args: argparse.Namespace, model: nn.Module, loaders: Loaders, device: torch.device) -> TaskSetup:
@@ -543,14 +558,15 @@ def create_task(args: argparse.Namespace, model: nn.Module, loaders: Loaders, de
     criterion = train_criterion(args, loaders.mixup_active).to(device)
     verbose = is_primary(args)
     guidance = guidance_config(args, len(loaders.train))
-    task = create_training_task(model, criterion=criterion, guidance=guidance, device=device, verbose=verbose)
+    with teacher_fixes(TRAIN_TGR_TEACHER_FIXES):
+        task = create_training_task(model, criterion=criterion, guidance=guidance, device=device, verbose=verbose)
     if guidance is not None:
         kind = f'TGR ({args.tgr_mode}, teacher {args.teacher_resolved}, schedule {args.distill_schedule})'
         if guidance.teacher_routers:
             kind += f', teacher routers from {guidance.teacher_routers}'
     else:
-        kind = 'V-MoE (no teacher)' if is_moe(model) else 'dense classification'
-    tracker = ConsistencyTracker() if is_moe(model) else None
+        kind = 'V-MoE (no teacher)' if moe_model(model) is not None else 'dense classification'
+    tracker = ConsistencyTracker() if moe_model(model) is not None else None
     if tracker is not None:
         task.register_trainer_state('consistency', tracker)  # saved with checkpoints, restored on resume
     reference = create_reference(args, model, task)
@@ -565,7 +581,7 @@ def create_reference(args: argparse.Namespace, model: nn.Module, task: nn.Module
     mode = args.consistency_pretrained
     if mode == 'off' or (mode == 'auto' and not (args.pretrained or args.initial_checkpoint)):
         return None
-    if not is_moe(model) or args.probe_samples <= 0:
+    if moe_model(model) is None or args.probe_samples <= 0:
         if mode == 'on':
             raise ValueError('--consistency-pretrained on compares MoE routing on the probe set: train a timm_tgr '
                              'MoE model with --probe-samples > 0.')
@@ -582,7 +598,7 @@ def create_optimization(
     updates_per_epoch = (batches_per_epoch + args.grad_accum_steps - 1) // args.grad_accum_steps
     freeze = None
     if args.freeze_router_at is not None:
-        if not is_moe(model):
+        if moe_model(model) is None:
             raise ValueError('--freeze-router-at freezes MoE routers: the model has none')
         freeze = RouterFreezeSchedule(fraction=args.freeze_router_at, total_steps=args.epochs * updates_per_epoch)
     optimizer = create_optimizer_v2(task.get_trainable_module(), **optimizer_kwargs(cfg=args), **args.opt_kwargs)

@@ -15,7 +15,7 @@ from .args import yaml_safe
 
 __all__ = ['WandbLogger', 'flatten_row']
 
-_logger = logging.getLogger('train_tgr')
+_logger = logging.getLogger(__name__)
 
 
 def flatten_row(row: dict) -> Dict[str, float]:

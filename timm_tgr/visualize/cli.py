@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from timm.data import create_dataset, create_transform, resolve_data_config
 
+from ..models import moe_model
 from ..utils.cli import ArgumentParser, ParseKwargs, torch_threads
 from .load import class_names_for, load_model, load_teacher_routing, run_title
 from .writer import ProbeImages, round_robin, write_routing_pictures
@@ -177,7 +178,7 @@ def draw(args: argparse.Namespace) -> dict:
     loaded = load_model(args.model, model_kwargs=args.model_kwargs, ema=args.ema,
                         trust_checkpoint=args.trust_checkpoint)
     model = loaded.model.to(device)
-    if not hasattr(model, 'routing_infos'):
+    if moe_model(model) is None:
         raise SystemExit(f'{args.model} is a {type(model).__name__}, not a timm_tgr MoE model: nothing routes.')
     if not args.images and not args.dataset:
         raise SystemExit('give images (--images FILE_OR_DIR ...) and/or a dataset (--dataset NAME --data-dir DIR).')

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 import timm
 
-from .routing import TeacherRouting
+from ..task.teacher_router import TeacherRouting
 
 __all__ = ['LoadedModel', 'load_model', 'load_teacher_routing', 'class_names_for', 'run_title']
 
@@ -52,13 +52,6 @@ def load_model(spec: str, model_kwargs: Optional[Dict[str, Any]] = None, ema: bo
     return LoadedModel(model=model.eval(), source=spec)
 
 
-def _num_experts(model: nn.Module) -> int:
-    experts = {m.num_experts for m in model.get_moe_layers().values()}
-    if len(experts) != 1:
-        raise ValueError('teacher agreement needs the same number of experts in every MoE layer.')
-    return experts.pop()
-
-
 def load_teacher_routing(loaded: LoadedModel, teacher_checkpoint: Optional[str] = None,
                          device: Optional[torch.device] = None) -> Optional[TeacherRouting]:
     """The frozen teacher and trained teacher routers of a TGR run's checkpoint; None when the checkpoint holds
@@ -67,7 +60,8 @@ def load_teacher_routing(loaded: LoadedModel, teacher_checkpoint: Optional[str] 
     The teacher is the run's (``teacher`` / ``teacher_kwargs`` / ``layer_map`` of its args), with the weights
     of ``teacher_checkpoint`` if given, else of the run's ``teacher_checkpoint``.
     """
-    from ..task import TeacherGuidance, build_teacher, check_teacher_router_state, teacher_routers
+    from ..task.teacher import build_teacher
+    from ..task.teacher_router import check_teacher_router_state
     state = loaded.task_state.get('teacher_routers')
     if not state:
         if teacher_checkpoint:
@@ -92,12 +86,10 @@ def load_teacher_routing(loaded: LoadedModel, teacher_checkpoint: Optional[str] 
                         f'Pass --teacher-checkpoint FILE.')
         return None
     layer_map = args.get('layer_map')
-    guidance = TeacherGuidance.create(student, teacher_model=teacher,
-                                      layer_map=None if layer_map in (None, 'aligned') else layer_map)
-    routers = teacher_routers(guidance.teacher.embed_dim, _num_experts(student), student.get_moe_layers())
-    check_teacher_router_state(state, routers, source=loaded.source)
-    routers.load_state_dict(state)
-    return TeacherRouting(guidance, routers).to(device or next(student.parameters()).device).eval()
+    routing = TeacherRouting.create(student, teacher, None if layer_map in (None, 'aligned') else layer_map)
+    check_teacher_router_state(state, routing.routers, source=loaded.source)
+    routing.routers.load_state_dict(state)
+    return routing.to(device or next(student.parameters()).device).eval()
 
 
 def _dataset_classes(dataset) -> Optional[List[str]]:

@@ -12,6 +12,9 @@ import torch
 import torch.nn as nn
 from timm.utils import unwrap_model
 
+from ..models import moe_model
+from ..task.teacher_router import TeacherRouting
+
 __all__ = [
     'TeacherRouting', 'RoutingMaps', 'patch_grid', 'patch_tokens', 'routing_maps', 'ClassExpertCounts',
     'AgreementCounts', 'class_order', 'collect_routing',
@@ -35,34 +38,6 @@ def patch_tokens(t: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
     if t.shape[1] < num_patches:
         raise ValueError(f'{t.shape[1]} tokens cannot hold a {gh}x{gw} patch grid.')
     return t[:, t.shape[1] - num_patches:].reshape(t.shape[0], gh, gw, *t.shape[2:])
-
-
-class TeacherRouting(nn.Module):
-    """The frozen teacher and its trained routers: ``forward(x)`` gives p_t ``{block: [B, N, E]}``.
-
-    ``guidance`` is a :class:`~timm_tgr.task.teacher.TeacherGuidance` (h_t per student MoE block),
-    ``routers`` the teacher routers keyed ``str(block)`` as in checkpoints' ``task_state['teacher_routers']``.
-    """
-
-    def __init__(self, guidance: nn.Module, routers: nn.ModuleDict):
-        super().__init__()
-        self.guidance = guidance
-        self.routers = routers
-
-    @classmethod
-    def from_task(cls, task) -> Optional['TeacherRouting']:
-        """The teacher side of a :class:`~timm_tgr.task.tgr_task.TGRTask`; None for other tasks."""
-        guidance = getattr(task, 'guidance', None)
-        trainable = unwrap_model(getattr(task, 'trainable_module', None))
-        routers = getattr(trainable, 'teacher_routers', None)
-        if guidance is None or routers is None:
-            return None
-        return cls(guidance, routers)
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> Dict[int, torch.Tensor]:
-        feats = self.guidance(x)
-        return {int(k): router(feats[k]) for k, router in self.routers.items()}
 
 
 @dataclass
@@ -105,9 +80,9 @@ class RoutingMaps:
 @torch.no_grad()
 def routing_maps(model: nn.Module, x: torch.Tensor, teacher: Optional[TeacherRouting] = None) -> RoutingMaps:
     """One eval-mode forward of ``model`` on ``x`` (and of ``teacher``), read back through ``routing_infos()``."""
-    base = unwrap_model(model)
-    if not hasattr(base, 'routing_infos'):
-        raise ValueError(f'{type(base).__name__} has no routing_infos(): give a timm_tgr MoE model.')
+    base = moe_model(model)
+    if base is None:
+        raise ValueError(f'{type(unwrap_model(model)).__name__} has no routing_infos(): give a timm_tgr MoE model.')
     was_training = base.training
     model.eval()
     try:
