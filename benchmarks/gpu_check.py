@@ -58,7 +58,8 @@ from harness.runner import child_env as _child_env  # noqa: E402
 SCHEMA = 'timm_tgr.benchmarks.gpu_check/1'
 SECTIONS = ('pytest', 'throughput', 'deepspeed', 'study')
 OUT_JSON = 'gpu_check.json'
-# per-section limits (s); the study gets whatever is left before the overall budget, less RESERVE_S
+# the default budget and per-section limits (s), scaled alike by --budget-s; the study gets whatever is left before
+# the overall budget, less RESERVE_S
 LIMITS = {
     'gpu': dict(budget=540., pytest=75., throughput=255.),
     'dry': dict(budget=240., pytest=60., throughput=90.),  # limits, not targets: a loaded CPU must not skip rows
@@ -558,7 +559,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--dry-run', action='store_true', help='the same code on the CPU at tiny sizes (< 1 min)')
     p.add_argument('--budget-s', type=float, default=None,
                    help=f"overall wall seconds (default {LIMITS['gpu']['budget']:.0f}; dry run "
-                        f"{LIMITS['dry']['budget']:.0f})")
+                        f"{LIMITS['dry']['budget']:.0f}); the sections' limits scale with it")
     p.add_argument('--sections', default=','.join(SECTIONS), help=f'comma list from {SECTIONS} (default: all)')
     p.add_argument('--work-dir', default=None, help='scratch: study runs, logs (default: a new temporary folder)')
     p.add_argument('--data-dir', default='data', help='Fashion-MNIST root of the study (default: data)')
@@ -610,7 +611,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         sys.exit(128 + signum)
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        run_sections(ctx, args.sections, limits, end)
+        run_sections(ctx, args.sections, limits, end, budget / limits['budget'])
     finally:
         signal.signal(signal.SIGTERM, previous)  # main() may run inside another program (the tests)
     ctx.report.update(status='complete', finished=_now(), wall_s=round(time.monotonic() - t0, 2))
@@ -619,11 +620,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     return ctx.report
 
 
-def run_sections(ctx: Context, sections: Sequence[str], limits: dict, end: float) -> None:
-    """Each section in turn, up to its own limit and never past ``end``; its result lands in the JSON at once."""
+def run_sections(ctx: Context, sections: Sequence[str], limits: dict, end: float, scale: float = 1.) -> None:
+    """Each section in turn, up to its own limit (times ``scale``) and never past ``end``; its result lands in the
+    JSON at once."""
     for name in sections:
         start = time.monotonic()
-        deadline = min(end, start + limits[name]) if name in limits else end
+        deadline = min(end, start + limits[name] * scale) if name in limits else end
         print(f'\n=== {name} (limit {deadline - start:.0f} s) ===', flush=True)
         ctx.report['sections'][name] = {'status': 'running'}
         ctx.write()
