@@ -329,26 +329,34 @@ def test_teacher_route_mode_uses_teacher_choices():
     assert all(m.routing_override is None for m in student.get_moe_layers().values())
 
 
-@pytest.mark.parametrize('name', ['tgr_moe_deit_tiny', 'ec_moe_deit_tiny'])
-def test_teacher_route_task_loss_alone_trains_the_teacher_router(name):
-    """Eq. S1: with every auxiliary weight 0, the task loss alone must reach the teacher router (its
-    probabilities are the combine weights) and must not reach the student router."""
+def _teacher_route_step(student, **weights):
+    """One teacher-route training step (backward done) and its hand reference: a copy of the student taken before
+    the step, routed by p_t computed by hand from the teacher's blocks. Returns (task, output, reference logits, y,
+    the teacher-router weights in block order)."""
     torch.manual_seed(0)
-    student = tiny_student(name, router_noise_std=0.)
     reference_student = copy.deepcopy(student)
-    task = TGRTask(student, tiny_teacher(), mode='teacher_route', teacher_load_weight=0., distill_weight=0.)
+    task = TGRTask(student, tiny_teacher(), mode='teacher_route', **weights)
     task.train()
     x, y = _batch()
     out = task(x, y)
     out['loss'].backward()
-    routers = task.trainable_module.teacher_routers
-    # reference: the teacher's block outputs through the same router weights, used as the routing of a copy
-    # of the student, cross-entropy of its logits, differentiated by hand w.r.t. the router weights
     p_t = _hand_teacher_probs(task, x)
     reference_student.train()
     reference_student.set_routing_override(p_t)
-    ref_loss = F.cross_entropy(reference_student(x), y)
-    weights = [routers[str(s)].proj.weight for s in p_t]
+    routers = task.trainable_module.teacher_routers
+    return task, out, reference_student, reference_student(x), y, p_t, [routers[str(s)].proj.weight for s in p_t]
+
+
+@pytest.mark.parametrize('name', ['tgr_moe_deit_tiny', 'ec_moe_deit_tiny'])
+def test_teacher_route_task_loss_alone_trains_the_teacher_router(name):
+    """Eq. S1: with every auxiliary weight 0, the task loss alone must reach the teacher router (its
+    probabilities are the combine weights) and must not reach the student router. Reference: the teacher's block
+    outputs through the same router weights route a copy of the student; its cross-entropy, differentiated by hand
+    w.r.t. the router weights."""
+    torch.manual_seed(0)
+    student = tiny_student(name, router_noise_std=0.)
+    _, out, _, ref_logits, y, _, weights = _teacher_route_step(student, teacher_load_weight=0., distill_weight=0.)
+    ref_loss = F.cross_entropy(ref_logits, y)
     ref_grads = torch.autograd.grad(ref_loss, weights)
     assert ref_loss.item() == pytest.approx(out['loss'].item(), rel=1e-5)
     for w, ref in zip(weights, ref_grads):
@@ -365,26 +373,15 @@ def test_teacher_route_distillation_does_not_reach_the_teacher_router():
     those routers must not flow back through them (nor into the student's blocks: Eq. S2 trains the router)."""
     torch.manual_seed(0)
     student = tiny_student(router_noise_std=0.)
-    reference_student = copy.deepcopy(student)
-    task = TGRTask(student, tiny_teacher(), mode='teacher_route', teacher_load_weight=0.005, distill_weight=5.0)
-    task.train()
-    x, y = _batch()
-    out = task(x, y)
+    _, out, reference, ref_logits, y, p_t, weights = _teacher_route_step(
+        student, teacher_load_weight=0.005, distill_weight=5.0)
     assert out['distill_loss'].item() > 0
-    out['loss'].backward()
-    routers = task.trainable_module.teacher_routers
-    # reference: the same p_t routing a copy of the student; L_task + lambda_load sum L_load(p_t) by hand
-    p_t = _hand_teacher_probs(task, x)
-    reference_student.train()
-    reference_student.set_routing_override(p_t)
-    task_loss = F.cross_entropy(reference_student(x), y)
     load = 0.
     for pt in p_t.values():
         imp = pt.reshape(-1, pt.shape[-1]).mean(0)
         load = load + imp.var(unbiased=False) / imp.mean() ** 2
-    weights = [routers[str(s)].proj.weight for s in p_t]
-    backbone = reference_student.blocks[2].attn.qkv.weight
-    ref_grads = torch.autograd.grad(task_loss + 0.005 * load, weights + [backbone])
+    backbone = reference.blocks[2].attn.qkv.weight
+    ref_grads = torch.autograd.grad(F.cross_entropy(ref_logits, y) + 0.005 * load, weights + [backbone])
     for w, ref in zip(weights, ref_grads):
         torch.testing.assert_close(w.grad, ref, rtol=1e-4, atol=1e-9)
     torch.testing.assert_close(student.blocks[2].attn.qkv.weight.grad, ref_grads[-1], rtol=1e-4, atol=1e-9)
