@@ -4,13 +4,17 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from .study import ADAPTIVE_MIN_EPOCHS, QUICK_EPOCHS, QUICK_MODEL, QUICK_TEACHER_EPOCHS, QUICK_TRAIN, SWEEP_VARIANTS, VARIANTS
+from timm_tgr.layers import SparseMoE
+from timm_tgr.models._moe_vit import moe_layer_args
+
+from .study import (
+    ADAPTIVE_MIN_EPOCHS, QUICK_EPOCHS, QUICK_MODEL, QUICK_TEACHER_EPOCHS, QUICK_TRAIN, SWEEP_VARIANTS, VARIANTS,
+)
 
 
-# model kwargs that only an MoE model takes (left out for a dense variant)
-MOE_KWARGS = ('num_experts', 'top_k', 'moe_layers', 'capacity_factor', 'eval_capacity_factor', 'router_noise_std',
-              'capacity_group', 'eval_capacity_group', 'load_loss_weight', 'noisy_load_loss_weight', 'z_loss_weight',
-              'batch_prioritized_routing')
+# model kwargs that only an MoE model takes (left out for a dense variant): the MoE blocks' placement and every
+# kwarg the V-MoE layer takes besides timm Mlp's, read from the layer so a new layer option needs no edit here
+MOE_KWARGS = ('moe_layers',) + moe_layer_args(SparseMoE)
 
 
 def config_path(name: str) -> str:
