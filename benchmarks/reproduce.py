@@ -29,6 +29,9 @@ Before training it times a few steps of each model kind on the device and prints
     python benchmarks/reproduce.py --output output/gpu_study --report-only
     # copy the tables, JSON and plots (not the runs) into benchmarks/results/cpu_all/ to commit them
     python benchmarks/reproduce.py --output output/cpu_all --report-only --publish cpu_all
+    # a study that only changes the teacher: dense / V-MoE / untrained-teacher rows from cpu_recipe's runs
+    python benchmarks/reproduce.py --tier cpu-teacher --data-dir data --output output/cpu_teacher --device cpu \\
+        --baseline-study benchmarks/results/cpu_recipe
     # CI smoke test (tiny model, synthetic Fashion-MNIST-format data, CPU, well under a minute)
     python benchmarks/reproduce.py --quick --output /tmp/repro --variants vmoe tgr --experts 4 --main-experts 4
 
@@ -122,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--publish', default=None, metavar='NAME',
                    help='afterwards copy the tables, JSON and plots of --output (not the run folders) to '
                         'benchmarks/results/NAME/, the committed results')
+    p.add_argument('--baseline-study', default=None, metavar='DIR',
+                   help='take the rows of --baseline-variants from this published study (e.g. '
+                        'benchmarks/results/cpu_recipe) instead of training them: same student recipe and seeds '
+                        'required, checked; recorded in settings.json, so later --report-only keeps them')
+    p.add_argument('--baseline-variants', nargs='+', default=['dense', 'vmoe', 'tgr_random_teacher'],
+                   choices=list(VARIANTS), help='variants --baseline-study supplies (default: dense vmoe '
+                                                'tgr_random_teacher)')
     p.add_argument('--extra', nargs=argparse.REMAINDER, default=[],
                    help='further train_tgr.py flags for every run (everything after --extra)')
     return p
@@ -187,7 +197,24 @@ def _record_invocation(args, argv, device: str, plan: Plan, synthetic: bool, tie
     environment = read_json(env_path) if os.path.isfile(env_path) else {'invocations': []}
     environment['invocations'].append(_environment(argv, device))
     write_json(env_path, environment)
-    write_json(os.path.join(args.output, 'settings.json'), _settings(args, plan, synthetic, tier))
+    settings_path = os.path.join(args.output, 'settings.json')
+    settings = _settings(args, plan, synthetic, tier)
+    if os.path.isfile(settings_path) and 'baseline_study' in read_json(settings_path):  # kept across invocations
+        settings['baseline_study'] = read_json(settings_path)['baseline_study']
+    write_json(settings_path, settings)
+
+
+def _record_baseline(args) -> None:
+    """Note ``--baseline-study`` in settings.json, where :func:`build_report` reads it (checked there)."""
+    if args.baseline_study is None:
+        return
+    path = os.path.join(args.output, 'settings.json')
+    if not os.path.isfile(path):
+        raise SystemExit(f'{path} is missing: --baseline-study adds rows to a study that has run (train first)')
+    settings = read_json(path)
+    settings['baseline_study'] = {'study': os.path.relpath(os.path.abspath(args.baseline_study), ROOT),
+                                  'variants': list(args.baseline_variants)}
+    write_json(path, settings)
 
 
 def _data_dir(args) -> bool:
@@ -233,6 +260,7 @@ def _train(args, plan: Plan, runs, device: str) -> dict:
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     argv, args = start_study(build_parser(), argv)
     if args.report_only:
+        _record_baseline(args)
         report = build_report(args.output, {'command': 'python benchmarks/reproduce.py ' + shlex.join(argv),
                                             'date': utc_now()})
         _logger.info(f"report rebuilt from {len(report['runs'])} runs: {os.path.join(args.output, 'results.md')}")
@@ -253,6 +281,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.estimate_only:
         return {'estimate': json.loads(json.dumps(est))}
     _record_invocation(args, argv, device, plan, synthetic, tier)
+    _record_baseline(args)
     report = _train(args, plan, runs, device)
     publish(args.output, args.publish)
     return report

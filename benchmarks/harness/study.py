@@ -156,8 +156,9 @@ TIERS: Dict[str, Tier] = {t.name: t for t in (
          why='The quickstart teacher (DeiT-III layout, width 64) trained 10 epochs, one per seed, so it knows more '
              'than a 3-epoch student and its own variance enters the error bars. Cheaper here than the paper\'s 2x '
              'width (a width-128 step costs 2.7x a width-64 one on this CPU; --teacher-model-kwargs embed_dim=128 '
-             'num_heads=4 selects it). Dense and V-MoE rows come from the cpu-recipe study (the same runs: copy their '
-             'run folders into this --output; their flags are checked). Rows run in the order listed, so when time '
+             'num_heads=4 selects it). Dense, V-MoE and untrained-teacher rows come from the cpu-recipe study '
+             '(the same runs: --baseline-study benchmarks/results/cpu_recipe reads them from its results.json and '
+             'checks the recipe). Rows run in the order listed, so when time '
              'runs out the last rows are the ones cut.'),
     Tier('gpu-main', 'the main table: teacher; V-MoE, TGR full, TGR first-half, distillation only, teacher route '
                      'at E=8; 3 seeds; one H100',

@@ -7,8 +7,10 @@ from typing import List, Optional
 
 import numpy as np
 
+from .baseline import baseline_runs
 from .files import read_json, write_json
 from .collect import aggregate, block_label, claims, diff, discover_runs, find, find_row, summarize_run
+from .runner import ROOT
 from .study import PAPER, SWEEP_VARIANTS, TIERS, VARIANTS, paper_top1
 
 _logger = logging.getLogger('reproduce')
@@ -91,6 +93,11 @@ def _md_header(report: dict) -> List[str]:
              'guides every student') + f"; StableMoE routers frozen after {settings['stablemoe_freeze_at']:g} of the "
           'updates. Mean ± sample std over seeds (a single value where one seed ran). Top-1 in %, on the test '
           'split.', '']
+    if settings.get('baseline'):
+        b = settings['baseline']
+        L += [f"Rows {', '.join(f'`{v}`' for v in b['variants'])} are not trained here: they are the runs of the "
+              f"`{b['study']}` study (`{b['path']}`, git {', '.join(b['git']) or 'unknown'}), the same student recipe "
+              'and seeds (same seed: same initial weights and data order), checked when this report was built.', '']
     if report.get('incomplete_runs'):
         L += ['Incomplete runs, left out of every table (run the training command again to finish them): '
               + ', '.join(f'`{n}`' for n in report['incomplete_runs']) + '.', '']
@@ -425,6 +432,11 @@ def build_report(output: str, report_command: Optional[dict] = None) -> dict:
         raise SystemExit(f"{os.path.join(output, 'settings.json')} is missing: it is written by a training "
                          f"invocation of this script")
     summaries = [summarize_run(r, runs_dir) for r in records]
+    if settings.get('baseline_study'):
+        base = settings['baseline_study']
+        extra, settings['baseline'] = baseline_runs(os.path.join(ROOT, base['study']), base['variants'], settings,
+                                                    summaries)
+        summaries += extra
     settings['seeds_in_runs'] = sorted({s['seed'] for s in summaries if s['kind'] == 'student'})
     groups = aggregate(summaries)
     report = {

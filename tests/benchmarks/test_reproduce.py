@@ -229,6 +229,50 @@ def test_report_only_reads_folders_of_the_pre_split_script(repro, quick_run, tmp
     assert json.loads(json.dumps(rebuilt['aggregates'])) == json.loads(json.dumps(report['aggregates']))
 
 
+def _group_top1(report, variant):
+    g = next(g for g in report['aggregates'] if g['variant'] == variant)
+    return g['top1_final']['mean'], g['per_seed']['top1_final']
+
+
+def test_baseline_study_supplies_rows_without_training_them(repro, quick_run, tmp_path):
+    """A study without dense / V-MoE runs takes them from another study's results.json, checked and marked."""
+    out, report, _ = quick_run
+    work = tmp_path / 'teacher_study'
+    shutil.copytree(out, work)
+    for name in ('dense-s0', 'vmoe-E4-s0'):
+        shutil.rmtree(work / 'runs' / name)
+    rebuilt = repro.main(['--report-only', '--output', str(work), '--baseline-study', str(out),
+                          '--baseline-variants', 'dense', 'vmoe'])
+    for variant in ('dense', 'vmoe', 'tgr'):
+        assert _group_top1(rebuilt, variant) == _group_top1(report, variant), variant
+    claim = next(c for c in rebuilt['claims'] if c['claim'].startswith('TGR (full) - V-MoE, top-1'))
+    want = next(c for c in report['claims'] if c['claim'].startswith('TGR (full) - V-MoE, top-1'))
+    assert claim['ours'] == want['ours'] and claim['paired'] == want['paired']
+    assert {r['name']: r.get('source') for r in rebuilt['runs']}['vmoe-E4-s0'] == os.path.basename(out)
+    assert 'are not trained here' in (work / 'results.md').read_text()
+    again = repro.main(['--report-only', '--output', str(work)])  # recorded: a later rebuild keeps the rows
+    assert _group_top1(again, 'vmoe') == _group_top1(report, 'vmoe')
+
+
+def test_baseline_study_refuses_another_recipe_or_a_row_trained_twice(repro, quick_run, tmp_path):
+    out, _, _ = quick_run
+    other = tmp_path / 'other'
+    other.mkdir()
+    data = json.loads((out / 'results.json').read_text())
+    data['settings']['epochs'] += 1
+    (other / 'results.json').write_text(json.dumps(data))
+    work = tmp_path / 'work'
+    shutil.copytree(out, work)
+    with pytest.raises(SystemExit, match=r"epochs: 3 there, 2 here.*Train those rows here"):
+        repro.main(['--report-only', '--output', str(work), '--baseline-study', str(other),
+                    '--baseline-variants', 'vmoe'])
+    work2 = tmp_path / 'work2'
+    shutil.copytree(out, work2)
+    with pytest.raises(SystemExit, match=r"variants trained in both studies: \['vmoe'\]"):
+        repro.main(['--report-only', '--output', str(work2), '--baseline-study', str(out),
+                    '--baseline-variants', 'vmoe'])
+
+
 def test_publish_copies_the_results_not_the_runs(repro, quick_run, tmp_path, monkeypatch):
     out, _, _ = quick_run
     import harness.publish
