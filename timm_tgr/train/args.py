@@ -15,11 +15,12 @@ import yaml
 
 import timm
 
-from ..task import TGR_MODES, DistillSchedule
+from ..task.options import GuidanceConfig, guidance_options, option_help, option_types
 from ..utils.checkpoint import run_outputs
 from ..utils.cli import ArgumentParser, ParseKwargs
 
-__all__ = ['build_parser', 'parse_args', 'checkpoint_args', 'yaml_safe', 'earlier_run']
+__all__ = ['build_parser', 'parse_args', 'guidance_flag', 'guidance_from_flags', 'checkpoint_args', 'yaml_safe',
+           'earlier_run']
 
 _logger = logging.getLogger(__name__)
 
@@ -97,41 +98,72 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_guidance_args(parser: argparse.ArgumentParser) -> None:
-    """TGR (paper Sec. 3): the teacher, the distillation weight and schedule, the probe set."""
+    """TGR (paper Sec. 3): GuidanceConfig's options, the StableMoE baseline, the probe set."""
     group = parser.add_argument_group('Teacher-guided routing')
-    group.add_argument('--teacher', default=None, metavar='NAME',
-                       help="dense teacher (timm name, local-dir:/hf-hub:). Default: the paper's DeiT-III for "
-                            "tgr_moe_* models, none for others; 'none' trains without guidance")
-    group.add_argument('--teacher-checkpoint', default='', metavar='PATH',
-                       help='teacher weights (e.g. a train_tgr.py checkpoint of the dense teacher)')
-    group.add_argument('--teacher-kwargs', nargs='*', default={}, action=ParseKwargs,
-                       help='timm.create_model kwargs of the teacher (e.g. embed_dim=96 patch_size=7)')
-    group.add_argument('--no-teacher-pretrained', action='store_true',
-                       help='random teacher weights when no --teacher-checkpoint (debugging only)')
-    group.add_argument('--tgr-mode', default='tgr', choices=TGR_MODES,
-                       help='tgr (the method), distill_only (router learns only from the teacher), '
-                            'teacher_route (upper bound: teacher router routes)')
-    group.add_argument('--distill-weight', type=float, default=5.0, help='lambda_distill (paper: 5.0)')
-    group.add_argument('--teacher-load-weight', type=float, default=0.005, help='lambda_load of the teacher router')
-    group.add_argument('--teacher-entropy-weight', type=float, default=None,
-                       help='lambda_ent of the teacher router (default 0.005; 0 in teacher_route mode)')
-    group.add_argument('--distill-schedule', default='full', choices=DistillSchedule.MODES,
-                       help='when distillation is on: full, first (--distill-fraction of training), off, adaptive')
-    group.add_argument('--distill-fraction', type=float, default=0.5, help="fraction for --distill-schedule first")
-    group.add_argument('--layer-map', default='aligned', choices=('aligned', 'last'),
-                       help='teacher block per student MoE block: same depth (aligned) or the last block')
-    group.add_argument('--freeze-router-at', type=float, default=None, metavar='FRACTION',
-                       help='StableMoE baseline: freeze all routers after this fraction of the updates')
-    group.add_argument('--probe-samples', type=int, default=1000,
-                       help='validation images in the fixed routing-consistency probe set (0 disables)')
-    group.add_argument('--teacher-routers-from', default='', metavar='PATH',
-                       help="start the teacher routers from this TGR run's checkpoint (its task_state; same "
-                            'expert count and teacher width) instead of fresh ones, e.g. to continue TGR while '
-                            'fine-tuning')
+    for name in guidance_options():
+        if name == 'teacher_routers':  # the trainer's own flags stand before it, as they always have
+            _add_probe_args(group)
+        _add_guidance_flag(group, name)
     group.add_argument('--consistency-pretrained', default='auto', choices=('auto', 'on', 'off'),
                        help='log consistency_pretrained: per MoE layer, the fraction of probe tokens whose top-1 '
                             'expert is the one the starting weights chose (before the first step). auto: on when '
                             'starting from trained weights (--pretrained, --initial-checkpoint)')
+
+
+def _add_probe_args(group) -> None:
+    group.add_argument('--freeze-router-at', type=float, default=None, metavar='FRACTION',
+                       help='StableMoE baseline: freeze all routers after this fraction of the updates')
+    group.add_argument('--probe-samples', type=int, default=1000,
+                       help='validation images in the fixed routing-consistency probe set (0 disables)')
+
+
+# the flag of an option where it is not --<option> (the names train_tgr.py has always had); None: not in the
+# guidance group (--trust-checkpoint is the model group's, for every checkpoint; total_steps is counted)
+_GUIDANCE_FLAGS = {'mode': '--tgr-mode', 'schedule': '--distill-schedule', 'teacher_routers': '--teacher-routers-from',
+                   'trust_checkpoint': None, 'total_steps': None}
+
+
+def guidance_flag(name: str) -> Optional[str]:
+    """train_tgr.py's flag of GuidanceConfig option ``name``: ``--<name>``, ``--no-<name>`` for a bool that is on
+    by default, or its older name."""
+    if name in _GUIDANCE_FLAGS:
+        return _GUIDANCE_FLAGS[name]
+    return ('--no-' if guidance_options()[name][1] is True else '--') + name.replace('_', '-')
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip('-').replace('-', '_')
+
+
+def _add_guidance_flag(group, name: str) -> None:
+    """The flag of option ``name``: its help, type, default, choices; a path's default is '' (None in the config)."""
+    flag = guidance_flag(name)
+    if flag is None:
+        return
+    _, default, meaning = guidance_options()[name]
+    types = option_types(name)
+    kw = dict(help=option_help(name, guidance_flag))
+    if bool in types:
+        kw.update(action='store_true')
+    elif dict in types and not meaning.choices:
+        kw.update(nargs='*', default={}, action=ParseKwargs)
+    else:
+        kw.update(type=float if float in types else types[0], default='' if meaning.path else default,
+                  choices=meaning.choices or None, metavar=meaning.metavar or ('PATH' if meaning.path else None))
+    group.add_argument(flag, **kw)
+
+
+def guidance_from_flags(args: argparse.Namespace, **given) -> GuidanceConfig:
+    """The GuidanceConfig of the flags; ``given`` sets the options without a flag of their own (and wins)."""
+    values = {}
+    for name, (_, _, meaning) in guidance_options().items():
+        flag = guidance_flag(name)
+        if flag is None:
+            continue
+        value = getattr(args, _dest(flag))
+        values[name] = (not value if flag.startswith('--no-') else value or None if meaning.path
+                        else dict(value) if isinstance(value, dict) else value)
+    return GuidanceConfig(**{**values, **given})
 
 
 def _add_optimizer_args(parser: argparse.ArgumentParser) -> None:
@@ -295,14 +327,22 @@ _RANGES = (
     ('layer_decay', 0., None, False), ('drop', 0., 1., True), ('drop_path', 0., 1., True),
     ('smoothing', 0., 1., True), ('mixup', 0., None, True), ('cutmix', 0., None, True),
     ('mixup_prob', 0., 1., True), ('reprob', 0., 1., True), ('hflip', 0., 1., True), ('vflip', 0., 1., True),
-    ('model_ema_decay', 0., 1., True), ('distill_weight', 0., None, True), ('teacher_load_weight', 0., None, True),
-    ('teacher_entropy_weight', 0., None, True),
+    ('model_ema_decay', 0., 1., True),
 )
+
+
+def _ranges():
+    """_RANGES and those of the guidance flags (GuidanceConfig's)."""
+    yield from _RANGES
+    for name, (_, _, meaning) in guidance_options().items():
+        flag = guidance_flag(name)
+        if flag is not None and (meaning.low is not None or meaning.high is not None):
+            yield _dest(flag), meaning.low, meaning.high, True
 
 
 def _check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Every numeric flag finite and inside its range (a flag left at None is not checked)."""
-    for dest, low, high, closed in _RANGES:
+    for dest, low, high, closed in _ranges():
         value = getattr(args, dest, None)
         if value is None:
             continue
@@ -321,8 +361,6 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error('--wandb-resume-id continues a wandb run: resume the training run too (--resume CHECKPOINT)')
     if args.freeze_router_at is not None and not 0. <= args.freeze_router_at <= 1.:
         parser.error(f'--freeze-router-at is a fraction of training in [0, 1], got {args.freeze_router_at}')
-    if not 0. <= args.distill_fraction <= 1.:
-        parser.error(f'--distill-fraction must be in [0, 1], got {args.distill_fraction}')
     if args.resume and not os.path.isfile(args.resume):
         parser.error(f'--resume {args.resume!r}: no such checkpoint file (train_tgr.py writes last.pth.tar '
                      f'in the run folder)')

@@ -42,7 +42,7 @@ from ..task.factory import GuidanceConfig, create_training_task
 from ..task.timm_train import model_guidance_cfg
 from ..utils.checkpoint import check_finite, run_outputs
 from ..utils.metrics_log import read_metrics
-from .args import checkpoint_args, earlier_run, yaml_safe
+from .args import checkpoint_args, earlier_run, guidance_from_flags, yaml_safe
 from .finetune import load_initial_checkpoint, log_pretrained_head, model_source, reset_classifier
 from .lock import RunFolderBusy, RunLock
 from .report import row_metric
@@ -541,14 +541,8 @@ def guidance_config(args: argparse.Namespace, batches_per_epoch: int) -> Optiona
         return None
     if args.distill_schedule == 'adaptive' and args.probe_samples <= 0:
         raise ValueError('--distill-schedule adaptive watches probe-set consistency: set --probe-samples > 0')
-    return GuidanceConfig(
-        teacher=args.teacher_resolved, teacher_kwargs=dict(args.teacher_kwargs),
-        teacher_checkpoint=args.teacher_checkpoint or None, teacher_pretrained=not args.no_teacher_pretrained,
-        trust_checkpoint=args.trust_checkpoint, teacher_routers=args.teacher_routers_from or None,
-        mode=args.tgr_mode, layer_map=None if args.layer_map == 'aligned' else args.layer_map,
-        distill_weight=args.distill_weight, teacher_load_weight=args.teacher_load_weight,
-        teacher_entropy_weight=args.teacher_entropy_weight, schedule=args.distill_schedule,
-        total_steps=args.epochs * batches_per_epoch, distill_fraction=args.distill_fraction)
+    return guidance_from_flags(args, teacher=args.teacher_resolved, trust_checkpoint=args.trust_checkpoint,
+                               total_steps=args.epochs * batches_per_epoch)
 
 
 def create_task(args: argparse.Namespace, model: nn.Module, loaders: Loaders, device: torch.device) -> TaskSetup:
