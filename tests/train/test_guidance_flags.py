@@ -59,7 +59,8 @@ def test_help_says_the_options_meaning():
     actions = {a.dest: a for a in groups['Teacher-guided routing']._group_actions}
     assert actions['distill_weight'].help == 'lambda_distill (paper: 5.0)'  # Table S1
     assert actions['distill_fraction'].help == 'fraction for --distill-schedule first'
-    assert actions['no_teacher_pretrained'].help == 'random teacher weights when no --teacher-checkpoint (debugging only)'
+    assert actions['no_teacher_pretrained'].help == ('random teacher weights when no --teacher-checkpoint '
+                                                     '(debugging only)')
     for name, (_, default, meaning) in guidance_options().items():
         flag = guidance_flag(name)
         if flag is None:

@@ -12,10 +12,20 @@ from dataclasses import MISSING, dataclass, field, fields
 from numbers import Real
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
-__all__ = ['TGR_MODES', 'Option', 'option', 'GuidanceConfig', 'guidance_options', 'paper_value', 'option_help',
-           'option_types', 'check_option', 'describe_range']
+__all__ = ['TGR_MODES', 'MODEL', 'RUN', 'RECIPE', 'RECORDED', 'NEUTRAL', 'RUN_FOLDER', 'ROLES', 'Option', 'option',
+           'GuidanceConfig', 'guidance_options', 'paper_value', 'option_help', 'option_types', 'check_option',
+           'describe_range']
 
 TGR_MODES = ('tgr', 'distill_only', 'teacher_route')
+
+# the one role of an option (and of a train_tgr.py flag) in a run's record, args.yaml and a checkpoint's args
+MODEL = 'model'  # the student's architecture: a resume must repeat it
+RUN = 'run'  # what a checkpoint's task or optimizer state belongs to: a resume must repeat it; in the model card
+RECIPE = 'recipe'  # how the run trains, in the model card; a resume may change it (args.yaml keeps both)
+RECORDED = 'recorded'  # kept in the record, not in the model card; a resume may change it (args.yaml keeps both)
+NEUTRAL = 'neutral'  # changes nothing the run computes (this machine's paths, threads, logging): not compared
+RUN_FOLDER = 'run-folder'  # where the run is written or what it continues from: not compared
+ROLES = (MODEL, RUN, RECIPE, RECORDED, NEUTRAL, RUN_FOLDER)
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,7 @@ class Option:
     number or the choices of a string, whether it is a file path, its usage name (``metavar``), whether timm's
     train.py takes it as a ``tgr_*`` model kwarg, and the paper's value where the default (None) stands for it."""
     help: str
+    role: Optional[str]
     symbol: str = ''
     source: str = ''
     low: Optional[float] = None
@@ -36,9 +47,10 @@ class Option:
     paper: Any = None
 
 
-def option(default: Any, help: str, **meaning: Any) -> Any:
-    """A :class:`GuidanceConfig` field with ``default`` and its :class:`Option`."""
-    meta = {'option': Option(help=help, **meaning)}
+def option(default: Any, help: str, role: Optional[str], **meaning: Any) -> Any:
+    """A :class:`GuidanceConfig` field with ``default`` and its :class:`Option` (``role``: one of :data:`ROLES`, or
+    None for an option the trainer counts and does not record)."""
+    meta = {'option': Option(help=help, role=role, **meaning)}
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -55,41 +67,43 @@ class GuidanceConfig:
     """
     teacher: Optional[str] = option(
         None, "dense teacher (timm name, local-dir:/hf-hub:). Default: the paper's DeiT-III for tgr_moe_* models, "
-              "none for others; 'none' trains without guidance", symbol='h_t', source='Sec. 3.1, Table S1',
+              "none for others; 'none' trains without guidance", role=RUN, symbol='h_t', source='Sec. 3.1, Table S1',
         metavar='NAME')
     teacher_checkpoint: Optional[str] = option(
-        None, 'teacher weights (e.g. a train_tgr.py checkpoint of the dense teacher)', path=True)
+        None, 'teacher weights (e.g. a train_tgr.py checkpoint of the dense teacher)', role=NEUTRAL, path=True)
     teacher_kwargs: Dict[str, Any] = option(
-        {}, 'timm.create_model kwargs of the teacher (e.g. embed_dim=96 patch_size=7)')
+        {}, 'timm.create_model kwargs of the teacher (e.g. embed_dim=96 patch_size=7)', role=RUN)
     teacher_pretrained: bool = option(
-        True, 'random teacher weights when no {teacher_checkpoint} (debugging only)')
+        True, 'random teacher weights when no {teacher_checkpoint} (debugging only)', role=RECIPE)
     mode: str = option(
         'tgr', 'tgr (the method), distill_only (router learns only from the teacher), teacher_route (upper bound: '
-               'teacher router routes)', source='Table 5; teacher_route: Eq. S1-S3', choices=TGR_MODES)
+               'teacher router routes)', role=RUN, source='Table 5; teacher_route: Eq. S1-S3', choices=TGR_MODES)
     distill_weight: float = option(
-        5.0, 'lambda_distill (paper: {default})', symbol='lambda_distill', source='L_student, Table S1', low=0.)
+        5.0, 'lambda_distill (paper: {default})', role=RECIPE, symbol='lambda_distill', source='L_student, Table S1',
+        low=0.)
     teacher_load_weight: float = option(
-        0.005, 'lambda_load of the teacher router', symbol='lambda_load', source='L_teacher, Table S1', low=0.)
+        0.005, 'lambda_load of the teacher router', role=RECIPE, symbol='lambda_load', source='L_teacher, Table S1',
+        low=0.)
     teacher_entropy_weight: Optional[float] = option(
-        None, 'lambda_ent of the teacher router (default {paper}; 0 in teacher_route mode)',
+        None, 'lambda_ent of the teacher router (default {paper}; 0 in teacher_route mode)', role=RECIPE,
         symbol='lambda_ent', source='L_teacher, Table S1', low=0., paper=0.005)
     schedule: str = option(
-        'full', 'when distillation is on: full, first ({distill_fraction} of training), off, adaptive',
+        'full', 'when distillation is on: full, first ({distill_fraction} of training), off, adaptive', role=RECIPE,
         source='distillation-timing ablation', choices=('full', 'first', 'off', 'adaptive'))
     distill_fraction: float = option(
-        0.5, 'fraction for {schedule} first', source='distillation-timing ablation', low=0., high=1.)
+        0.5, 'fraction for {schedule} first', role=RECIPE, source='distillation-timing ablation', low=0., high=1.)
     layer_map: Union[str, Mapping[int, int], None] = option(
-        'aligned', 'teacher block per student MoE block: same depth (aligned) or the last block',
+        'aligned', 'teacher block per student MoE block: same depth (aligned) or the last block', role=RUN,
         source='teacher-layer ablation', choices=('aligned', 'last'))
     teacher_routers: Optional[str] = option(
         None, "start the teacher routers from this TGR run's checkpoint (its task_state; same expert count and "
-              'teacher width) instead of fresh ones, e.g. to continue TGR while fine-tuning', symbol='R_t',
-        source='Sec. 3.2', path=True)
+              'teacher width) instead of fresh ones, e.g. to continue TGR while fine-tuning', role=RECORDED,
+        symbol='R_t', source='Sec. 3.2', path=True)
     trust_checkpoint: bool = option(
         False, 'read {teacher_checkpoint} and {teacher_routers} with torch.load(weights_only=False), which can run '
-               'code stored in the file: only for checkpoints you made yourself', kwarg=False)
+               'code stored in the file: only for checkpoints you made yourself', role=NEUTRAL, kwarg=False)
     total_steps: Optional[int] = option(
-        None, 'training forwards (micro-batches) of the whole run, for {schedule} first', low=1)
+        None, 'training forwards (micro-batches) of the whole run, for {schedule} first', role=None, low=1)
 
     def __post_init__(self):
         for f in fields(self):

@@ -4,34 +4,63 @@ Flags are named as in timm's ``train.py`` where they mean the same; any of them 
 file given with ``-c/--config`` (keys use underscores, see ``timm_tgr/configs/``).
 """
 import argparse
+import functools
 import logging
 import math
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import yaml
 
 import timm
 
-from ..task.options import GuidanceConfig, guidance_options, option_help, option_types
+from ..task.options import (
+    MODEL, NEUTRAL, RECIPE, RECORDED, ROLES, RUN, RUN_FOLDER, GuidanceConfig, guidance_options, option_help,
+    option_types,
+)
 from ..utils.checkpoint import run_outputs
 from ..utils.cli import ArgumentParser, ParseKwargs
 
-__all__ = ['build_parser', 'parse_args', 'guidance_flag', 'guidance_from_flags', 'checkpoint_args', 'yaml_safe',
-           'earlier_run']
+__all__ = ['build_parser', 'parse_args', 'guidance_flag', 'guidance_from_flags', 'RESOLVED', 'record_roles',
+           'flag_names', 'checkpoint_args', 'yaml_safe', 'earlier_run']
 
 _logger = logging.getLogger(__name__)
 
 
+class _Roles:
+    """Flags that each declare their role in the run's record (:data:`~timm_tgr.task.options.ROLES`)."""
+
+    def add_argument(self, *args, role: Optional[str] = None, **kwargs) -> argparse.Action:
+        if role not in ROLES and kwargs.get('action') != 'help':
+            raise ValueError(f'the role of {args} must be one of {ROLES}, got {role!r}')
+        action = super().add_argument(*args, **kwargs)
+        action.role = role
+        return action
+
+
+class _RoleGroup(_Roles, argparse._ArgumentGroup):
+    pass
+
+
+class _Parser(_Roles, ArgumentParser):
+    """train_tgr.py's parser: its flags, and those of its groups, take a ``role``."""
+
+    def add_argument_group(self, *args, **kwargs) -> _RoleGroup:
+        group = _RoleGroup(self, *args, **kwargs)
+        self._action_groups.append(group)
+        return group
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The trainer's argparse parser (``train_tgr.py --help``)."""
-    parser = ArgumentParser(
+    parser = _Parser(
         prog='train_tgr.py',
         description='Train V-MoE / TGR-MoE (and dense teacher) models with timm. '
                     'Any flag can also be set in a YAML file given with -c/--config (keys use underscores).')
-    parser.add_argument('-c', '--config', default='', type=str, metavar='FILE', help='YAML config with flag values')
+    parser.add_argument('-c', '--config', default='', type=str, metavar='FILE', help='YAML config with flag values',
+                        role=NEUTRAL)
     for add_group in (
             _add_dataset_args, _add_model_args, _add_guidance_args, _add_optimizer_args, _add_schedule_args,
             _add_augmentation_args, _add_ema_args, _add_misc_args, _add_observation_args):
@@ -42,59 +71,68 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
     """Where the images come from."""
     group = parser.add_argument_group('Dataset')
-    group.add_argument('--data-dir', metavar='DIR', default='data', help='dataset root (default: data)')
+    group.add_argument('--data-dir', metavar='DIR', default='data', help='dataset root (default: data)', role=NEUTRAL)
     group.add_argument('--dataset', metavar='NAME', default='torch/fashion_mnist',
                        help='timm dataset name: "" or "folder" for an ImageFolder tree, torch/<name> for torchvision '
-                            '(default: torch/fashion_mnist, prepared from Debian\'s dataset-fashion-mnist if present)')
-    group.add_argument('--train-split', default='train', help='training split (default: train)')
-    group.add_argument('--val-split', default='validation', help='validation split (default: validation)')
-    group.add_argument('--dataset-download', action='store_true', help='allow torchvision to download the dataset')
-    group.add_argument('--class-map', default='', type=str, metavar='FILE', help='class map file for folder datasets')
+                            '(default: torch/fashion_mnist, prepared from Debian\'s dataset-fashion-mnist if present)',
+                       role=RECIPE)
+    group.add_argument('--train-split', default='train', help='training split (default: train)', role=RECIPE)
+    group.add_argument('--val-split', default='validation', help='validation split (default: validation)', role=RECIPE)
+    group.add_argument('--dataset-download', action='store_true', help='allow torchvision to download the dataset',
+                       role=RECORDED)
+    group.add_argument('--class-map', default='', type=str, metavar='FILE', help='class map file for folder datasets',
+                       role=RECORDED)
     group.add_argument('--device-data', action='store_true',
                        help='keep the dataset on the device (torchvision MNIST family, CIFAR): pad-4 random crop, '
-                            'flip and mixup there, no loader workers (timm_tgr.data.DeviceDataLoader)')
+                            'flip and mixup there, no loader workers (timm_tgr.data.DeviceDataLoader)', role=RECORDED)
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     """The student: timm model name, its create_model kwargs, batch sizes, weights to start from."""
     group = parser.add_argument_group('Model')
-    group.add_argument('--model', default='tgr_moe_deit_tiny', metavar='NAME', help='timm model name')
-    group.add_argument('--pretrained', action='store_true', help='start from pretrained weights')
-    group.add_argument('--initial-checkpoint', default='', metavar='PATH', help='load these weights first')
+    group.add_argument('--model', default='tgr_moe_deit_tiny', metavar='NAME', help='timm model name', role=MODEL)
+    group.add_argument('--pretrained', action='store_true', help='start from pretrained weights', role=RECIPE)
+    group.add_argument('--initial-checkpoint', default='', metavar='PATH', help='load these weights first',
+                       role=RECORDED)
     group.add_argument('--upcycle-from', default='', metavar='FILE_OR_MODEL',
                        help='sparse upcycling: start the MoE from a dense ViT/DeiT checkpoint (file, folder, timm '
-                            'name, hf-hub:/local-dir:): every expert a copy of the dense MLP, a near-uniform router')
+                            'name, hf-hub:/local-dir:): every expert a copy of the dense MLP, a near-uniform router',
+                       role=RECORDED)
     group.add_argument('--resume', default='', metavar='PATH',
                        help="resume training from this checkpoint (e.g. RUN/last.pth.tar) with the run's own flags; "
                             'the optimizer state comes from the checkpoint, its settings (--lr, --weight-decay, ...) '
-                            'from this command')
-    group.add_argument('--no-resume-opt', action='store_true', help='do not restore optimizer/scaler state')
+                            'from this command', role=RUN_FOLDER)
+    group.add_argument('--no-resume-opt', action='store_true', help='do not restore optimizer/scaler state',
+                       role=NEUTRAL)
     group.add_argument('--trust-checkpoint', action='store_true',
                        help='read --resume / --initial-checkpoint / --upcycle-from / --teacher-checkpoint / '
                             '--teacher-routers-from with torch.load(weights_only=False), which can run code stored '
-                            'in the file: only for checkpoints you made yourself')
-    group.add_argument('--num-classes', type=int, default=None, metavar='N', help='number of classes')
+                            'in the file: only for checkpoints you made yourself', role=NEUTRAL)
+    group.add_argument('--num-classes', type=int, default=None, metavar='N', help='number of classes', role=RECIPE)
     group.add_argument('--reset-classifier', action='store_true',
                        help='fresh classifier after loading --pretrained / --initial-checkpoint weights even when '
                             'the class count is the same (new classes); for another class count it is always fresh; '
-                            'without loaded weights nothing to reset')
-    group.add_argument('--img-size', type=int, default=None, metavar='N', help='image size (model and data)')
-    group.add_argument('--in-chans', type=int, default=None, metavar='N', help='image channels')
-    group.add_argument('--crop-pct', default=None, type=float, help='eval crop fraction')
-    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN', help='dataset mean')
-    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD', help='dataset std')
-    group.add_argument('--interpolation', default='', type=str, help='resize interpolation')
-    group.add_argument('-b', '--batch-size', type=int, default=128, metavar='N', help='batch size per process')
+                            'without loaded weights nothing to reset', role=RECORDED)
+    group.add_argument('--img-size', type=int, default=None, metavar='N', help='image size (model and data)',
+                       role=RECIPE)
+    group.add_argument('--in-chans', type=int, default=None, metavar='N', help='image channels', role=RECIPE)
+    group.add_argument('--crop-pct', default=None, type=float, help='eval crop fraction', role=RECIPE)
+    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN', help='dataset mean', role=RECIPE)
+    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD', help='dataset std', role=RECIPE)
+    group.add_argument('--interpolation', default='', type=str, help='resize interpolation', role=RECORDED)
+    group.add_argument('-b', '--batch-size', type=int, default=128, metavar='N', help='batch size per process',
+                       role=RECIPE)
     group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N',
-                       help='validation batch size (default: batch size)')
+                       help='validation batch size (default: batch size)', role=RECORDED)
     group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
-                       help='extra timm.create_model kwargs, e.g. num_experts=8 top_k=1 embed_dim=96')
-    group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N', help='micro-batches per update')
-    group.add_argument('--grad-checkpointing', action='store_true', help='activation checkpointing')
-    group.add_argument('--drop', type=float, default=0.0, help='dropout rate')
-    group.add_argument('--drop-path', type=float, default=None, help='drop path rate')
+                       help='extra timm.create_model kwargs, e.g. num_experts=8 top_k=1 embed_dim=96', role=MODEL)
+    group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N', help='micro-batches per update',
+                       role=RECIPE)
+    group.add_argument('--grad-checkpointing', action='store_true', help='activation checkpointing', role=RECORDED)
+    group.add_argument('--drop', type=float, default=0.0, help='dropout rate', role=RECIPE)
+    group.add_argument('--drop-path', type=float, default=None, help='drop path rate', role=RECIPE)
     group.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor',
-                       help='torch.compile the task with this backend (default: inductor)')
+                       help='torch.compile the task with this backend (default: inductor)', role=RECORDED)
 
 
 def _add_guidance_args(parser: argparse.ArgumentParser) -> None:
@@ -107,14 +145,14 @@ def _add_guidance_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--consistency-pretrained', default='auto', choices=('auto', 'on', 'off'),
                        help='log consistency_pretrained: per MoE layer, the fraction of probe tokens whose top-1 '
                             'expert is the one the starting weights chose (before the first step). auto: on when '
-                            'starting from trained weights (--pretrained, --initial-checkpoint)')
+                            'starting from trained weights (--pretrained, --initial-checkpoint)', role=RECORDED)
 
 
 def _add_probe_args(group) -> None:
     group.add_argument('--freeze-router-at', type=float, default=None, metavar='FRACTION',
-                       help='StableMoE baseline: freeze all routers after this fraction of the updates')
+                       help='StableMoE baseline: freeze all routers after this fraction of the updates', role=RECIPE)
     group.add_argument('--probe-samples', type=int, default=1000,
-                       help='validation images in the fixed routing-consistency probe set (0 disables)')
+                       help='validation images in the fixed routing-consistency probe set (0 disables)', role=RECORDED)
 
 
 # the flag of an option where it is not --<option> (the names train_tgr.py has always had); None: not in the
@@ -150,7 +188,7 @@ def _add_guidance_flag(group, name: str) -> None:
     else:
         kw.update(type=float if float in types else types[0], default='' if meaning.path else default,
                   choices=meaning.choices or None, metavar=meaning.metavar or ('PATH' if meaning.path else None))
-    group.add_argument(flag, **kw)
+    group.add_argument(flag, role=meaning.role, **kw)
 
 
 def guidance_from_flags(args: argparse.Namespace, **given) -> GuidanceConfig:
@@ -169,94 +207,104 @@ def guidance_from_flags(args: argparse.Namespace, **given) -> GuidanceConfig:
 def _add_optimizer_args(parser: argparse.ArgumentParser) -> None:
     """timm's optimizer flags (Table S1 defaults)."""
     group = parser.add_argument_group('Optimizer')
-    group.add_argument('--opt', default='adamw', metavar='OPTIMIZER', help='optimizer (default: adamw)')
-    group.add_argument('--opt-eps', default=None, type=float, help='optimizer epsilon')
-    group.add_argument('--opt-betas', default=None, type=float, nargs='+', help='optimizer betas')
-    group.add_argument('--momentum', type=float, default=0.9, help='SGD momentum')
-    group.add_argument('--weight-decay', type=float, default=0.05, help='weight decay (Table S1: 0.05)')
-    group.add_argument('--clip-grad', type=float, default=None, help='gradient clipping value')
-    group.add_argument('--clip-mode', type=str, default='norm', help='norm, value or agc')
-    group.add_argument('--layer-decay', type=float, default=None, help='layer-wise lr decay')
-    group.add_argument('--opt-kwargs', nargs='*', default={}, action=ParseKwargs)
+    group.add_argument('--opt', default='adamw', metavar='OPTIMIZER', help='optimizer (default: adamw)', role=RUN)
+    group.add_argument('--opt-eps', default=None, type=float, help='optimizer epsilon', role=RECIPE)
+    group.add_argument('--opt-betas', default=None, type=float, nargs='+', help='optimizer betas', role=RECIPE)
+    group.add_argument('--momentum', type=float, default=0.9, help='SGD momentum', role=RECIPE)
+    group.add_argument('--weight-decay', type=float, default=0.05, help='weight decay (Table S1: 0.05)', role=RECIPE)
+    group.add_argument('--clip-grad', type=float, default=None, help='gradient clipping value', role=RECIPE)
+    group.add_argument('--clip-mode', type=str, default='norm', help='norm, value or agc', role=RECIPE)
+    group.add_argument('--layer-decay', type=float, default=None, help='layer-wise lr decay', role=RECIPE)
+    group.add_argument('--opt-kwargs', nargs='*', default={}, action=ParseKwargs, role=RECORDED)
 
 
 def _add_schedule_args(parser: argparse.ArgumentParser) -> None:
     """timm's scheduler flags (Table S1 defaults)."""
     group = parser.add_argument_group('Learning rate schedule')
-    group.add_argument('--sched', type=str, default='cosine', metavar='SCHEDULER', help='lr schedule (cosine)')
-    group.add_argument('--sched-on-updates', action='store_true', help='step the schedule per update')
-    group.add_argument('--lr', type=float, default=5e-4, metavar='LR', help='learning rate (Table S1: 5e-4)')
-    group.add_argument('--warmup-lr', type=float, default=1e-6, help='warmup start lr')
-    group.add_argument('--min-lr', type=float, default=1e-5, help='lower lr bound of the schedule')
-    group.add_argument('--epochs', type=int, default=300, metavar='N', help='epochs (Table S1: 300 ImageNet)')
-    group.add_argument('--warmup-epochs', type=int, default=5, help='warmup epochs (Table S1: 5)')
-    group.add_argument('--warmup-prefix', action='store_true', help='exclude warmup from the decay')
-    group.add_argument('--cooldown-epochs', type=int, default=0, help='epochs at min lr after the schedule')
-    group.add_argument('--decay-epochs', type=float, default=90, help='step schedules: epochs between decays')
-    group.add_argument('--decay-rate', type=float, default=0.1, help='step schedules: decay rate')
-    group.add_argument('--patience-epochs', type=int, default=10, help='plateau schedule patience')
-    group.add_argument('--lr-cycle-mul', type=float, default=1.0)
-    group.add_argument('--lr-cycle-decay', type=float, default=0.5)
-    group.add_argument('--lr-cycle-limit', type=int, default=1)
-    group.add_argument('--lr-k-decay', type=float, default=1.0)
-    group.add_argument('--lr-noise', type=float, nargs='+', default=None)
-    group.add_argument('--lr-noise-pct', type=float, default=0.67)
-    group.add_argument('--lr-noise-std', type=float, default=1.0)
+    group.add_argument('--sched', type=str, default='cosine', metavar='SCHEDULER', help='lr schedule (cosine)',
+                       role=RECIPE)
+    group.add_argument('--sched-on-updates', action='store_true', help='step the schedule per update', role=RECORDED)
+    group.add_argument('--lr', type=float, default=5e-4, metavar='LR', help='learning rate (Table S1: 5e-4)',
+                       role=RECIPE)
+    group.add_argument('--warmup-lr', type=float, default=1e-6, help='warmup start lr', role=RECIPE)
+    group.add_argument('--min-lr', type=float, default=1e-5, help='lower lr bound of the schedule', role=RECIPE)
+    group.add_argument('--epochs', type=int, default=300, metavar='N', help='epochs (Table S1: 300 ImageNet)',
+                       role=RECIPE)
+    group.add_argument('--warmup-epochs', type=int, default=5, help='warmup epochs (Table S1: 5)', role=RECIPE)
+    group.add_argument('--warmup-prefix', action='store_true', help='exclude warmup from the decay', role=RECORDED)
+    group.add_argument('--cooldown-epochs', type=int, default=0, help='epochs at min lr after the schedule',
+                       role=RECIPE)
+    group.add_argument('--decay-epochs', type=float, default=90, help='step schedules: epochs between decays',
+                       role=RECORDED)
+    group.add_argument('--decay-rate', type=float, default=0.1, help='step schedules: decay rate', role=RECIPE)
+    group.add_argument('--patience-epochs', type=int, default=10, help='plateau schedule patience', role=RECORDED)
+    group.add_argument('--lr-cycle-mul', type=float, default=1.0, role=RECORDED)
+    group.add_argument('--lr-cycle-decay', type=float, default=0.5, role=RECORDED)
+    group.add_argument('--lr-cycle-limit', type=int, default=1, role=RECORDED)
+    group.add_argument('--lr-k-decay', type=float, default=1.0, role=RECORDED)
+    group.add_argument('--lr-noise', type=float, nargs='+', default=None, role=RECORDED)
+    group.add_argument('--lr-noise-pct', type=float, default=0.67, role=RECORDED)
+    group.add_argument('--lr-noise-std', type=float, default=1.0, role=RECORDED)
 
 
 def _add_augmentation_args(parser: argparse.ArgumentParser) -> None:
     """timm's augmentation, mixup/cutmix and label-smoothing flags."""
     group = parser.add_argument_group('Augmentation and regularization')
-    group.add_argument('--no-aug', action='store_true', help='no training augmentation')
-    group.add_argument('--scale', type=float, nargs='+', default=[0.08, 1.0], help='random-resized-crop scale')
-    group.add_argument('--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], help='crop aspect ratio')
-    group.add_argument('--hflip', type=float, default=0.5, help='horizontal flip probability')
-    group.add_argument('--vflip', type=float, default=0., help='vertical flip probability')
-    group.add_argument('--color-jitter', type=float, default=None, help='color jitter (off by default)')
+    group.add_argument('--no-aug', action='store_true', help='no training augmentation', role=RECIPE)
+    group.add_argument('--scale', type=float, nargs='+', default=[0.08, 1.0], help='random-resized-crop scale',
+                       role=RECIPE)
+    group.add_argument('--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], help='crop aspect ratio',
+                       role=RECIPE)
+    group.add_argument('--hflip', type=float, default=0.5, help='horizontal flip probability', role=RECIPE)
+    group.add_argument('--vflip', type=float, default=0., help='vertical flip probability', role=RECIPE)
+    group.add_argument('--color-jitter', type=float, default=None, help='color jitter (off by default)', role=RECIPE)
     group.add_argument('--aa', type=str, default=None, metavar='NAME',
-                       help='auto augment, e.g. rand-m9-mstd0.5-inc1 (Table S1: RandAugment)')
-    group.add_argument('--reprob', type=float, default=0., help='random erase probability')
-    group.add_argument('--remode', type=str, default='pixel', help='random erase mode')
-    group.add_argument('--recount', type=int, default=1, help='random erase count')
-    group.add_argument('--mixup', type=float, default=0.0, help='mixup alpha (Table S1: 0.8)')
-    group.add_argument('--cutmix', type=float, default=0.0, help='cutmix alpha (Table S1: 1.0)')
-    group.add_argument('--cutmix-minmax', type=float, nargs='+', default=None)
-    group.add_argument('--mixup-prob', type=float, default=1.0)
-    group.add_argument('--mixup-switch-prob', type=float, default=0.5)
-    group.add_argument('--mixup-mode', type=str, default='batch')
-    group.add_argument('--mixup-off-epoch', default=0, type=int, help='turn mixup off at this epoch (0: never)')
-    group.add_argument('--smoothing', type=float, default=0.1, help='label smoothing')
-    group.add_argument('--train-interpolation', type=str, default='random')
+                       help='auto augment, e.g. rand-m9-mstd0.5-inc1 (Table S1: RandAugment)', role=RECIPE)
+    group.add_argument('--reprob', type=float, default=0., help='random erase probability', role=RECIPE)
+    group.add_argument('--remode', type=str, default='pixel', help='random erase mode', role=RECORDED)
+    group.add_argument('--recount', type=int, default=1, help='random erase count', role=RECORDED)
+    group.add_argument('--mixup', type=float, default=0.0, help='mixup alpha (Table S1: 0.8)', role=RECIPE)
+    group.add_argument('--cutmix', type=float, default=0.0, help='cutmix alpha (Table S1: 1.0)', role=RECIPE)
+    group.add_argument('--cutmix-minmax', type=float, nargs='+', default=None, role=RECORDED)
+    group.add_argument('--mixup-prob', type=float, default=1.0, role=RECIPE)
+    group.add_argument('--mixup-switch-prob', type=float, default=0.5, role=RECORDED)
+    group.add_argument('--mixup-mode', type=str, default='batch', role=RECORDED)
+    group.add_argument('--mixup-off-epoch', default=0, type=int, help='turn mixup off at this epoch (0: never)',
+                       role=RECORDED)
+    group.add_argument('--smoothing', type=float, default=0.1, help='label smoothing', role=RECIPE)
+    group.add_argument('--train-interpolation', type=str, default='random', role=RECORDED)
 
 
 def _add_ema_args(parser: argparse.ArgumentParser) -> None:
     """An EMA of the student weights, evaluated every epoch beside the model."""
     group = parser.add_argument_group('EMA')
-    group.add_argument('--model-ema', action='store_true', help='keep an EMA of the (student) weights')
-    group.add_argument('--model-ema-decay', type=float, default=0.9998)
-    group.add_argument('--model-ema-warmup', action='store_true')
+    group.add_argument('--model-ema', action='store_true', help='keep an EMA of the (student) weights', role=RECIPE)
+    group.add_argument('--model-ema-decay', type=float, default=0.9998, role=RECIPE)
+    group.add_argument('--model-ema-warmup', action='store_true', role=RECIPE)
 
 
 def _add_misc_args(parser: argparse.ArgumentParser) -> None:
     """Seed, logging, checkpoints, outputs, device, distributed, threads."""
     group = parser.add_argument_group('Misc')
-    group.add_argument('--seed', type=int, default=42, help='random seed')
-    group.add_argument('--log-interval', type=int, default=50, help='batches between log lines')
-    group.add_argument('--checkpoint-hist', type=int, default=2, help='checkpoints to keep')
-    group.add_argument('-j', '--workers', type=int, default=2, help='data loading workers per process')
-    group.add_argument('--amp', action='store_true', help='mixed precision (autocast)')
-    group.add_argument('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'))
-    group.add_argument('--no-prefetcher', action='store_true', help='disable timm\'s CUDA prefetcher')
-    group.add_argument('--pin-mem', action='store_true')
-    group.add_argument('--output', default='output', metavar='DIR', help='output root (default: output)')
-    group.add_argument('--experiment', default='', metavar='NAME', help='run sub-folder name')
-    group.add_argument('--eval-metric', default='top1', help='metric that picks the best checkpoint')
-    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    group.add_argument('--dist-backend', default=None, help='torch.distributed backend (gloo on CPU, nccl on CUDA)')
-    group.add_argument('--dist-url', default=None)
-    group.add_argument('--no-progress', action='store_true', help='no progress bar')
-    group.add_argument('--no-plot', action='store_true', help='skip the routing-consistency plot')
-    group.add_argument('--threads', type=int, default=None, help='torch CPU threads per process')
+    group.add_argument('--seed', type=int, default=42, help='random seed', role=RECIPE)
+    group.add_argument('--log-interval', type=int, default=50, help='batches between log lines', role=NEUTRAL)
+    group.add_argument('--checkpoint-hist', type=int, default=2, help='checkpoints to keep', role=RECORDED)
+    group.add_argument('-j', '--workers', type=int, default=2, help='data loading workers per process', role=NEUTRAL)
+    group.add_argument('--amp', action='store_true', help='mixed precision (autocast)', role=RECIPE)
+    group.add_argument('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'), role=RECIPE)
+    group.add_argument('--no-prefetcher', action='store_true', help='disable timm\'s CUDA prefetcher', role=RECORDED)
+    group.add_argument('--pin-mem', action='store_true', role=NEUTRAL)
+    group.add_argument('--output', default='output', metavar='DIR', help='output root (default: output)',
+                       role=RUN_FOLDER)
+    group.add_argument('--experiment', default='', metavar='NAME', help='run sub-folder name', role=RUN_FOLDER)
+    group.add_argument('--eval-metric', default='top1', help='metric that picks the best checkpoint', role=RECIPE)
+    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', role=NEUTRAL)
+    group.add_argument('--dist-backend', default=None, help='torch.distributed backend (gloo on CPU, nccl on CUDA)',
+                       role=NEUTRAL)
+    group.add_argument('--dist-url', default=None, role=NEUTRAL)
+    group.add_argument('--no-progress', action='store_true', help='no progress bar', role=NEUTRAL)
+    group.add_argument('--no-plot', action='store_true', help='skip the routing-consistency plot', role=NEUTRAL)
+    group.add_argument('--threads', type=int, default=None, help='torch CPU threads per process', role=NEUTRAL)
 
 
 def _add_observation_args(parser: argparse.ArgumentParser) -> None:
@@ -264,16 +312,18 @@ def _add_observation_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('Routing pictures and experiment logging')
     group.add_argument('--visualize-every', type=int, default=0, metavar='N',
                        help='every N epochs and after the last, draw the routing pictures of a fixed validation '
-                            'batch into <run>/visualize/epoch-NNN/ (python -m timm_tgr.visualize\'s sheets; 0: off)')
+                            'batch into <run>/visualize/epoch-NNN/ (python -m timm_tgr.visualize\'s sheets; 0: off)',
+                       role=RECORDED)
     group.add_argument('--visualize-images', type=int, default=8, metavar='N',
-                       help='validation images with a sheet each in --visualize-every pictures (default: 8)')
+                       help='validation images with a sheet each in --visualize-every pictures (default: 8)',
+                       role=RECORDED)
     group.add_argument('--log-wandb', action='store_true',
                        help='log metrics, routing per MoE block and the pictures to Weights & Biases '
-                            '(pip install "timm-tgr[wandb]"; WANDB_MODE=offline works without network)')
-    group.add_argument('--wandb-project', default=None, type=str, help='wandb project name')
-    group.add_argument('--wandb-tags', default=[], type=str, nargs='+', help='wandb tags')
+                            '(pip install "timm-tgr[wandb]"; WANDB_MODE=offline works without network)', role=RECORDED)
+    group.add_argument('--wandb-project', default=None, type=str, help='wandb project name', role=RECORDED)
+    group.add_argument('--wandb-tags', default=[], type=str, nargs='+', help='wandb tags', role=RECORDED)
     group.add_argument('--wandb-resume-id', default='', type=str, metavar='ID',
-                       help='continue this wandb run (with --resume)')
+                       help='continue this wandb run (with --resume)', role=RECORDED)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -427,6 +477,28 @@ def earlier_run(folder: str, args: argparse.Namespace, log: bool = True) -> Opti
                 f'--resume {point}.')
     return (f'{name} holds an earlier run ({held}), and train_tgr.py never writes into an earlier run: continue it '
             f'with --resume {point}, or start a new run with another --experiment (or --output).')
+
+
+# the record's resolved values, compared in place of their flags: an hf-hub:/local-dir: --model as its architecture
+# and the create_model kwargs that rebuild it, --teacher as the teacher trained with (the paper's by default)
+RESOLVED = {'model': 'model_arch', 'model_kwargs': 'model_kwargs_resolved', 'teacher': 'teacher_resolved'}
+# how this process ran (set up from --device and torch.distributed's environment), and a checkpoint's --model
+_RUNTIME = {'distributed': NEUTRAL, 'world_size': NEUTRAL, 'rank': NEUTRAL, 'local_rank': NEUTRAL,
+            'prefetcher': NEUTRAL, 'model_source': MODEL}
+
+
+@functools.lru_cache(maxsize=None)
+def record_roles() -> Dict[str, str]:
+    """The role of every key of a run's record (``args.yaml``, a checkpoint's ``args``): each flag's own, a
+    resolved value's its flag's, and the runtime keys'."""
+    roles = {a.dest: a.role for a in build_parser()._actions if a.role is not None}
+    return {**roles, **{RESOLVED[k]: roles[k] for k in RESOLVED}, **_RUNTIME}
+
+
+@functools.lru_cache(maxsize=None)
+def flag_names() -> Dict[str, str]:
+    """Each flag's dest and its long name (``'batch_size'`` -> ``'--batch-size'``)."""
+    return {a.dest: a.option_strings[-1] for a in build_parser()._actions if a.option_strings}
 
 
 def yaml_safe(d: dict) -> dict:

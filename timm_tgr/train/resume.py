@@ -27,17 +27,14 @@ import torch.nn as nn
 from timm.models import clean_state_dict
 from timm.utils import unwrap_model
 
+from ..models._factory import is_architecture_kwarg
+from ..task.options import MODEL, RUN
 from ..utils.checkpoint import as_dict, check_finite, plain_value, read_checkpoint, state_dict_mismatches
+from .args import RESOLVED, flag_names, record_roles
 
 __all__ = ['Resumed', 'resume_run', 'load_resumed_ema', 'run_differences']
 
 _logger = logging.getLogger(__name__)
-
-# model kwargs that change neither the weights' layout nor what the run trains toward
-_NOT_ARCH = ('drop_rate', 'drop_path_rate', 'attn_drop_rate', 'proj_drop_rate', 'pos_drop_rate', 'patch_drop_rate')
-# args that define the run a checkpoint belongs to: (args key, the flag that sets it)
-_RUN_KEYS = (('model_arch', '--model'), ('teacher_resolved', '--teacher'), ('tgr_mode', '--tgr-mode'),
-             ('layer_map', '--layer-map'))
 
 
 @dataclass
@@ -51,7 +48,7 @@ class Resumed:
 def _kwargs_differences(flag: str, before: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
     out = []
     for k in sorted(set(before) | set(now)):
-        if k in _NOT_ARCH or k.startswith('tgr_'):
+        if not is_architecture_kwarg(k):
             continue
         b, n = plain_value(before.get(k, '(default)')), plain_value(now.get(k, '(default)'))
         if b != n:
@@ -61,20 +58,22 @@ def _kwargs_differences(flag: str, before: Dict[str, Any], now: Dict[str, Any]) 
 
 def run_differences(run_args: Dict[str, Any], args: argparse.Namespace, with_optimizer: bool = True) -> List[str]:
     """What this command trains differently from the run that wrote a checkpoint with ``run_args`` (train_tgr.py
-    args): each as '--flag (the run: X; this command: Y)'. Empty for another trainer's checkpoint."""
+    args): each flag of role model or run (``--opt`` only ``with_optimizer``) as '--flag (the run: X; this command:
+    Y)', a kwargs flag per architecture kwarg. Empty for another trainer's checkpoint."""
     if 'model_kwargs_resolved' not in run_args:
         return []  # not recorded by train_tgr.py: the load below still fails clearly on a mismatch
-    now = vars(args)
-    out = []
-    for key, flag in _RUN_KEYS + ((('opt', '--opt'),) if with_optimizer else ()):
-        before = run_args.get(key, run_args.get('model') if key == 'model_arch' else None)
-        if plain_value(before) != plain_value(now.get(key)):
-            out.append(f'{flag} (the run: {before}; this command: {now.get(key)})')
-    out += _kwargs_differences('--model-kwargs', run_args.get('model_kwargs_resolved') or {},
-                               now.get('model_kwargs_resolved') or {})
-    if run_args.get('teacher_resolved') and now.get('teacher_resolved'):
-        out += _kwargs_differences('--teacher-kwargs', run_args.get('teacher_kwargs') or {},
-                                   dict(now.get('teacher_kwargs') or {}))
+    now, out = vars(args), []
+    both_guided = bool(run_args.get('teacher_resolved') and now.get('teacher_resolved'))
+    for dest, role in record_roles().items():
+        if role not in (MODEL, RUN) or dest not in flag_names() or (dest == 'opt' and not with_optimizer):
+            continue
+        key = RESOLVED.get(dest, dest)
+        before, value = run_args.get(key, run_args.get(dest)), now.get(key)
+        if isinstance(value, dict):  # --model-kwargs, and --teacher-kwargs when both runs have a teacher
+            if dest != 'teacher_kwargs' or both_guided:
+                out += _kwargs_differences(flag_names()[dest], before or {}, dict(value))
+        elif plain_value(before) != plain_value(value):
+            out.append(f'{flag_names()[dest]} (the run: {before}; this command: {value})')
     return out
 
 

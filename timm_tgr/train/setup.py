@@ -15,14 +15,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 import yaml
-from PIL import Image
 
 import timm
-from timm.data import FastCollateMixup, ImageDataset, Mixup, create_dataset, create_loader, resolve_data_config
+from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.models import safe_model_name
 from timm.optim import create_optimizer_v2, optimizer_kwargs
@@ -33,16 +31,19 @@ from ..data import (
     DEFAULT_CROP_PADDING, FASHION_MNIST_MEAN, FASHION_MNIST_STD, MNIST_FOLDERS, DeviceDataLoader,
     check_device_data_args, check_mnist_files, prepare_fashion_mnist,
 )
+from ..data.fashion_mnist import FASHION_MNIST_NAMES
+from ..data.checks import FOLDER_DATASETS, check_class_lists, check_folder_dataset, check_images, check_labels
 from ..models import upcycle_from
 from ..task import RouterFreezeSchedule, default_teacher
 from ..task.metrics import ConsistencyTracker, RoutingReference
 from ..task.teacher import teacher_fixes
 from ..models import moe_model
 from ..task.factory import GuidanceConfig, create_training_task
+from ..task.options import NEUTRAL, RUN_FOLDER
 from ..task.timm_train import model_guidance_cfg
 from ..utils.checkpoint import check_finite, run_outputs
 from ..utils.metrics_log import read_metrics
-from .args import checkpoint_args, earlier_run, guidance_from_flags, yaml_safe
+from .args import RESOLVED, checkpoint_args, earlier_run, guidance_from_flags, record_roles, yaml_safe
 from .finetune import load_initial_checkpoint, log_pretrained_head, model_source, reset_classifier
 from .lock import RunFolderBusy, RunLock
 from .report import row_metric
@@ -55,8 +56,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-_FASHION_MNIST = ('torch/fashion_mnist', 'torchvision/fashion_mnist')
 
 
 @dataclass
@@ -167,7 +166,7 @@ def prepare_dataset(args: argparse.Namespace) -> None:
     folder dataset (the labels are checked against the model in :func:`create_datasets`)."""
     _dataset_defaults(args)
     name = args.dataset.lower()
-    if name in _FASHION_MNIST and is_primary(args):
+    if name in FASHION_MNIST_NAMES and is_primary(args):
         src = prepare_fashion_mnist(args.data_dir, download=args.dataset_download)
         _logger.info(f'Fashion-MNIST in {args.data_dir} (source: {src})')
     if args.distributed:
@@ -175,157 +174,13 @@ def prepare_dataset(args: argparse.Namespace) -> None:
     short = name.split('/', 1)[1] if name.startswith(('torch/', 'torchvision/')) else None
     if short in MNIST_FOLDERS:
         check_mnist_files(args.data_dir, MNIST_FOLDERS[short])
-    elif name in _FOLDER_DATASETS:
-        check_folder_dataset(args)
-
-
-_FOLDER_DATASETS = ('', 'folder', 'imagefolder')
-
-
-def check_folder_dataset(args: argparse.Namespace) -> None:
-    """An image folder dataset (``--dataset folder`` / ``''``) needs ``--data-dir`` with a folder for each split:
-    without one timm reads the whole ``--data-dir`` as that split, so the validation top-1 (and ``model_best``)
-    would come from other images than the validation split's (e.g. the training images)."""
-    how = ('--dataset folder reads <data-dir>/<split>/<class>/<image> (splits --train-split / --val-split, '
-           'default train / validation)')
-    if not os.path.isdir(args.data_dir):
-        raise FileNotFoundError(f'--data-dir {args.data_dir} does not exist: give the folder holding the image '
-                                f'folders ({how}).')
-    for flag, split in (('--train-split', args.train_split), ('--val-split', args.val_split)):
-        if split_folder(args.data_dir, split) is None:
-            there = sorted(d for d in os.listdir(args.data_dir) if os.path.isdir(os.path.join(args.data_dir, d)))
-            raise FileNotFoundError(
-                f'--data-dir {args.data_dir} has no {split}/ folder for {flag} {split} (its folders: '
-                f'{", ".join(there[:8]) or "none"}): timm would read the whole --data-dir as that split, so '
-                f'{_WHOLE_DIR[flag]}. '
-                f'Put the images in {os.path.join(args.data_dir, split)}/<class>/, or name the split\'s folder with '
-                f'{flag} ({how}).')
-
-
-_WHOLE_DIR = {'--train-split': 'training would read the images of every split',
-              '--val-split': 'the validation top-1 and model_best would come from the training images'}
-
-
-def split_folder(root: str, split: str) -> Optional[str]:
-    """The folder timm's ``create_dataset`` reads for ``split`` of the folder dataset ``root`` (the split's
-    name, or for train / validation one of its synonyms: training, val, valid, eval, evaluation); None where timm
-    would fall back to ``root`` itself."""
-    name = split.split('[')[0]
-    synonyms = {'train': ('train', 'training'), 'training': ('train', 'training')}
-    evals = ('val', 'valid', 'validation', 'eval', 'evaluation')
-    candidates = (name,) + synonyms.get(name, evals if name in evals else ())
-    return next((os.path.join(root, c) for c in candidates if os.path.isdir(os.path.join(root, c))), None)
-
-
-def check_class_lists(dataset_train, dataset_eval, args: argparse.Namespace) -> None:
-    """The two splits of a folder dataset must have the same class folders: labels are their sorted positions, so a
-    class folder missing (or renamed) in one split shifts every later label and the top-1 compares other classes."""
-    train, val = (getattr(getattr(d, 'reader', None), 'class_to_idx', None) for d in (dataset_train, dataset_eval))
-    if not isinstance(train, dict) or not isinstance(val, dict) or train == val:
-        return
-    only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))
-    parts = []
-    if only_train:
-        parts.append(f'only in {args.train_split}/: {", ".join(only_train[:6])}')
-    if only_val:
-        parts.append(f'only in {args.val_split}/: {", ".join(only_val[:6])}')
-    if not parts:
-        moved = sorted(c for c in train if train[c] != val[c])
-        parts.append(f'labelled differently: {", ".join(moved[:6])}')
-    raise ValueError(
-        f'the class folders of {os.path.join(args.data_dir, args.train_split)} and '
-        f'{os.path.join(args.data_dir, args.val_split)} differ ({"; ".join(parts)}; a class folder without images '
-        f'counts as missing): labels are the sorted class folders, so the splits would label the same class '
-        f'differently. Give both splits the same class folders (or one --class-map for both).')
-
-
-def check_images(dataset, split: str, args: argparse.Namespace) -> None:
-    """Every image of a folder dataset opens (its header is read) before the first step: timm would skip an
-    unreadable one mid-epoch without naming it. Later decode errors name the file (:class:`NamedImageDataset`)."""
-    samples = getattr(getattr(dataset, 'reader', None), 'samples', None)
-    if not isinstance(samples, (list, tuple)) or not samples or not isinstance(samples[0][0], str):
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    def error(path: str) -> Optional[str]:
-        try:
-            with Image.open(path) as im:
-                im.size
-        except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file
-            return f'{path}: {type(e).__name__}: {(str(e).strip().splitlines() or [""])[0][:160]}'
-        return None
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        bad = [b for b in pool.map(error, (s[0] for s in samples)) if b is not None]
-    if bad:
-        more = f' and {len(bad) - 3} more' if len(bad) > 3 else ''
-        raise ValueError(f'{len(bad)} image(s) of the {split} split of --data-dir {args.data_dir} cannot be read '
-                         f'({"; ".join(bad[:3])}{more}): replace or remove them.')
-    if isinstance(dataset, ImageDataset) and type(dataset) is ImageDataset:
-        dataset.__class__ = NamedImageDataset
-
-
-class NamedImageDataset(ImageDataset):
-    """timm's ImageDataset whose unreadable image stops the run naming the file (timm skips it, unnamed)."""
-
-    def __getitem__(self, index):
-        path = self.reader.samples[index][0]
-        try:
-            img, target = self.reader[index][:2]
-            img = Image.open(img)
-            if self.input_img_mode:
-                img = img.convert(self.input_img_mode)
-        except (OSError, ValueError, SyntaxError) as e:
-            raise ValueError(f'image {path} cannot be read ({type(e).__name__}: {e}): replace or remove it, then '
-                             f'--resume the run.') from e
-        if self.transform is not None:
-            img = self.transform(img)
-        if target is None:
-            target = -1
-        elif self.target_transform is not None:
-            target = self.target_transform(target)
-        return img, target
-
-
-def dataset_labels(dataset) -> Optional[np.ndarray]:
-    """Every label of ``dataset`` without reading an image (torchvision ``targets``, timm's folder reader
-    ``samples``); None when the dataset does not list them."""
-    targets = getattr(dataset, 'targets', None)
-    if targets is None:
-        samples = getattr(getattr(dataset, 'reader', None), 'samples', None)
-        if isinstance(samples, (list, tuple)) and all(isinstance(s, (list, tuple)) and len(s) == 2 for s in samples):
-            targets = [s[1] for s in samples]
-    if targets is None:
-        return None
-    try:
-        return np.asarray(targets if not torch.is_tensor(targets) else targets.cpu().numpy(), dtype=np.int64)
-    except (TypeError, ValueError):
-        return None
-
-
-def check_labels(dataset, split: str, num_classes: int, args: argparse.Namespace) -> None:
-    """Every label of ``dataset`` in ``[0, num_classes)``, before the first step (later it fails mid-epoch)."""
-    labels = dataset_labels(dataset)
-    if labels is None or labels.size == 0:
-        if labels is not None:
-            raise ValueError(f'the {split} split of --dataset {args.dataset!r} in {args.data_dir} holds no images: '
-                             f'check --data-dir and the split folders.')
-        return
-    low, high = int(labels.min()), int(labels.max())
-    if low >= 0 and high < num_classes:
-        return
-    classes = getattr(getattr(dataset, 'reader', None), 'class_to_idx', None)
-    what = f'{len(classes)} class folders' if classes else f'labels {low}..{high}'
-    raise ValueError(
-        f'the {split} split of --dataset {args.dataset!r} in {args.data_dir} has {what}, but the model is built '
-        f'for {num_classes} classes (labels 0..{num_classes - 1}): pass --num-classes {high + 1}'
-        + (' (a fresh classifier for the new count)' if args.pretrained or args.initial_checkpoint else '')
-        + ', or fix the labels / the class folders (--class-map).')
+    elif name in FOLDER_DATASETS:
+        check_folder_dataset(args.data_dir, args.train_split, args.val_split)
 
 
 def _dataset_defaults(args: argparse.Namespace) -> None:
     """Fashion-MNIST: 1 channel, 10 classes, 28x28, its own mean/std, no eval crop, unless given."""
-    if args.dataset.lower() not in _FASHION_MNIST:
+    if args.dataset.lower() not in FASHION_MNIST_NAMES:
         return
     if args.mean is None:
         args.mean = list(FASHION_MNIST_MEAN)
@@ -449,13 +304,14 @@ def create_datasets(args: argparse.Namespace, data_config: dict, num_classes: Op
         args.dataset, root=args.data_dir, split=args.val_split, is_training=False, class_map=args.class_map,
         download=args.dataset_download, batch_size=args.validation_batch_size or args.batch_size,
         input_img_mode=img_mode)
-    if args.dataset.lower() in _FOLDER_DATASETS:
-        check_class_lists(dataset_train, dataset_eval, args)
-        check_images(dataset_train, args.train_split, args)
-        check_images(dataset_eval, args.val_split, args)
+    if args.dataset.lower() in FOLDER_DATASETS:
+        check_class_lists(dataset_train, dataset_eval, args.data_dir, args.train_split, args.val_split)
+        check_images(dataset_train, args.train_split, args.data_dir)
+        check_images(dataset_eval, args.val_split, args.data_dir)
     if num_classes is not None:
-        check_labels(dataset_train, args.train_split, num_classes, args)
-        check_labels(dataset_eval, args.val_split, num_classes, args)
+        loaded = bool(args.pretrained or args.initial_checkpoint)
+        for dataset, split in ((dataset_train, args.train_split), (dataset_eval, args.val_split)):
+            check_labels(dataset, split, num_classes, args.dataset, args.data_dir, loaded)
     return dataset_train, dataset_eval
 
 
@@ -796,12 +652,10 @@ def kept_checkpoints(output_dir: str, rows: List[dict], args: argparse.Namespace
     return sorted(files, key=lambda f: f[1], reverse=True)
 
 
-# flags that do not change what a run computes: a resume that changes only these keeps args.yaml as it is
-_RECORD_NEUTRAL = {
-    'resume', 'no_resume_opt', 'trust_checkpoint', 'output', 'experiment', 'data_dir', 'device', 'threads', 'workers',
-    'no_progress', 'no_plot', 'log_interval', 'teacher_checkpoint', 'dist_backend', 'dist_url', 'rank', 'world_size',
-    'local_rank', 'distributed', 'prefetcher', 'pin_mem', 'config',
-}
+def _compared(key: str) -> bool:
+    """Whether a resume that changes record ``key`` starts a new ``args.yaml``: not for a neutral or run-folder one,
+    nor for a resolved value (:data:`~timm_tgr.train.args.RESOLVED`: its flag is compared)."""
+    return record_roles().get(key) not in (NEUTRAL, RUN_FOLDER) and key not in RESOLVED.values()
 
 
 def write_args_yaml(args: argparse.Namespace, output_dir: str, start_epoch: int) -> None:
@@ -813,8 +667,7 @@ def write_args_yaml(args: argparse.Namespace, output_dir: str, start_epoch: int)
     if start_epoch > 0 and os.path.isfile(path):
         with open(path) as f:
             before = yaml.safe_load(f) or {}
-        changed = sorted(k for k in set(before) | set(now) if k not in _RECORD_NEUTRAL and before.get(k) != now.get(k)
-                         and not k.endswith('_resolved') and k != 'model_arch')
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and _compared(k))
         if changed:
             kept = os.path.join(output_dir, f'args-to-epoch{start_epoch - 1}.yaml')
             os.replace(path, kept)
