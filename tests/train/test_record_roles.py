@@ -7,7 +7,8 @@ from timm_tgr.export import _data_details
 from timm_tgr.task.options import NEUTRAL, RECIPE, ROLES, RUN, RUN_FOLDER
 from timm_tgr.train import build_parser, parse_args
 from timm_tgr.train.args import record_roles
-from timm_tgr.train.setup import write_args_yaml
+from timm_tgr.train.run_folder import write_args_yaml
+from timm_tgr.train.spec import resolve_run
 
 
 def _flags():
@@ -39,14 +40,14 @@ def test_the_folder_flags_are_the_run_folders():
     (['--probe-samples', '10'], True),
 ])
 def test_a_resume_keeps_the_earlier_args_yaml_when_it_changes_what_the_run_computes(tmp_path, change, kept):
-    write_args_yaml(parse_args([]), str(tmp_path), 0)
-    write_args_yaml(parse_args(change), str(tmp_path), 3)
+    write_args_yaml(resolve_run(parse_args([])).record(), str(tmp_path), 0)
+    write_args_yaml(resolve_run(parse_args(change)).record(), str(tmp_path), 3)
     assert (tmp_path / 'args-to-epoch2.yaml').exists() == kept
     assert yaml.safe_load((tmp_path / 'args.yaml').read_text())[change[0][2:].replace('-', '_')] is not None
 
 
 def test_the_card_recipe_holds_what_the_run_trained_with():
-    args = vars(parse_args(['--teacher-checkpoint', __file__, '--distill-weight', '2']))
-    recipe = _data_details(dict(args, teacher_resolved='deit3_small_patch16_224'))['Training recipe']
+    record = resolve_run(parse_args(['--teacher-checkpoint', __file__, '--distill-weight', '2'])).record()
+    recipe = _data_details(record)['Training recipe']
     assert {'lr', 'epochs', 'distill_weight', 'tgr_mode', 'layer_map', 'opt', 'teacher_resolved'} <= set(recipe)
     assert not {'teacher_checkpoint', 'data_dir', 'output', 'workers', 'model', 'model_kwargs'} & set(recipe)

@@ -9,7 +9,7 @@ import logging
 import math
 import os
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import yaml
@@ -439,7 +439,7 @@ def _check_run_folder(parser: argparse.ArgumentParser, args: argparse.Namespace)
     without --resume (or when --resume continues another folder's run), naming the two ways out."""
     if not args.experiment:
         return  # the checkpoint's own folder (--resume), or a new time-stamped one (setup_output_dir)
-    message = earlier_run(os.path.join(args.output, args.experiment), args)
+    message = earlier_run(os.path.join(args.output, args.experiment), args.resume, args.experiment)
     if message:
         parser.error(message)
 
@@ -452,14 +452,15 @@ def _checkpoints(folder: str, found: Sequence[str]) -> List[str]:
     return [n for n in ('last.pth.tar',) if n in found] + numbered + [n for n in ('model_best.pth.tar',) if n in found]
 
 
-def earlier_run(folder: str, args: argparse.Namespace, log: bool = True) -> Optional[str]:
-    """Why this command may not write into ``folder`` (None when it may): it holds a run's checkpoint and the
-    command does not resume that run. A folder with a run's records but no checkpoint (a run stopped before its
-    first checkpoint was saved) is started again: nothing in it can be continued, and the log says so."""
+def earlier_run(folder: str, resume: str, experiment: str, log: bool = True) -> Optional[str]:
+    """Why this command (its ``--resume`` and ``--experiment``) may not write into ``folder`` (None when it may):
+    it holds a run's checkpoint and the command does not resume that run. A folder with a run's records but no
+    checkpoint (a run stopped before its first checkpoint was saved) is started again: nothing in it can be
+    continued, and the log says so."""
     found = run_outputs(folder)
     if not found:
         return None
-    if args.resume and os.path.abspath(os.path.dirname(args.resume)) == os.path.abspath(folder):
+    if resume and os.path.abspath(os.path.dirname(resume)) == os.path.abspath(folder):
         return None  # continuing the run in its own folder
     checkpoints = _checkpoints(folder, found)
     held = ', '.join(found[:4]) + (' ...' if len(found) > 4 else '')
@@ -469,11 +470,11 @@ def earlier_run(folder: str, args: argparse.Namespace, log: bool = True) -> Opti
                             f'saved): nothing there can be continued, so this run starts there again and replaces '
                             f'them.')
         return None
-    name = f'--experiment {args.experiment} ({folder})' if args.experiment else folder
+    name = f'--experiment {experiment} ({folder})' if experiment else folder
     point = os.path.join(folder, checkpoints[0])
-    if args.resume:
+    if resume:
         return (f'{name} holds another run ({held}), and train_tgr.py never writes into an earlier run: resume '
-                f'{args.resume} into a new folder (another --experiment), or continue the run in {folder} with '
+                f'{resume} into a new folder (another --experiment), or continue the run in {folder} with '
                 f'--resume {point}.')
     return (f'{name} holds an earlier run ({held}), and train_tgr.py never writes into an earlier run: continue it '
             f'with --resume {point}, or start a new run with another --experiment (or --output).')
@@ -516,16 +517,16 @@ def yaml_safe(d: dict) -> dict:
     return out
 
 
-def checkpoint_args(args: argparse.Namespace) -> argparse.Namespace:
-    """The args saved in checkpoints: plain values (loadable with weights_only), ``model`` and the exact
-    ``model_kwargs`` that rebuild the model.
+def checkpoint_args(record: Dict[str, Any]) -> argparse.Namespace:
+    """The args saved in checkpoints: the run's record (:meth:`~timm_tgr.train.spec.RunSpec.record`) as plain values
+    (loadable with weights_only), ``model`` and the exact ``model_kwargs`` that rebuild the model.
 
     For an ``hf-hub:`` / ``local-dir:`` ``--model``, ``model`` is its architecture (so the checkpoint
     rebuilds without the source) and ``model_source`` the name given.
     """
-    d = yaml_safe(vars(args))
-    d['model_kwargs'] = dict(args.model_kwargs_resolved)
-    arch = getattr(args, 'model_arch', None) or args.model
-    if arch != args.model:
-        d['model'], d['model_source'] = arch, args.model
+    d = yaml_safe(record)
+    d['model_kwargs'] = dict(record['model_kwargs_resolved'])
+    arch = record.get('model_arch') or record['model']
+    if arch != record['model']:
+        d['model'], d['model_source'] = arch, record['model']
     return argparse.Namespace(**d)

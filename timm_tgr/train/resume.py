@@ -14,9 +14,8 @@ or corrupt files get one message naming the file and the fix) and then:
 The optimizer's settings (``--lr``, ``--weight-decay``, betas, eps, momentum) are this command's, not the
 checkpoint's: a resume with another ``--lr`` trains the remaining epochs with it (the schedule is rebuilt
 from the flags), and the log names each change. ``args.yaml`` then keeps the earlier flags beside it
-(``setup.write_args_yaml``).
+(:func:`~timm_tgr.train.run_folder.write_args_yaml`).
 """
-import argparse
 import logging
 import os
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from ..models._factory import is_architecture_kwarg
 from ..task.options import MODEL, RUN
 from ..utils.checkpoint import as_dict, check_finite, plain_value, read_checkpoint, state_dict_mismatches
 from .args import RESOLVED, flag_names, record_roles
+from .spec import RunSpec
 
 __all__ = ['Resumed', 'resume_run', 'load_resumed_ema', 'run_differences']
 
@@ -56,13 +56,14 @@ def _kwargs_differences(flag: str, before: Dict[str, Any], now: Dict[str, Any]) 
     return out
 
 
-def run_differences(run_args: Dict[str, Any], args: argparse.Namespace, with_optimizer: bool = True) -> List[str]:
-    """What this command trains differently from the run that wrote a checkpoint with ``run_args`` (train_tgr.py
-    args): each flag of role model or run (``--opt`` only ``with_optimizer``) as '--flag (the run: X; this command:
-    Y)', a kwargs flag per architecture kwarg. Empty for another trainer's checkpoint."""
+def run_differences(run_args: Dict[str, Any], now: Dict[str, Any], with_optimizer: bool = True) -> List[str]:
+    """What this command (its record ``now``) trains differently from the run that wrote a checkpoint with
+    ``run_args`` (train_tgr.py args): each flag of role model or run (``--opt`` only ``with_optimizer``) as
+    '--flag (the run: X; this command: Y)', a kwargs flag per architecture kwarg. Empty for another trainer's
+    checkpoint."""
     if 'model_kwargs_resolved' not in run_args:
         return []  # not recorded by train_tgr.py: the load below still fails clearly on a mismatch
-    now, out = vars(args), []
+    out = []
     both_guided = bool(run_args.get('teacher_resolved') and now.get('teacher_resolved'))
     for dest, role in record_roles().items():
         if role not in (MODEL, RUN) or dest not in flag_names() or (dest == 'opt' and not with_optimizer):
@@ -128,18 +129,18 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, state: Dict[str, Any], pat
                      + ', '.join(f'{k} {n} (the run: {b})' for k, (b, n) in changes.items()) + '.')
 
 
-def resume_run(args: argparse.Namespace, task: nn.Module, optimizer: Optional[torch.optim.Optimizer],
+def resume_run(spec: RunSpec, task: nn.Module, optimizer: Optional[torch.optim.Optimizer],
                loss_scaler=None, log_info: bool = True) -> Resumed:
-    """Restore ``args.resume`` into ``task`` (and ``optimizer`` / ``loss_scaler`` unless --no-resume-opt)."""
-    path = args.resume
-    ckpt = read_checkpoint(path, trust_checkpoint=args.trust_checkpoint, what='--resume')
+    """Restore ``--resume`` into ``task`` (and ``optimizer`` / ``loss_scaler`` unless --no-resume-opt)."""
+    path = spec.run.resume
+    ckpt = read_checkpoint(path, trust_checkpoint=spec.model.trust_checkpoint, what='--resume')
     key = next((k for k in ('state_dict', 'model') if isinstance(ckpt, dict) and isinstance(ckpt.get(k), dict)), None)
     if key is None:
         raise ValueError(
             f"--resume {path} is not a training checkpoint (no 'state_dict'): give last.pth.tar or "
             f'checkpoint-N.pth.tar of a train_tgr.py / timm run; to start from bare weights, use --initial-checkpoint.')
-    keep_opt = optimizer is not None and not args.no_resume_opt
-    differ = run_differences(as_dict(ckpt.get('args')), args, with_optimizer=keep_opt)
+    keep_opt = optimizer is not None and not spec.run.no_resume_opt
+    differ = run_differences(as_dict(ckpt.get('args')), spec.record(), with_optimizer=keep_opt)
     if differ:
         raise ValueError(f'--resume {path} continues a run trained with other settings: {"; ".join(differ)}. '
                          f'{_ways_out(path)}')
