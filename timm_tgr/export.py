@@ -40,7 +40,7 @@ from timm.models._hub import generate_readme  # the model card writer of push_to
 from .models import moe_model
 from .models._factory import load_student
 from .task.options import RECIPE, RUN, guidance_options
-from .train.args import record_roles
+from .train.record import record_roles
 from .utils.checkpoint import (
     RUN_CHECKPOINTS, NonFiniteError, describe_weights, student_state_dict, write_error,
 )

@@ -6,7 +6,7 @@ import yaml
 from timm_tgr.export import _data_details
 from timm_tgr.task.options import NEUTRAL, RECIPE, ROLES, RUN, RUN_FOLDER
 from timm_tgr.train import build_parser, parse_args
-from timm_tgr.train.args import record_roles
+from timm_tgr.train.record import record_roles
 from timm_tgr.train.run_folder import write_args_yaml
 from timm_tgr.train.spec import resolve_run
 
@@ -19,6 +19,11 @@ def test_every_flag_declares_one_role():
     assert all(a.role in ROLES for a in _flags())
     assert record_roles()['model_arch'] == record_roles()['model']  # a resolved value has its flag's role
     assert record_roles()['rank'] == NEUTRAL
+
+
+def test_every_key_of_the_record_has_a_role():
+    record = resolve_run(parse_args(['--model', 'vmoe_deit_tiny'])).record()
+    assert set(record) <= set(record_roles())
 
 
 def test_paths_of_this_machine_stay_out_of_the_card():

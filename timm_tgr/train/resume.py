@@ -29,7 +29,7 @@ from timm.utils import unwrap_model
 from ..models._factory import is_architecture_kwarg
 from ..task.options import MODEL, RUN
 from ..utils.checkpoint import as_dict, check_finite, plain_value, read_checkpoint, state_dict_mismatches
-from .args import RESOLVED, flag_names, record_roles
+from .record import RESOLVED, flag_names, record_roles
 from .spec import RunSpec
 
 __all__ = ['Resumed', 'resume_run', 'load_resumed_ema', 'run_differences']

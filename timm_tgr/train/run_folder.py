@@ -14,8 +14,9 @@ from timm.utils import is_primary
 
 from ..task.options import NEUTRAL, RUN_FOLDER
 from ..utils.checkpoint import run_outputs
-from .args import RESOLVED, earlier_run, record_roles, yaml_safe
+from .args import earlier_run
 from .lock import RunFolderBusy, RunLock
+from .record import RESOLVED, record_roles, yaml_safe
 from .report import row_metric
 from .saver import RunCheckpointSaver
 from .spec import RunSpec

@@ -31,9 +31,9 @@ from ..task.teacher import teacher_fixes
 from ..task.timm_train import model_guidance_cfg
 from ..utils.checkpoint import check_finite
 from ..utils.metrics_log import read_metrics
-from .args import checkpoint_args
 from .finetune import load_initial_checkpoint, log_pretrained_head, reset_classifier
 from .loaders import Loaders, create_device_loaders, create_loaders, prepare_dataset
+from .record import checkpoint_args
 from .report import row_metric
 from .resume import Resumed, load_resumed_ema, resume_run
 from .run_folder import RunFolder, complete_last_save, kept_checkpoints, read_bytes, setup_output_dir, write_args_yaml

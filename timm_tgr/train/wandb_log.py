@@ -10,7 +10,7 @@ import logging
 import os
 from typing import Any, Dict, Optional
 
-from .args import yaml_safe
+from .record import yaml_safe
 from .spec import RunFolderSpec
 
 __all__ = ['WandbLogger', 'flatten_row']
