@@ -1,9 +1,10 @@
 """The one definition of every teacher-guided-routing option: the fields of :class:`GuidanceConfig`.
 
-Each field declares its name, type and default, and in :func:`option` its help, the paper's symbol, its range or
-choices. Read from here: train_tgr.py's flags (``timm_tgr.train.args``), the ``tgr_*`` model kwargs of timm's
-train.py (:mod:`~timm_tgr.task.timm_train`) and :class:`~timm_tgr.task.tgr_task.TGRTask`'s checks. A help text
-names another option as ``{field}``, which each entry point spells its own way (:func:`option_help`).
+Each field declares its name, type and default, and in :func:`option` its help, its role in a run's record
+(:data:`ROLES`), the paper's symbol, its range or choices. Read from here: train_tgr.py's flags
+(``timm_tgr.train.args``), the ``tgr_*`` model kwargs of timm's train.py (:mod:`~timm_tgr.task.timm_train`) and
+:class:`~timm_tgr.task.tgr_task.TGRTask`'s checks. A help text names another option as ``{field}``, which each
+entry point spells its own way (:func:`option_help`).
 """
 import functools
 import math
@@ -31,9 +32,10 @@ ROLES = (MODEL, RUN, RECIPE, RECORDED, NEUTRAL, RUN_FOLDER)
 @dataclass(frozen=True)
 class Option:
     """What a :class:`GuidanceConfig` field means: help (``{field}`` names another option; a bool's says what its
-    other value does), the paper's symbol and where the paper defines it, the closed range ``[low, high]`` of a
-    number or the choices of a string, whether it is a file path, its usage name (``metavar``), whether timm's
-    train.py takes it as a ``tgr_*`` model kwarg, and the paper's value where the default (None) stands for it."""
+    other value does), its role in a run's record, the paper's symbol and where the paper defines it, the closed
+    range ``[low, high]`` of a number or the choices of a string, whether it is a file path, its usage name
+    (``metavar``), whether timm's train.py takes it as a ``tgr_*`` model kwarg, and the paper's value where the
+    default (None) stands for it."""
     help: str
     role: Optional[str]
     symbol: str = ''

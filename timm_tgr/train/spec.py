@@ -29,8 +29,8 @@ __all__ = [
 ]
 
 
-def _from(cls, values: Mapping[str, Any], **resolved):
-    """``cls`` with each field from the flag of its name, or from ``resolved``."""
+def _section(cls, values: Mapping[str, Any], **resolved):
+    """Section ``cls`` with each field the flag of its name, or the ``resolved`` value of that name."""
     return cls(**{f.name: resolved[f.name] if f.name in resolved else values[f.name] for f in dataclasses.fields(cls)})
 
 
@@ -300,6 +300,7 @@ def resolve_teacher(flags: Mapping[str, Any], arch: str) -> Optional[str]:
 
 
 def _guidance(flags: Mapping[str, Any], arch: str) -> GuidanceSpec:
+    """The teacher and the GuidanceConfig of the flags (None without teacher), the freeze and the probe set."""
     teacher = resolve_teacher(flags, arch)
     config = None
     if teacher is not None:
@@ -307,15 +308,15 @@ def _guidance(flags: Mapping[str, Any], arch: str) -> GuidanceSpec:
             raise ValueError('--distill-schedule adaptive watches probe-set consistency: set --probe-samples > 0')
         config = guidance_from_flags(argparse.Namespace(**flags), teacher=teacher,
                                      trust_checkpoint=flags['trust_checkpoint'])
-    return _from(GuidanceSpec, flags, teacher=teacher, config=config)
+    return _section(GuidanceSpec, flags, teacher=teacher, config=config)
 
 
 def _runtime(flags: Mapping[str, Any]) -> Runtime:
     """This process's device and process group (timm's ``init_distributed_device``, which starts the group)."""
     dist = init_distributed_device_so(flags['device'], flags['dist_backend'], flags['dist_url'])
-    return _from(Runtime, flags, device=torch.device(dist['device']), device_name=dist['device'],
-                 distributed=dist['distributed'],
-                 world_size=dist['world_size'], rank=dist['global_rank'], local_rank=dist['local_rank'])
+    return _section(Runtime, flags, device=torch.device(dist['device']), device_name=dist['device'],
+                    distributed=dist['distributed'], world_size=dist['world_size'], rank=dist['global_rank'],
+                    local_rank=dist['local_rank'])
 
 
 def resolve_run(args: argparse.Namespace) -> RunSpec:
@@ -324,10 +325,10 @@ def resolve_run(args: argparse.Namespace) -> RunSpec:
     flags = dict(vars(args))
     flags.update(dataset_defaults(flags))
     arch, source_kwargs = model_source(flags['model'])
-    model = _from(ModelSpec, flags, model_arch=arch, model_kwargs_resolved={})
+    model = _section(ModelSpec, flags, model_arch=arch, model_kwargs_resolved={})
     model = dataclasses.replace(model, model_kwargs_resolved={**source_kwargs, **model.flag_kwargs})  # flags win
     prefetcher = runtime.device.type == 'cuda' and not flags['no_prefetcher'] and not flags['device_data']
     return RunSpec(
-        data=_from(DataSpec, flags, prefetcher=prefetcher), augment=_from(AugmentSpec, flags), model=model,
-        guidance=_guidance(flags, arch), optim=_from(OptimSpec, flags), run=_from(RunFolderSpec, flags),
+        data=_section(DataSpec, flags, prefetcher=prefetcher), augment=_section(AugmentSpec, flags), model=model,
+        guidance=_guidance(flags, arch), optim=_section(OptimSpec, flags), run=_section(RunFolderSpec, flags),
         runtime=runtime, flags=flags)
