@@ -271,19 +271,21 @@ def test_trainer_fine_tunes_from_the_hub_with_a_fresh_head(run, monkeypatch):
     exported student's; the run records the architecture and its config.json kwargs."""
     from timm_tgr.train import parse_args
     from timm_tgr.train.setup import create_model
+    from timm_tgr.train.spec import resolve_run
     out = run.tmp / 'export'
     export_checkpoint(run.last, out=out, ema=False)
     _hub_cache(run.tmp, monkeypatch, 'some-user/tiny-tgr', out)
-    args = parse_args(['--dataset', '', '--model', 'hf-hub:some-user/tiny-tgr', '--pretrained', '--num-classes', '4'])
-    model = create_model(args, torch.device('cpu'))
+    spec = resolve_run(parse_args(['--dataset', '', '--model', 'hf-hub:some-user/tiny-tgr', '--pretrained',
+                                   '--num-classes', '4']))
+    model = create_model(spec.model, torch.device('cpu'))
     source, tuned = run.student.state_dict(), model.state_dict()
     assert set(source) == set(tuned)
     for k, v in source.items():
         assert torch.equal(tuned[k], v) != k.startswith('head.'), k
     assert tuned['head.weight'].shape == (4, 32)
     expected = dict(ARCH_KW, moe_layers=[1, 3], num_classes=4, in_chans=1, img_size=32)
-    assert args.model_arch == ARCH
-    assert architecture_kwargs(args.model_kwargs_resolved, expected) == architecture_kwargs(expected, expected)
+    assert spec.model.model_arch == ARCH
+    assert architecture_kwargs(spec.model.model_kwargs_resolved, expected) == architecture_kwargs(expected, expected)
 
 
 def test_pretrained_cfg_overlay_file(run):

@@ -39,6 +39,8 @@ from timm.models._hub import generate_readme  # the model card writer of push_to
 
 from .models import moe_model
 from .models._factory import load_student
+from .task.options import RECIPE, RUN, guidance_options
+from .train.record import record_roles
 from .utils.checkpoint import (
     RUN_CHECKPOINTS, NonFiniteError, describe_weights, student_state_dict, write_error,
 )
@@ -59,18 +61,10 @@ TGR_CITATION = """@inproceedings{tgrmoe2026,
   note      = {arXiv:2604.21330}
 }"""
 
-# run args shown as the training recipe in the model card (when present; names of timm_tgr/train/ and timm)
-_RECIPE_KEYS = (
-    'dataset', 'train_split', 'val_split', 'pretrained', 'num_classes', 'img_size', 'in_chans', 'input_size',
-    'mean', 'std', 'crop_pct', 'epochs', 'batch_size', 'grad_accum_steps', 'opt', 'opt_eps', 'opt_betas',
-    'momentum', 'weight_decay', 'layer_decay', 'clip_grad', 'clip_mode', 'sched', 'lr', 'warmup_lr', 'min_lr',
-    'warmup_epochs', 'cooldown_epochs', 'decay_rate', 'no_aug', 'scale', 'ratio', 'hflip', 'vflip',
-    'color_jitter', 'aa', 'reprob', 'mixup', 'cutmix', 'mixup_prob', 'smoothing', 'drop', 'drop_path',
-    'model_ema', 'model_ema_decay', 'model_ema_warmup', 'amp', 'amp_dtype', 'seed', 'eval_metric', 'layer_map',
-    'freeze_router_at', 'no_teacher_pretrained', 'task', 'mode',
-)
-_RECIPE_PREFIXES = ('tgr', 'teacher', 'distill', 'routing', 'stablemoe', 'moe_')
-_NOT_RECIPE = {'teacher_checkpoint', 'teacher_routers_from', 'teacher_routers'}  # local paths stay out of the card
+# what the model card shows as the training recipe: of a train_tgr.py record the keys of role recipe or run
+# (timm_tgr.train.args.record_roles); of another trainer's (timm's train.py, earlier versions) these names
+_OTHER_RECIPE_KEYS = ('input_size', 'task', 'mode')
+_OTHER_RECIPE_PREFIXES = ('tgr', 'teacher', 'distill', 'routing', 'stablemoe', 'moe_')
 _READERS = ('torch/', 'hfds/', 'hfids/', 'tfds/', 'wds/')  # timm dataset reader prefixes
 CARD_PICTURE = 'routing_class_expert.png'  # the model card's class-by-expert heatmap, next to README.md
 
@@ -149,6 +143,19 @@ def _papers(cfg: Dict[str, Any]) -> Dict[str, str]:
     return papers
 
 
+def _local_path(option: str) -> bool:
+    """A teacher-guidance option that names a file on the training machine: kept out of the card."""
+    return option in guidance_options() and guidance_options()[option][2].path
+
+
+def _in_recipe(key: str) -> bool:
+    """Whether the card shows run arg ``key`` in its training recipe (see :data:`_OTHER_RECIPE_KEYS`)."""
+    role = record_roles().get(key)
+    if role is not None:
+        return role in (RECIPE, RUN)
+    return (key in _OTHER_RECIPE_KEYS or key.startswith(_OTHER_RECIPE_PREFIXES)) and not _local_path(key)
+
+
 def _data_details(run_args: Dict[str, Any]) -> Dict[str, Any]:
     """'Dataset' (timm name without its reader prefix) or a 'Training data' note, and the 'Training recipe'."""
     details = {}
@@ -165,10 +172,9 @@ def _data_details(run_args: Dict[str, Any]) -> Dict[str, Any]:
         details['Training data'] = 'an image folder (its name is not recorded in the run args)'
     else:
         details['Training data'] = 'not recorded in the run args'
-    recipe = {_text(k): _fmt(v) for k, v in run_args.items() if v is not None and v != '' and k not in _NOT_RECIPE
-              and (k in _RECIPE_KEYS or str(k).startswith(_RECIPE_PREFIXES))}
+    recipe = {_text(k): _fmt(v) for k, v in run_args.items() if v is not None and v != '' and _in_recipe(str(k))}
     recipe.update({f'model_kwargs.{_text(k)}': _fmt(v) for k, v in (run_args.get('model_kwargs') or {}).items()
-                   if str(k).startswith('tgr_') and k[4:] not in _NOT_RECIPE})
+                   if str(k).startswith('tgr_') and not _local_path(k[4:])})
     details['Training recipe'] = recipe or 'not recorded: the checkpoint has no run args and no args.yaml was found'
     return details
 

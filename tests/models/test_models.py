@@ -226,3 +226,23 @@ def test_torch_compile_fullgraph():
     m.eval()
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), m(x), rtol=1e-4, atol=1e-5)
+
+
+def _layout(**kwargs):
+    with torch.device('meta'):
+        model = timm.create_model('vmoe_deit_tiny', **{**dict(img_size=32, patch_size=8, depth=4, moe_layers=(1, 3)),
+                                                       **kwargs})
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize('kwarg, value', [
+    ('drop_rate', 0.1), ('drop_path_rate', 0.1), ('attn_drop_rate', 0.1), ('proj_drop_rate', 0.1),
+    ('pos_drop_rate', 0.1), ('patch_drop_rate', 0.1), ('tgr_distill_weight', 2.0),
+    ('embed_dim', 96), ('num_experts', 8), ('depth', 6), ('num_classes', 3), ('mlp_ratio', 2.),
+])
+def test_a_kwarg_is_architecture_where_it_can_change_the_weights(kwarg, value):
+    """The one role of a create_model kwarg (config.json, resume and fine-tuning checks read it): one that changes
+    the weights' layout is architecture; dropout rates and the tgr_* training options change nothing there."""
+    from timm_tgr.models._factory import is_architecture_kwarg
+    changes = _layout(**{kwarg: value}) != _layout()
+    assert changes == is_architecture_kwarg(kwarg)

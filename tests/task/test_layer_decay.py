@@ -49,9 +49,11 @@ def test_layer_decay_on_timm_train():
 def test_layer_decay_on_train_tgr():
     from timm_tgr.train import parse_args
     from timm_tgr.train.setup import create_optimization
-    args = parse_args(['--model', 'tgr_moe_deit_tiny', '--opt', 'adamw', '--lr', '1e-3', '--layer-decay', str(DECAY)])
+    from timm_tgr.train.spec import resolve_run
+    spec = resolve_run(parse_args(['--model', 'tgr_moe_deit_tiny', '--opt', 'adamw', '--lr', '1e-3',
+                                   '--layer-decay', str(DECAY)]))
     task = _task()
-    optim = create_optimization(args, task, task.trainable_module.student, batches_per_epoch=1,
+    optim = create_optimization(spec, task, task.trainable_module.student, batches_per_epoch=1,
                                 device=torch.device('cpu'))
     _check(_lr_scales(optim.optimizer, task.get_trainable_module()))
 

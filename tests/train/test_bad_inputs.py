@@ -264,10 +264,10 @@ def test_a_kill_during_the_last_epochs_model_best_save_is_completed_on_resume(im
                                                                               caplog):
     """kill -9 between last.pth.tar and model_best.pth.tar of the last epoch (the best): --resume completes the
     save (model_best holds that epoch), removes the temporary file, and reports the run's real best."""
-    from timm_tgr.train import run as run_module, saver as saver_module, setup as setup_module
-    later_is_better = lambda row, args: float(row['epoch'])  # noqa: E731 - every epoch beats the one before
-    monkeypatch.setattr(run_module, 'row_metric', later_is_better)
-    monkeypatch.setattr(setup_module, 'row_metric', later_is_better)
+    from timm_tgr.train import run as run_module, run_folder, saver as saver_module, setup as setup_module
+    later_is_better = lambda row, spec: float(row['epoch'])  # noqa: E731 - every epoch beats the one before
+    for module in (run_module, setup_module, run_folder):
+        monkeypatch.setattr(module, 'row_metric', later_is_better)
     replace, calls = os.replace, {'n': 0}
 
     def killed_at_second_model_best(src, dst):

@@ -21,6 +21,7 @@ from synthetic import write_image_folder
 from timm_tgr.export import export_checkpoint
 from timm_tgr.train import main as train_main, parse_args, read_metrics
 from timm_tgr.train.setup import create_model, setup_training
+from timm_tgr.train.spec import resolve_run
 
 MODEL_KW = ['embed_dim=32', 'num_heads=2', 'patch_size=7', 'num_experts=4']
 COMMON = [
@@ -54,8 +55,9 @@ def pre(tmp_path_factory):
                               teacher=os.path.join(teacher['output_dir'], 'model_best.pth.tar'))
 
 
-def _args(pre, *extra):
-    return parse_args(COMMON + ['--data-dir', pre.new, '--output', str(pre.root), *extra])
+def _spec(pre, *extra):
+    """The run of train_tgr.py's COMMON flags and ``extra`` on the fine-tuning data (resolved, not set up)."""
+    return resolve_run(parse_args(COMMON + ['--data-dir', pre.new, '--output', str(pre.root), *extra]))
 
 
 def _source_weights(pre):
@@ -75,20 +77,20 @@ def _assert_all_but_head_equal(model, source, heads=('head',)):
 # --- head reset -----------------------------------------------------------------------------------
 @pytest.mark.parametrize('model', ['tgr_moe_deit_tiny', 'vmoe_deit_tiny'])  # TGR -> TGR and TGR -> V-MoE
 def test_initial_checkpoint_resets_the_head_and_keeps_every_other_tensor(pre, model):
-    args = _args(pre, '--model', model, '--model-kwargs', *MODEL_KW, '--num-classes', '2',
+    spec = _spec(pre, '--model', model, '--model-kwargs', *MODEL_KW, '--num-classes', '2',
                  '--initial-checkpoint', pre.ckpt)
-    _assert_all_but_head_equal(create_model(args, torch.device('cpu')), _source_weights(pre))
+    _assert_all_but_head_equal(create_model(spec.model, torch.device('cpu')), _source_weights(pre))
 
 
 def test_local_dir_pretrained_resets_the_head_and_keeps_every_other_tensor(pre):
-    args = _args(pre, '--model', f'local-dir:{pre.export}', '--pretrained', '--num-classes', '2')
-    model = create_model(args, torch.device('cpu'))
+    spec = _spec(pre, '--model', f'local-dir:{pre.export}', '--pretrained', '--num-classes', '2')
+    model = create_model(spec.model, torch.device('cpu'))
     _assert_all_but_head_equal(model, safetensors.torch.load_file(os.path.join(pre.export, 'model.safetensors')))
     # the run records the architecture and every kwarg that rebuilds it (config.json's, then the flags')
-    assert args.model_arch == 'tgr_moe_deit_tiny'
+    assert spec.model.model_arch == 'tgr_moe_deit_tiny'
     expected = dict(embed_dim=32, num_heads=2, patch_size=7, num_experts=4, num_classes=2, img_size=14, in_chans=1)
-    assert architecture_kwargs(args.model_kwargs_resolved, expected) == architecture_kwargs(expected, expected)
-    rebuilt = timm.create_model(args.model_arch, **args.model_kwargs_resolved)
+    assert architecture_kwargs(spec.model.model_kwargs_resolved, expected) == architecture_kwargs(expected, expected)
+    rebuilt = timm.create_model(spec.model.model_arch, **spec.model.model_kwargs_resolved)
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
 
 
@@ -100,12 +102,12 @@ def test_distilled_layout_resets_both_heads(pre, tmp_path):
     path = str(tmp_path / 'distilled.pth.tar')
     torch.save({'state_dict': {'module.' + k: v for k, v in source.items()}, 'args': run_args}, path)  # DDP-saved
     flags = ['--model-kwargs', 'embed_dim=32', 'num_heads=2', 'patch_size=7', 'num_experts=4', '--num-classes', '2']
-    model = create_model(_args(pre, '--model', 'vmoe_deit_tiny_distilled', *flags, '--initial-checkpoint', path),
+    model = create_model(_spec(pre, '--model', 'vmoe_deit_tiny_distilled', *flags, '--initial-checkpoint', path).model,
                          torch.device('cpu'))
     _assert_all_but_head_equal(model, source, heads=('head', 'head_dist'))
     export_checkpoint(path, out=tmp_path / 'export')
-    args = _args(pre, '--model', f'local-dir:{tmp_path / "export"}', '--pretrained', '--num-classes', '2')
-    model = create_model(args, torch.device('cpu'))
+    spec = _spec(pre, '--model', f'local-dir:{tmp_path / "export"}', '--pretrained', '--num-classes', '2')
+    model = create_model(spec.model, torch.device('cpu'))
     _assert_all_but_head_equal(model, source, heads=('head', 'head_dist'))
 
 
@@ -124,10 +126,10 @@ def test_distilled_layout_resets_both_heads(pre, tmp_path):
      ['embed_dim=32', 'embed_dim=48', 'shape mismatches', '--model tgr_moe_deit_tiny --model-kwargs embed_dim=32']),
 ])
 def test_mismatched_initial_checkpoint_fails_naming_both(pre, model, kwargs, names):
-    args = _args(pre, '--model', model, '--model-kwargs', *kwargs, '--num-classes', '2',
+    spec = _spec(pre, '--model', model, '--model-kwargs', *kwargs, '--num-classes', '2',
                  '--initial-checkpoint', pre.ckpt)
     with pytest.raises(ValueError) as e:
-        create_model(args, torch.device('cpu'))
+        create_model(spec.model, torch.device('cpu'))
     msg = str(e.value)
     assert msg.startswith(f'--initial-checkpoint {pre.ckpt} was trained as ')
     for name in names:
@@ -139,19 +141,19 @@ def test_checkpoint_without_args_still_fails_clearly(pre, tmp_path):
                               in_chans=1, num_classes=3)
     path = str(tmp_path / 'bare.pth')
     torch.save(dense.state_dict(), path)
-    args = _args(pre, '--model', 'vmoe_deit_tiny', '--model-kwargs', *MODEL_KW, '--num-classes', '2',
+    spec = _spec(pre, '--model', 'vmoe_deit_tiny', '--model-kwargs', *MODEL_KW, '--num-classes', '2',
                  '--initial-checkpoint', path)
     with pytest.raises(ValueError, match=r'trained as an architecture it does not record; this run builds '
                                          r'vmoe_deit_tiny with num_experts=4.*missing tensors'):
-        create_model(args, torch.device('cpu'))
+        create_model(spec.model, torch.device('cpu'))
 
 
 # --- teacher routers carried over -----------------------------------------------------------------
 def test_teacher_routers_carried_over_from_the_pretraining_run(pre):
-    args = _args(pre, '--model', 'tgr_moe_deit_tiny', '--model-kwargs', *MODEL_KW, '--num-classes', '2',
+    spec = _spec(pre, '--model', 'tgr_moe_deit_tiny', '--model-kwargs', *MODEL_KW, '--num-classes', '2',
                  '--initial-checkpoint', pre.ckpt, '--teacher-routers-from', pre.ckpt, *TEACHER, '--epochs', '1',
                  '--experiment', 'routers')
-    t = setup_training(args)
+    t = setup_training(spec)
     saved = torch.load(pre.ckpt, map_location='cpu', weights_only=False)['task_state']['teacher_routers']
     carried = t.task.get_trainable_module().teacher_routers.state_dict()
     assert set(carried) == set(saved) == {'7.proj.weight', '9.proj.weight', '11.proj.weight'}
@@ -161,18 +163,17 @@ def test_teacher_routers_carried_over_from_the_pretraining_run(pre):
 
 def test_teacher_routers_of_another_width_or_expert_count_fail_naming_both(pre):
     wider = [a if a != 'embed_dim=32' else 'embed_dim=48' for a in TEACHER]
-    args = _args(pre, '--model', 'tgr_moe_deit_tiny', '--model-kwargs', *MODEL_KW, '--num-classes', '2',
+    spec = _spec(pre, '--model', 'tgr_moe_deit_tiny', '--model-kwargs', *MODEL_KW, '--num-classes', '2',
                  '--teacher-routers-from', pre.ckpt, *wider, '--epochs', '1')
     with pytest.raises(ValueError, match=r'E=4 experts, teacher width 32\) do not fit .*teacher width 48'):
-        setup_training(args)
-    args = _args(pre, '--model', 'tgr_moe_deit_tiny', '--model-kwargs', 'embed_dim=32', 'num_heads=2', 'patch_size=7',
+        setup_training(spec)
+    spec = _spec(pre, '--model', 'tgr_moe_deit_tiny', '--model-kwargs', 'embed_dim=32', 'num_heads=2', 'patch_size=7',
                  'num_experts=8', '--num-classes', '2', '--teacher-routers-from', pre.ckpt, *TEACHER, '--epochs', '1')
     with pytest.raises(ValueError, match=r'E=4 experts.*E=8 experts.*num_experts'):
-        setup_training(args)
-    args = _args(pre, '--model', 'vmoe_deit_tiny', '--model-kwargs', *MODEL_KW, '--num-classes', '2',
-                 '--teacher-routers-from', pre.ckpt, '--epochs', '1')
-    with pytest.raises(ValueError, match='pass --teacher NAME'):
-        setup_training(args)
+        setup_training(spec)
+    with pytest.raises(ValueError, match='pass --teacher NAME'):  # refused as the run is resolved
+        _spec(pre, '--model', 'vmoe_deit_tiny', '--model-kwargs', *MODEL_KW, '--num-classes', '2',
+              '--teacher-routers-from', pre.ckpt, '--epochs', '1')
 
 
 # --- end to end: transfer consistency -------------------------------------------------------------
@@ -256,8 +257,8 @@ def test_reset_classifier_for_new_classes_of_the_same_count(pre):
     source = _source_weights(pre)
     flags = ['--model', 'tgr_moe_deit_tiny', '--model-kwargs', *MODEL_KW, '--num-classes', '3',
              '--initial-checkpoint', pre.ckpt]
-    kept = create_model(_args(pre, *flags), torch.device('cpu')).state_dict()
+    kept = create_model(_spec(pre, *flags).model, torch.device('cpu')).state_dict()
     assert all(torch.equal(kept[k], v) for k, v in source.items())
-    reset = create_model(_args(pre, *flags, '--reset-classifier'), torch.device('cpu')).state_dict()
+    reset = create_model(_spec(pre, *flags, '--reset-classifier').model, torch.device('cpu')).state_dict()
     for k, v in source.items():
         assert torch.equal(reset[k], v) != k.startswith('head.'), k

@@ -13,6 +13,7 @@ pytest.importorskip('matplotlib')
 
 from timm_tgr.export import CARD_PICTURE, export_checkpoint  # noqa: E402
 from timm_tgr.train import main as train_main, parse_args  # noqa: E402
+from timm_tgr.train.spec import resolve_run  # noqa: E402
 from timm_tgr.train.wandb_log import WandbLogger, flatten_row  # noqa: E402
 from timm_tgr.visualize import plots  # noqa: E402
 from synthetic import TINY_TGR_ARGV  # noqa: E402
@@ -75,9 +76,9 @@ def test_no_pictures_without_the_flag_and_bad_values_are_refused(image_folder, t
 
 def test_log_wandb_without_wandb_warns_and_goes_on(monkeypatch, caplog, tmp_path):
     monkeypatch.setitem(sys.modules, 'wandb', None)  # import wandb raises ImportError
-    args = parse_args(['--log-wandb'])
+    spec = resolve_run(parse_args(['--log-wandb']))
     with caplog.at_level('WARNING'):
-        assert WandbLogger.create(args, str(tmp_path)) is None
+        assert WandbLogger.create(spec.run, spec.record(), str(tmp_path)) is None
     assert 'wandb is not installed' in caplog.text
 
 

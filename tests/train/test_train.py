@@ -91,6 +91,10 @@ def test_shipped_config_trains_an_epoch_on_synthetic_data(name, image_folder, fa
     (['--teacher-checkpoint', '/no/teacher.pth'], 'no such file'),
     (['--freeze-router-at', '1.5'], 'fraction of training'),
     (['-c', '/no/config.yaml'], 'does not exist'),
+    (['--distill-weight', '-1'], '--distill-weight must be >= 0.0 (a finite number), got -1.0'),
+    (['--teacher-entropy-weight', 'nan'], '--teacher-entropy-weight must be >= 0.0 (a finite number), got nan'),
+    (['--distill-fraction', '1.5'], '--distill-fraction must be in [0.0, 1.0] (a finite number), got 1.5'),
+    (['--tgr-mode', 'upper'], "argument --tgr-mode: invalid choice: 'upper'"),
 ])
 def test_bad_flags_give_clear_errors(argv, message, capsys):
     with pytest.raises(SystemExit):

@@ -29,6 +29,7 @@ from .idx import check_idx_size, read_idx, write_idx
 __all__ = ['FASHION_MNIST_FILES', 'prepare_fashion_mnist', 'FASHION_MNIST_MEAN', 'FASHION_MNIST_STD', 'MNIST_FOLDERS',
            'check_mnist_files', 'write_synthetic_fashion_mnist']
 
+FASHION_MNIST_NAMES = ('torch/fashion_mnist', 'torchvision/fashion_mnist')  # timm's names of the dataset
 FASHION_MNIST_FILES = (
     'train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
 DEBIAN_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'  # searched by prepare_fashion_mnist, not public API

@@ -21,16 +21,24 @@ from ..utils.checkpoint import (
     as_dict, check_finite, plain_value, read_checkpoint, select_weights, state_dict_mismatches, student_state_dict,
 )
 
-__all__ = ['LoadedStudent', 'load_student', 'resolve_model_args', 'build_student', 'run_args_of']
+__all__ = ['LoadedStudent', 'load_student', 'is_architecture_kwarg', 'resolve_model_args', 'build_student',
+           'run_args_of']
 
 _logger = logging.getLogger(__name__)
 
-# create_model kwargs that do not change the architecture or the weights, and are not written to config.json
-_NOT_MODEL_ARGS = {
+# create_model kwargs that change neither the architecture nor the weights: regularization and how the model is
+# created; with the tgr_* training options they are left out of config.json, resume checks and model descriptions
+_NOT_ARCHITECTURE = {
     'drop_rate', 'drop_path_rate', 'attn_drop_rate', 'proj_drop_rate', 'pos_drop_rate', 'patch_drop_rate',
     'drop_block_rate', 'pretrained', 'pretrained_cfg', 'pretrained_cfg_overlay', 'checkpoint_path', 'cache_dir',
     'scriptable', 'exportable', 'no_jit', 'features_only', 'out_indices', 'device', 'dtype',
 }
+
+
+def is_architecture_kwarg(name: str) -> bool:
+    """Whether ``timm.create_model`` kwarg ``name`` is part of the architecture (the one role a model kwarg has):
+    not a dropout rate, a creation switch or a ``tgr_*`` teacher-guidance option for timm's train.py."""
+    return name not in _NOT_ARCHITECTURE and not name.startswith('tgr_')
 
 
 def _read_args_yaml(path: Path) -> Dict[str, Any]:
@@ -80,9 +88,7 @@ def resolve_model_args(
     if run_args.get('gp'):
         args.setdefault('global_pool', run_args['gp'])
     args.update(model_kwargs or {})
-    # tgr_* kwargs are teacher-guidance options for timm's train.py (timm_tgr.task.timm_train), not architecture
-    args = {k: plain_value(v) for k, v in args.items()
-            if k not in _NOT_MODEL_ARGS and not k.startswith('tgr_') and v is not None}
+    args = {k: plain_value(v) for k, v in args.items() if is_architecture_kwarg(k) and v is not None}
     try:
         json.dumps(args)
     except TypeError as e:

@@ -5,8 +5,8 @@ Nothing here is needed at inference.
 Named after the paper's parts: ``teacher`` (h_t: build_teacher, FeatureTeacher, layer map, TeacherGuidance),
 ``teacher_router`` (p_t: TeacherRouters, TeacherRouting; L_teacher, L_distill), ``schedule`` (when L_distill is
 on), ``vmoe_task`` / ``tgr_task`` (the timm tasks), ``metrics`` (routing stats and consistency), ``stablemoe`` (the
-router-freezing baseline), ``factory`` (which task a model trains with, for every caller), ``timm_train`` (the
-plugin for timm's train.py).
+router-freezing baseline), ``options`` (:class:`GuidanceConfig`: every TGR option, declared once), ``factory`` (which
+task a model trains with, for every caller), ``timm_train`` (the plugin for timm's train.py).
 
 The package exports what a user calls, as timm's ``timm.task`` does; everything else is imported from its module
 (``timm_tgr.task.metrics.RoutingStats``, ``timm_tgr.task.teacher_router.teacher_router_loss``, ...).

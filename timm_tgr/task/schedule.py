@@ -8,6 +8,8 @@ the loss; its ``state_dict`` is saved as ``task_state['distill_schedule']``.
 import logging
 from typing import List, Optional
 
+from .options import GuidanceConfig, guidance_options
+
 _logger = logging.getLogger(__name__)
 
 __all__ = ['DistillSchedule']
@@ -27,13 +29,13 @@ class DistillSchedule:
             The trainer reports consistency with :meth:`observe_consistency` at each epoch end.
     """
 
-    MODES = ('full', 'first', 'off', 'adaptive')
+    MODES = guidance_options()['schedule'][2].choices
 
     def __init__(
             self,
             mode: str = 'full',
             total_steps: Optional[int] = None,
-            fraction: float = 0.5,
+            fraction: float = GuidanceConfig.distill_fraction,
             delta: float = 0.01,
             patience: int = 2,
             min_fraction: float = 0.1,

@@ -22,6 +22,7 @@ from timm.utils import unwrap_model
 
 from ..layers.losses import load_balance_loss, routing_entropy_loss, routing_kl_divergence
 from ..models import moe_model
+from .options import paper_value
 from .teacher import TeacherGuidance
 
 __all__ = [
@@ -118,8 +119,8 @@ class TeacherRouting(nn.Module):
 
 def teacher_router_loss(
         teacher_probs: Mapping[int, torch.Tensor],
-        load_weight: float = 0.005,
-        entropy_weight: float = 0.005,
+        load_weight: float = paper_value('teacher_load_weight'),
+        entropy_weight: float = paper_value('teacher_entropy_weight'),
 ) -> Dict[str, torch.Tensor]:
     """L_teacher = sum_i (lambda_load L_load(p_t^i) + lambda_ent L_ent(p_t^i)); returns the parts too."""
     loads = torch.stack([load_balance_loss(p) for p in teacher_probs.values()])

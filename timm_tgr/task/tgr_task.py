@@ -37,8 +37,8 @@ from timm.task import TrainingTask
 from timm.utils import unwrap_model
 from timm.utils.model_ema import ModelEmaV3
 
-from ..layers.checks import check_weight
 from ..models import moe_model
+from .options import TGR_MODES, GuidanceConfig, check_option, guidance_options, paper_value
 from .param_groups import student_task_group_matcher
 from .schedule import DistillSchedule
 from .teacher import FeatureTeacher, build_teacher, default_teacher
@@ -51,7 +51,7 @@ _logger = logging.getLogger(__name__)
 
 __all__ = ['TGR_MODES', 'TGRTask', 'TGRTrainableModule']
 
-TGR_MODES = ('tgr', 'distill_only', 'teacher_route')
+_G = GuidanceConfig  # the defaults of the options (timm_tgr.task.options)
 
 
 class TGRTrainableModule(nn.Module):
@@ -89,6 +89,13 @@ class TGRTrainableModule(nn.Module):
         return logits, teacher_probs
 
 
+def _entropy_weight(weight: Optional[float], mode: str) -> float:
+    """lambda_ent: as given, else the paper's, or 0 in teacher_route mode (Eq. S1 has no entropy term)."""
+    if weight is not None:
+        return weight
+    return 0. if mode == 'teacher_route' else paper_value('teacher_entropy_weight')
+
+
 class TGRTask(TrainerStateMixin, TrainingTask):
     """Teacher-Guided Routing for a timm_tgr MoE student (paper Sec. 3).
 
@@ -102,13 +109,15 @@ class TGRTask(TrainerStateMixin, TrainingTask):
         teacher_pretrained_path: checkpoint file for a named teacher.
         teacher_pretrained: load a named teacher's weights (False only for tests/debugging).
         teacher_img_size: image size to create a named teacher with (default: the student's).
-        layer_map: student MoE block -> teacher block (None: aligned, ``'last'``, or a dict).
-        distill_weight: lambda_distill (5.0).
-        teacher_load_weight / teacher_entropy_weight: lambda_load / lambda_ent of L_teacher (0.005 each;
-            entropy defaults to 0 in ``'teacher_route'`` mode, where Eq. S1 has none).
+        layer_map: student MoE block -> teacher block (``'aligned'``, ``'last'``, or a dict).
+        distill_weight: lambda_distill.
+        teacher_load_weight / teacher_entropy_weight: lambda_load / lambda_ent of L_teacher (entropy: the paper's
+            unless given, 0 in ``'teacher_route'`` mode, where Eq. S1 has none).
         schedule: a :class:`DistillSchedule` or its mode name (``'full'``, ``'first'``, ``'off'``,
             ``'adaptive'``); ``total_steps`` and ``distill_fraction`` configure a named schedule.
         mode: ``'tgr'``, ``'distill_only'`` or ``'teacher_route'``.
+
+    The options' defaults, ranges and meanings are :class:`~timm_tgr.task.options.GuidanceConfig`'s.
     """
 
     def __init__(
@@ -117,28 +126,24 @@ class TGRTask(TrainerStateMixin, TrainingTask):
             teacher_model: Union[str, nn.Module, FeatureTeacher, None] = None,
             criterion: Optional[nn.Module] = None,
             teacher_pretrained_path: Optional[str] = None,
-            teacher_pretrained: bool = True,
+            teacher_pretrained: bool = _G.teacher_pretrained,
             teacher_img_size: Optional[int] = None,
-            layer_map: Union[None, str, Mapping[int, int]] = None,
-            distill_weight: float = 5.0,
-            teacher_load_weight: float = 0.005,
-            teacher_entropy_weight: Optional[float] = None,
-            schedule: Union[str, DistillSchedule] = 'full',
-            total_steps: Optional[int] = None,
-            distill_fraction: float = 0.5,
-            mode: str = 'tgr',
+            layer_map: Union[None, str, Mapping[int, int]] = _G.layer_map,
+            distill_weight: float = _G.distill_weight,
+            teacher_load_weight: float = _G.teacher_load_weight,
+            teacher_entropy_weight: Optional[float] = _G.teacher_entropy_weight,
+            schedule: Union[str, DistillSchedule] = _G.schedule,
+            total_steps: Optional[int] = _G.total_steps,
+            distill_fraction: float = _G.distill_fraction,
+            mode: str = _G.mode,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
             verbose: bool = True,
     ):
         super().__init__(device=device, dtype=dtype, verbose=verbose)
-        if mode not in TGR_MODES:
-            raise ValueError(f'TGR mode must be one of {TGR_MODES}, got {mode!r}.')
-        weights = (  # checked before the teacher is built (which may download it)
-            check_weight('distill_weight', distill_weight, 'lambda_distill; 0 turns it off'),
-            check_weight('teacher_load_weight', teacher_load_weight, 'lambda_load of L_teacher'),
-            check_weight('teacher_entropy_weight', teacher_entropy_weight if teacher_entropy_weight is not None
-                         else (0. if mode == 'teacher_route' else 0.005), 'lambda_ent of L_teacher'))
+        for name, value in dict(locals()).items():  # checked before the teacher is built (may download it)
+            if name in guidance_options() and not isinstance(value, DistillSchedule):
+                check_option(name, value)
         student = moe_model(student_model, required=True)
         if not isinstance(teacher_model, nn.Module):  # a name: the one place TGRTask builds a teacher
             teacher_model = build_teacher(
@@ -150,7 +155,8 @@ class TGRTask(TrainerStateMixin, TrainingTask):
         self.trainable_module = TGRTrainableModule(student_model, routing.routers)
         self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
         self.mode = mode
-        self.distill_weight, self.teacher_load_weight, self.teacher_entropy_weight = weights
+        self.distill_weight, self.teacher_load_weight = float(distill_weight), float(teacher_load_weight)
+        self.teacher_entropy_weight = float(_entropy_weight(teacher_entropy_weight, mode))
         if isinstance(schedule, str):
             schedule = DistillSchedule(schedule, total_steps=total_steps, fraction=distill_fraction)
         self.schedule = schedule

@@ -19,27 +19,13 @@ Nothing else changes and nothing happens outside timm's train.py (the check is t
 holds timm's own ``ClassificationTask`` and ``train_one_epoch``). A custom script calls
 ``install(globals())`` itself, or simply uses :func:`create_task`.
 
-TGR options travel as model kwargs with a ``tgr_`` prefix (``--model-kwargs tgr_distill_weight=5.0``);
-the model keeps them, unread, in ``guidance_cfg``, and :func:`create_task` checks (:func:`check_guidance_cfg`: an
-unknown option or a value of the wrong type is a TypeError) and reads them:
+TGR options travel as model kwargs with a ``tgr_`` prefix (``--model-kwargs tgr_distill_weight=2.0``);
+the model keeps them, unread, in ``guidance_cfg``, and :func:`create_task` checks them (:func:`check_guidance_cfg`:
+an unknown option or a value of the wrong type is a TypeError, one out of range a ValueError) and reads them. They
+are the fields of :class:`~timm_tgr.task.options.GuidanceConfig` (its meanings, defaults and ranges), and
+``tgr_enable``: False trains a ``tgr_moe_*`` model without teacher (V-MoE):
 
-==============================  ==================================================================
-``tgr_teacher``                 timm name of the dense teacher (default: the paper's for the size)
-``tgr_teacher_checkpoint``      teacher weights file (strict load); else hub weights
-``tgr_teacher_kwargs``          dict of teacher create_model kwargs (e.g. ``"{'img_size': 32}"``)
-``tgr_teacher_pretrained``      False = random teacher (debugging only)
-``tgr_teacher_routers``         checkpoint of a TGR run whose teacher routers (``task_state``) to start
-                                from, e.g. to continue TGR while fine-tuning (default: fresh routers)
-``tgr_mode``                    tgr / distill_only / teacher_route
-``tgr_distill_weight``          lambda_distill (5.0)
-``tgr_teacher_load_weight``     lambda_load of the teacher routers (0.005)
-``tgr_teacher_entropy_weight``  lambda_ent of the teacher routers (0.005)
-``tgr_schedule``                full / first / off (adaptive needs train_tgr.py's epoch hook)
-``tgr_distill_fraction``        fraction for ``first`` (0.5)
-``tgr_total_steps``             training forwards (micro-batches) of the whole run, for ``first``
-``tgr_layer_map``               ``'last'`` or omitted (aligned)
-``tgr_enable``                  False trains a ``tgr_moe_*`` model without teacher (V-MoE)
-==============================  ==================================================================
+{options}
 
 What timm's loop then does is right by construction: every loss term is inside the one ``loss``
 tensor (so ``/ grad_accum_steps`` and the fp16 GradScaler scale them all alike); the teacher routers
@@ -56,7 +42,8 @@ import torch.nn as nn
 from timm.utils import unwrap_model
 
 from ..models import moe_model
-from .factory import GuidanceConfig, create_training_task
+from .factory import create_training_task
+from .options import GuidanceConfig, check_option, guidance_options, option_help, option_types
 from .teacher import default_teacher, teacher_fixes
 
 _logger = logging.getLogger(__name__)
@@ -67,35 +54,45 @@ __all__ = [
     'install_for_legacy_device_modules', 'LEGACY_HOOK_MESSAGE',
 ]
 
-GUIDANCE_KEYS = {
-    'teacher': (str,),
-    'teacher_checkpoint': (str,),
-    'teacher_kwargs': (dict,),
-    'teacher_pretrained': (bool,),
-    'teacher_routers': (str,),
-    'mode': (str,),
-    'distill_weight': (int, float),
-    'teacher_load_weight': (int, float),
-    'teacher_entropy_weight': (int, float),
-    'schedule': (str,),
-    'distill_fraction': (int, float),
-    'total_steps': (int,),
-    'layer_map': (str, dict),
-    'enable': (bool,),
-}
+# the tgr_* model kwargs (without the prefix) and the types each takes
+GUIDANCE_KEYS = {**{name: option_types(name) for name, (_, _, o) in guidance_options().items() if o.kwarg},
+                 'enable': (bool,)}
+
+
+def _kwarg(name: str) -> str:
+    return 'tgr_' + name
+
+
+def _options_table() -> str:
+    """The tgr_* kwargs as an RST table (this module's docstring)."""
+    rows = [('option', 'default', 'meaning')] + [
+        (f'``{_kwarg(n)}``', repr(d), ('False: ' if d is True else '') + option_help(n, _kwarg))
+        for n, (_, d, o) in guidance_options().items() if o.kwarg]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    rule = '  '.join('=' * w for w in widths)
+    lines = ['  '.join(f'{c:<{w}}' for c, w in zip(r, widths)).rstrip() for r in rows]
+    return '\n'.join([rule, lines[0], rule] + lines[1:] + [rule])
+
+
+__doc__ = __doc__.format(options=_options_table())
 
 
 def check_guidance_cfg(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """``cfg`` (a model's ``guidance_cfg``: its ``tgr_*`` kwargs without the prefix), every key known and of its
-    type; a TypeError naming the option otherwise."""
+    """``cfg`` (a model's ``guidance_cfg``: its ``tgr_*`` kwargs without the prefix), every key known and its value
+    of its type and range; a TypeError or ValueError naming the option otherwise."""
     for name, value in cfg.items():
-        key = 'tgr_' + name
+        key = _kwarg(name)
         if name not in GUIDANCE_KEYS:
             raise TypeError(
                 f'unknown TGR option {key!r}: the tgr_* model kwargs are '
-                f'{", ".join("tgr_" + k for k in sorted(GUIDANCE_KEYS))} (see timm_tgr.task.timm_train).')
-        if not isinstance(value, GUIDANCE_KEYS[name]):
-            raise TypeError(f'{key}={value!r} must be {" or ".join(t.__name__ for t in GUIDANCE_KEYS[name])}.')
+                f'{", ".join(_kwarg(k) for k in sorted(GUIDANCE_KEYS))} (see timm_tgr.task.timm_train).')
+        if name == 'enable':
+            if not isinstance(value, bool):
+                raise TypeError(f'{key}={value!r} must be bool.')
+            continue
+        default = guidance_options()[name][1]
+        check_option(name, value, key, f' Pass --model-kwargs {key}=VALUE, or leave it out for the default '
+                                       f'({default!r}).')
     return cfg
 
 
@@ -113,6 +110,8 @@ def model_guidance_cfg(model: nn.Module) -> Dict[str, Any]:
 def _wants_guidance(base: nn.Module, cfg: Dict[str, Any]) -> bool:
     if 'enable' in cfg:
         return bool(cfg['enable'])
+    if isinstance(cfg.get('teacher'), str) and cfg['teacher'].lower() == 'none':
+        return False
     name = (getattr(base, 'pretrained_cfg', None) or {}).get('architecture', '')
     return name.startswith('tgr_') or bool(cfg)
 
@@ -145,7 +144,7 @@ def guidance_config(model: nn.Module) -> Optional[GuidanceConfig]:
     cfg = model_guidance_cfg(base)
     if not _wants_guidance(base, cfg):
         return None
-    schedule = cfg.get('schedule', 'full')
+    schedule = cfg.get('schedule', GuidanceConfig.schedule)
     if schedule == 'adaptive':
         raise ValueError(
             "tgr_schedule='adaptive' needs the probe-set consistency measured at each epoch end, which timm's "
@@ -155,14 +154,8 @@ def guidance_config(model: nn.Module) -> Optional[GuidanceConfig]:
             "tgr_schedule='first' needs tgr_total_steps (training forwards of the whole run: epochs x batches "
             "per epoch, counting every micro-batch with --grad-accum-steps).")
     arch = (getattr(base, 'pretrained_cfg', None) or {}).get('architecture', '')
-    return GuidanceConfig(
-        teacher=cfg.get('teacher') or _default_teacher(arch),
-        teacher_kwargs=dict(cfg.get('teacher_kwargs') or {}),
-        teacher_checkpoint=cfg.get('teacher_checkpoint'), teacher_pretrained=cfg.get('teacher_pretrained', True),
-        teacher_routers=cfg.get('teacher_routers'), mode=cfg.get('mode', 'tgr'), layer_map=cfg.get('layer_map'),
-        distill_weight=cfg.get('distill_weight', 5.0), teacher_load_weight=cfg.get('teacher_load_weight', 0.005),
-        teacher_entropy_weight=cfg.get('teacher_entropy_weight'), schedule=schedule,
-        total_steps=cfg.get('total_steps'), distill_fraction=cfg.get('distill_fraction', 0.5))
+    options = {k: v for k, v in cfg.items() if k != 'enable'}
+    return GuidanceConfig(**dict(options, teacher=cfg.get('teacher') or _default_teacher(arch)))
 
 
 def create_task(model: nn.Module, criterion: Optional[nn.Module] = None, device=None, dtype=None,

@@ -15,22 +15,50 @@ import yaml
 
 import timm
 
-from ..task import TGR_MODES, DistillSchedule
+from ..task.options import (
+    MODEL, NEUTRAL, RECIPE, RECORDED, ROLES, RUN, RUN_FOLDER, GuidanceConfig, guidance_options, option_help,
+    option_types,
+)
 from ..utils.checkpoint import run_outputs
 from ..utils.cli import ArgumentParser, ParseKwargs
 
-__all__ = ['build_parser', 'parse_args', 'checkpoint_args', 'yaml_safe', 'earlier_run']
+__all__ = ['build_parser', 'parse_args', 'guidance_flag', 'guidance_from_flags', 'earlier_run']
 
 _logger = logging.getLogger(__name__)
 
 
+class _Roles:
+    """Flags that each declare their role in the run's record (:data:`~timm_tgr.task.options.ROLES`)."""
+
+    def add_argument(self, *args, role: Optional[str] = None, **kwargs) -> argparse.Action:
+        if role not in ROLES and kwargs.get('action') != 'help':
+            raise ValueError(f'the role of {args} must be one of {ROLES}, got {role!r}')
+        action = super().add_argument(*args, **kwargs)
+        action.role = role
+        return action
+
+
+class _RoleGroup(_Roles, argparse._ArgumentGroup):
+    pass
+
+
+class _Parser(_Roles, ArgumentParser):
+    """train_tgr.py's parser: its flags, and those of its groups, take a ``role``."""
+
+    def add_argument_group(self, *args, **kwargs) -> _RoleGroup:
+        group = _RoleGroup(self, *args, **kwargs)
+        self._action_groups.append(group)
+        return group
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The trainer's argparse parser (``train_tgr.py --help``)."""
-    parser = ArgumentParser(
+    parser = _Parser(
         prog='train_tgr.py',
         description='Train V-MoE / TGR-MoE (and dense teacher) models with timm. '
                     'Any flag can also be set in a YAML file given with -c/--config (keys use underscores).')
-    parser.add_argument('-c', '--config', default='', type=str, metavar='FILE', help='YAML config with flag values')
+    parser.add_argument('-c', '--config', default='', type=str, metavar='FILE', help='YAML config with flag values',
+                        role=NEUTRAL)
     for add_group in (
             _add_dataset_args, _add_model_args, _add_guidance_args, _add_optimizer_args, _add_schedule_args,
             _add_augmentation_args, _add_ema_args, _add_misc_args, _add_observation_args):
@@ -41,190 +69,240 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
     """Where the images come from."""
     group = parser.add_argument_group('Dataset')
-    group.add_argument('--data-dir', metavar='DIR', default='data', help='dataset root (default: data)')
+    group.add_argument('--data-dir', metavar='DIR', default='data', help='dataset root (default: data)', role=NEUTRAL)
     group.add_argument('--dataset', metavar='NAME', default='torch/fashion_mnist',
                        help='timm dataset name: "" or "folder" for an ImageFolder tree, torch/<name> for torchvision '
-                            '(default: torch/fashion_mnist, prepared from Debian\'s dataset-fashion-mnist if present)')
-    group.add_argument('--train-split', default='train', help='training split (default: train)')
-    group.add_argument('--val-split', default='validation', help='validation split (default: validation)')
-    group.add_argument('--dataset-download', action='store_true', help='allow torchvision to download the dataset')
-    group.add_argument('--class-map', default='', type=str, metavar='FILE', help='class map file for folder datasets')
+                            '(default: torch/fashion_mnist, prepared from Debian\'s dataset-fashion-mnist if present)',
+                       role=RECIPE)
+    group.add_argument('--train-split', default='train', help='training split (default: train)', role=RECIPE)
+    group.add_argument('--val-split', default='validation', help='validation split (default: validation)', role=RECIPE)
+    group.add_argument('--dataset-download', action='store_true', help='allow torchvision to download the dataset',
+                       role=RECORDED)
+    group.add_argument('--class-map', default='', type=str, metavar='FILE', help='class map file for folder datasets',
+                       role=RECORDED)
     group.add_argument('--device-data', action='store_true',
                        help='keep the dataset on the device (torchvision MNIST family, CIFAR): pad-4 random crop, '
-                            'flip and mixup there, no loader workers (timm_tgr.data.DeviceDataLoader)')
+                            'flip and mixup there, no loader workers (timm_tgr.data.DeviceDataLoader)', role=RECORDED)
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     """The student: timm model name, its create_model kwargs, batch sizes, weights to start from."""
     group = parser.add_argument_group('Model')
-    group.add_argument('--model', default='tgr_moe_deit_tiny', metavar='NAME', help='timm model name')
-    group.add_argument('--pretrained', action='store_true', help='start from pretrained weights')
-    group.add_argument('--initial-checkpoint', default='', metavar='PATH', help='load these weights first')
+    group.add_argument('--model', default='tgr_moe_deit_tiny', metavar='NAME', help='timm model name', role=MODEL)
+    group.add_argument('--pretrained', action='store_true', help='start from pretrained weights', role=RECIPE)
+    group.add_argument('--initial-checkpoint', default='', metavar='PATH', help='load these weights first',
+                       role=RECORDED)
     group.add_argument('--upcycle-from', default='', metavar='FILE_OR_MODEL',
                        help='sparse upcycling: start the MoE from a dense ViT/DeiT checkpoint (file, folder, timm '
-                            'name, hf-hub:/local-dir:): every expert a copy of the dense MLP, a near-uniform router')
+                            'name, hf-hub:/local-dir:): every expert a copy of the dense MLP, a near-uniform router',
+                       role=RECORDED)
     group.add_argument('--resume', default='', metavar='PATH',
                        help="resume training from this checkpoint (e.g. RUN/last.pth.tar) with the run's own flags; "
                             'the optimizer state comes from the checkpoint, its settings (--lr, --weight-decay, ...) '
-                            'from this command')
-    group.add_argument('--no-resume-opt', action='store_true', help='do not restore optimizer/scaler state')
+                            'from this command', role=RUN_FOLDER)
+    group.add_argument('--no-resume-opt', action='store_true', help='do not restore optimizer/scaler state',
+                       role=NEUTRAL)
     group.add_argument('--trust-checkpoint', action='store_true',
                        help='read --resume / --initial-checkpoint / --upcycle-from / --teacher-checkpoint / '
                             '--teacher-routers-from with torch.load(weights_only=False), which can run code stored '
-                            'in the file: only for checkpoints you made yourself')
-    group.add_argument('--num-classes', type=int, default=None, metavar='N', help='number of classes')
+                            'in the file: only for checkpoints you made yourself', role=NEUTRAL)
+    group.add_argument('--num-classes', type=int, default=None, metavar='N', help='number of classes', role=RECIPE)
     group.add_argument('--reset-classifier', action='store_true',
                        help='fresh classifier after loading --pretrained / --initial-checkpoint weights even when '
                             'the class count is the same (new classes); for another class count it is always fresh; '
-                            'without loaded weights nothing to reset')
-    group.add_argument('--img-size', type=int, default=None, metavar='N', help='image size (model and data)')
-    group.add_argument('--in-chans', type=int, default=None, metavar='N', help='image channels')
-    group.add_argument('--crop-pct', default=None, type=float, help='eval crop fraction')
-    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN', help='dataset mean')
-    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD', help='dataset std')
-    group.add_argument('--interpolation', default='', type=str, help='resize interpolation')
-    group.add_argument('-b', '--batch-size', type=int, default=128, metavar='N', help='batch size per process')
+                            'without loaded weights nothing to reset', role=RECORDED)
+    group.add_argument('--img-size', type=int, default=None, metavar='N', help='image size (model and data)',
+                       role=RECIPE)
+    group.add_argument('--in-chans', type=int, default=None, metavar='N', help='image channels', role=RECIPE)
+    group.add_argument('--crop-pct', default=None, type=float, help='eval crop fraction', role=RECIPE)
+    group.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN', help='dataset mean', role=RECIPE)
+    group.add_argument('--std', type=float, nargs='+', default=None, metavar='STD', help='dataset std', role=RECIPE)
+    group.add_argument('--interpolation', default='', type=str, help='resize interpolation', role=RECORDED)
+    group.add_argument('-b', '--batch-size', type=int, default=128, metavar='N', help='batch size per process',
+                       role=RECIPE)
     group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N',
-                       help='validation batch size (default: batch size)')
+                       help='validation batch size (default: batch size)', role=RECORDED)
     group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
-                       help='extra timm.create_model kwargs, e.g. num_experts=8 top_k=1 embed_dim=96')
-    group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N', help='micro-batches per update')
-    group.add_argument('--grad-checkpointing', action='store_true', help='activation checkpointing')
-    group.add_argument('--drop', type=float, default=0.0, help='dropout rate')
-    group.add_argument('--drop-path', type=float, default=None, help='drop path rate')
+                       help='extra timm.create_model kwargs, e.g. num_experts=8 top_k=1 embed_dim=96', role=MODEL)
+    group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N', help='micro-batches per update',
+                       role=RECIPE)
+    group.add_argument('--grad-checkpointing', action='store_true', help='activation checkpointing', role=RECORDED)
+    group.add_argument('--drop', type=float, default=0.0, help='dropout rate', role=RECIPE)
+    group.add_argument('--drop-path', type=float, default=None, help='drop path rate', role=RECIPE)
     group.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor',
-                       help='torch.compile the task with this backend (default: inductor)')
+                       help='torch.compile the task with this backend (default: inductor)', role=RECORDED)
 
 
 def _add_guidance_args(parser: argparse.ArgumentParser) -> None:
-    """TGR (paper Sec. 3): the teacher, the distillation weight and schedule, the probe set."""
+    """TGR (paper Sec. 3): GuidanceConfig's options, the StableMoE baseline, the probe set."""
     group = parser.add_argument_group('Teacher-guided routing')
-    group.add_argument('--teacher', default=None, metavar='NAME',
-                       help="dense teacher (timm name, local-dir:/hf-hub:). Default: the paper's DeiT-III for "
-                            "tgr_moe_* models, none for others; 'none' trains without guidance")
-    group.add_argument('--teacher-checkpoint', default='', metavar='PATH',
-                       help='teacher weights (e.g. a train_tgr.py checkpoint of the dense teacher)')
-    group.add_argument('--teacher-kwargs', nargs='*', default={}, action=ParseKwargs,
-                       help='timm.create_model kwargs of the teacher (e.g. embed_dim=96 patch_size=7)')
-    group.add_argument('--no-teacher-pretrained', action='store_true',
-                       help='random teacher weights when no --teacher-checkpoint (debugging only)')
-    group.add_argument('--tgr-mode', default='tgr', choices=TGR_MODES,
-                       help='tgr (the method), distill_only (router learns only from the teacher), '
-                            'teacher_route (upper bound: teacher router routes)')
-    group.add_argument('--distill-weight', type=float, default=5.0, help='lambda_distill (paper: 5.0)')
-    group.add_argument('--teacher-load-weight', type=float, default=0.005, help='lambda_load of the teacher router')
-    group.add_argument('--teacher-entropy-weight', type=float, default=None,
-                       help='lambda_ent of the teacher router (default 0.005; 0 in teacher_route mode)')
-    group.add_argument('--distill-schedule', default='full', choices=DistillSchedule.MODES,
-                       help='when distillation is on: full, first (--distill-fraction of training), off, adaptive')
-    group.add_argument('--distill-fraction', type=float, default=0.5, help="fraction for --distill-schedule first")
-    group.add_argument('--layer-map', default='aligned', choices=('aligned', 'last'),
-                       help='teacher block per student MoE block: same depth (aligned) or the last block')
-    group.add_argument('--freeze-router-at', type=float, default=None, metavar='FRACTION',
-                       help='StableMoE baseline: freeze all routers after this fraction of the updates')
-    group.add_argument('--probe-samples', type=int, default=1000,
-                       help='validation images in the fixed routing-consistency probe set (0 disables)')
-    group.add_argument('--teacher-routers-from', default='', metavar='PATH',
-                       help="start the teacher routers from this TGR run's checkpoint (its task_state; same "
-                            'expert count and teacher width) instead of fresh ones, e.g. to continue TGR while '
-                            'fine-tuning')
+    for name in guidance_options():
+        if name == 'teacher_routers':  # the trainer's own flags stand before it, as they always have
+            _add_probe_args(group)
+        _add_guidance_flag(group, name)
     group.add_argument('--consistency-pretrained', default='auto', choices=('auto', 'on', 'off'),
                        help='log consistency_pretrained: per MoE layer, the fraction of probe tokens whose top-1 '
                             'expert is the one the starting weights chose (before the first step). auto: on when '
-                            'starting from trained weights (--pretrained, --initial-checkpoint)')
+                            'starting from trained weights (--pretrained, --initial-checkpoint)', role=RECORDED)
+
+
+def _add_probe_args(group) -> None:
+    group.add_argument('--freeze-router-at', type=float, default=None, metavar='FRACTION',
+                       help='StableMoE baseline: freeze all routers after this fraction of the updates', role=RECIPE)
+    group.add_argument('--probe-samples', type=int, default=1000,
+                       help='validation images in the fixed routing-consistency probe set (0 disables)', role=RECORDED)
+
+
+# the flag of an option where it is not --<option> (the names train_tgr.py has always had); None: not in the
+# guidance group (--trust-checkpoint is the model group's, for every checkpoint; total_steps is counted)
+_GUIDANCE_FLAGS = {'mode': '--tgr-mode', 'schedule': '--distill-schedule', 'teacher_routers': '--teacher-routers-from',
+                   'trust_checkpoint': None, 'total_steps': None}
+
+
+def guidance_flag(name: str) -> Optional[str]:
+    """train_tgr.py's flag of GuidanceConfig option ``name``: ``--<name>``, ``--no-<name>`` for a bool that is on
+    by default, or its older name."""
+    if name in _GUIDANCE_FLAGS:
+        return _GUIDANCE_FLAGS[name]
+    return ('--no-' if guidance_options()[name][1] is True else '--') + name.replace('_', '-')
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip('-').replace('-', '_')
+
+
+def _add_guidance_flag(group, name: str) -> None:
+    """The flag of option ``name``: its help, type, default, choices; a path's default is '' (None in the config)."""
+    flag = guidance_flag(name)
+    if flag is None:
+        return
+    _, default, meaning = guidance_options()[name]
+    types = option_types(name)
+    kw = dict(help=option_help(name, guidance_flag))
+    if bool in types:
+        kw.update(action='store_true')
+    elif dict in types and not meaning.choices:
+        kw.update(nargs='*', default={}, action=ParseKwargs)
+    else:
+        kw.update(type=float if float in types else types[0], default='' if meaning.path else default,
+                  choices=meaning.choices or None, metavar=meaning.metavar or ('PATH' if meaning.path else None))
+    group.add_argument(flag, role=meaning.role, **kw)
+
+
+def guidance_from_flags(args: argparse.Namespace, **given) -> GuidanceConfig:
+    """The GuidanceConfig of the flags; ``given`` sets the options without a flag of their own (and wins)."""
+    values = {}
+    for name, (_, _, meaning) in guidance_options().items():
+        flag = guidance_flag(name)
+        if flag is None:
+            continue
+        value = getattr(args, _dest(flag))
+        values[name] = (not value if flag.startswith('--no-') else value or None if meaning.path
+                        else dict(value) if isinstance(value, dict) else value)
+    return GuidanceConfig(**{**values, **given})
 
 
 def _add_optimizer_args(parser: argparse.ArgumentParser) -> None:
     """timm's optimizer flags (Table S1 defaults)."""
     group = parser.add_argument_group('Optimizer')
-    group.add_argument('--opt', default='adamw', metavar='OPTIMIZER', help='optimizer (default: adamw)')
-    group.add_argument('--opt-eps', default=None, type=float, help='optimizer epsilon')
-    group.add_argument('--opt-betas', default=None, type=float, nargs='+', help='optimizer betas')
-    group.add_argument('--momentum', type=float, default=0.9, help='SGD momentum')
-    group.add_argument('--weight-decay', type=float, default=0.05, help='weight decay (Table S1: 0.05)')
-    group.add_argument('--clip-grad', type=float, default=None, help='gradient clipping value')
-    group.add_argument('--clip-mode', type=str, default='norm', help='norm, value or agc')
-    group.add_argument('--layer-decay', type=float, default=None, help='layer-wise lr decay')
-    group.add_argument('--opt-kwargs', nargs='*', default={}, action=ParseKwargs)
+    group.add_argument('--opt', default='adamw', metavar='OPTIMIZER', help='optimizer (default: adamw)', role=RUN)
+    group.add_argument('--opt-eps', default=None, type=float, help='optimizer epsilon', role=RECIPE)
+    group.add_argument('--opt-betas', default=None, type=float, nargs='+', help='optimizer betas', role=RECIPE)
+    group.add_argument('--momentum', type=float, default=0.9, help='SGD momentum', role=RECIPE)
+    group.add_argument('--weight-decay', type=float, default=0.05, help='weight decay (Table S1: 0.05)', role=RECIPE)
+    group.add_argument('--clip-grad', type=float, default=None, help='gradient clipping value', role=RECIPE)
+    group.add_argument('--clip-mode', type=str, default='norm', help='norm, value or agc', role=RECIPE)
+    group.add_argument('--layer-decay', type=float, default=None, help='layer-wise lr decay', role=RECIPE)
+    group.add_argument('--opt-kwargs', nargs='*', default={}, action=ParseKwargs, role=RECORDED)
 
 
 def _add_schedule_args(parser: argparse.ArgumentParser) -> None:
     """timm's scheduler flags (Table S1 defaults)."""
     group = parser.add_argument_group('Learning rate schedule')
-    group.add_argument('--sched', type=str, default='cosine', metavar='SCHEDULER', help='lr schedule (cosine)')
-    group.add_argument('--sched-on-updates', action='store_true', help='step the schedule per update')
-    group.add_argument('--lr', type=float, default=5e-4, metavar='LR', help='learning rate (Table S1: 5e-4)')
-    group.add_argument('--warmup-lr', type=float, default=1e-6, help='warmup start lr')
-    group.add_argument('--min-lr', type=float, default=1e-5, help='lower lr bound of the schedule')
-    group.add_argument('--epochs', type=int, default=300, metavar='N', help='epochs (Table S1: 300 ImageNet)')
-    group.add_argument('--warmup-epochs', type=int, default=5, help='warmup epochs (Table S1: 5)')
-    group.add_argument('--warmup-prefix', action='store_true', help='exclude warmup from the decay')
-    group.add_argument('--cooldown-epochs', type=int, default=0, help='epochs at min lr after the schedule')
-    group.add_argument('--decay-epochs', type=float, default=90, help='step schedules: epochs between decays')
-    group.add_argument('--decay-rate', type=float, default=0.1, help='step schedules: decay rate')
-    group.add_argument('--patience-epochs', type=int, default=10, help='plateau schedule patience')
-    group.add_argument('--lr-cycle-mul', type=float, default=1.0)
-    group.add_argument('--lr-cycle-decay', type=float, default=0.5)
-    group.add_argument('--lr-cycle-limit', type=int, default=1)
-    group.add_argument('--lr-k-decay', type=float, default=1.0)
-    group.add_argument('--lr-noise', type=float, nargs='+', default=None)
-    group.add_argument('--lr-noise-pct', type=float, default=0.67)
-    group.add_argument('--lr-noise-std', type=float, default=1.0)
+    group.add_argument('--sched', type=str, default='cosine', metavar='SCHEDULER', help='lr schedule (cosine)',
+                       role=RECIPE)
+    group.add_argument('--sched-on-updates', action='store_true', help='step the schedule per update', role=RECORDED)
+    group.add_argument('--lr', type=float, default=5e-4, metavar='LR', help='learning rate (Table S1: 5e-4)',
+                       role=RECIPE)
+    group.add_argument('--warmup-lr', type=float, default=1e-6, help='warmup start lr', role=RECIPE)
+    group.add_argument('--min-lr', type=float, default=1e-5, help='lower lr bound of the schedule', role=RECIPE)
+    group.add_argument('--epochs', type=int, default=300, metavar='N', help='epochs (Table S1: 300 ImageNet)',
+                       role=RECIPE)
+    group.add_argument('--warmup-epochs', type=int, default=5, help='warmup epochs (Table S1: 5)', role=RECIPE)
+    group.add_argument('--warmup-prefix', action='store_true', help='exclude warmup from the decay', role=RECORDED)
+    group.add_argument('--cooldown-epochs', type=int, default=0, help='epochs at min lr after the schedule',
+                       role=RECIPE)
+    group.add_argument('--decay-epochs', type=float, default=90, help='step schedules: epochs between decays',
+                       role=RECORDED)
+    group.add_argument('--decay-rate', type=float, default=0.1, help='step schedules: decay rate', role=RECIPE)
+    group.add_argument('--patience-epochs', type=int, default=10, help='plateau schedule patience', role=RECORDED)
+    group.add_argument('--lr-cycle-mul', type=float, default=1.0, role=RECORDED)
+    group.add_argument('--lr-cycle-decay', type=float, default=0.5, role=RECORDED)
+    group.add_argument('--lr-cycle-limit', type=int, default=1, role=RECORDED)
+    group.add_argument('--lr-k-decay', type=float, default=1.0, role=RECORDED)
+    group.add_argument('--lr-noise', type=float, nargs='+', default=None, role=RECORDED)
+    group.add_argument('--lr-noise-pct', type=float, default=0.67, role=RECORDED)
+    group.add_argument('--lr-noise-std', type=float, default=1.0, role=RECORDED)
 
 
 def _add_augmentation_args(parser: argparse.ArgumentParser) -> None:
     """timm's augmentation, mixup/cutmix and label-smoothing flags."""
     group = parser.add_argument_group('Augmentation and regularization')
-    group.add_argument('--no-aug', action='store_true', help='no training augmentation')
-    group.add_argument('--scale', type=float, nargs='+', default=[0.08, 1.0], help='random-resized-crop scale')
-    group.add_argument('--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], help='crop aspect ratio')
-    group.add_argument('--hflip', type=float, default=0.5, help='horizontal flip probability')
-    group.add_argument('--vflip', type=float, default=0., help='vertical flip probability')
-    group.add_argument('--color-jitter', type=float, default=None, help='color jitter (off by default)')
+    group.add_argument('--no-aug', action='store_true', help='no training augmentation', role=RECIPE)
+    group.add_argument('--scale', type=float, nargs='+', default=[0.08, 1.0], help='random-resized-crop scale',
+                       role=RECIPE)
+    group.add_argument('--ratio', type=float, nargs='+', default=[3. / 4., 4. / 3.], help='crop aspect ratio',
+                       role=RECIPE)
+    group.add_argument('--hflip', type=float, default=0.5, help='horizontal flip probability', role=RECIPE)
+    group.add_argument('--vflip', type=float, default=0., help='vertical flip probability', role=RECIPE)
+    group.add_argument('--color-jitter', type=float, default=None, help='color jitter (off by default)', role=RECIPE)
     group.add_argument('--aa', type=str, default=None, metavar='NAME',
-                       help='auto augment, e.g. rand-m9-mstd0.5-inc1 (Table S1: RandAugment)')
-    group.add_argument('--reprob', type=float, default=0., help='random erase probability')
-    group.add_argument('--remode', type=str, default='pixel', help='random erase mode')
-    group.add_argument('--recount', type=int, default=1, help='random erase count')
-    group.add_argument('--mixup', type=float, default=0.0, help='mixup alpha (Table S1: 0.8)')
-    group.add_argument('--cutmix', type=float, default=0.0, help='cutmix alpha (Table S1: 1.0)')
-    group.add_argument('--cutmix-minmax', type=float, nargs='+', default=None)
-    group.add_argument('--mixup-prob', type=float, default=1.0)
-    group.add_argument('--mixup-switch-prob', type=float, default=0.5)
-    group.add_argument('--mixup-mode', type=str, default='batch')
-    group.add_argument('--mixup-off-epoch', default=0, type=int, help='turn mixup off at this epoch (0: never)')
-    group.add_argument('--smoothing', type=float, default=0.1, help='label smoothing')
-    group.add_argument('--train-interpolation', type=str, default='random')
+                       help='auto augment, e.g. rand-m9-mstd0.5-inc1 (Table S1: RandAugment)', role=RECIPE)
+    group.add_argument('--reprob', type=float, default=0., help='random erase probability', role=RECIPE)
+    group.add_argument('--remode', type=str, default='pixel', help='random erase mode', role=RECORDED)
+    group.add_argument('--recount', type=int, default=1, help='random erase count', role=RECORDED)
+    group.add_argument('--mixup', type=float, default=0.0, help='mixup alpha (Table S1: 0.8)', role=RECIPE)
+    group.add_argument('--cutmix', type=float, default=0.0, help='cutmix alpha (Table S1: 1.0)', role=RECIPE)
+    group.add_argument('--cutmix-minmax', type=float, nargs='+', default=None, role=RECORDED)
+    group.add_argument('--mixup-prob', type=float, default=1.0, role=RECIPE)
+    group.add_argument('--mixup-switch-prob', type=float, default=0.5, role=RECORDED)
+    group.add_argument('--mixup-mode', type=str, default='batch', role=RECORDED)
+    group.add_argument('--mixup-off-epoch', default=0, type=int, help='turn mixup off at this epoch (0: never)',
+                       role=RECORDED)
+    group.add_argument('--smoothing', type=float, default=0.1, help='label smoothing', role=RECIPE)
+    group.add_argument('--train-interpolation', type=str, default='random', role=RECORDED)
 
 
 def _add_ema_args(parser: argparse.ArgumentParser) -> None:
     """An EMA of the student weights, evaluated every epoch beside the model."""
     group = parser.add_argument_group('EMA')
-    group.add_argument('--model-ema', action='store_true', help='keep an EMA of the (student) weights')
-    group.add_argument('--model-ema-decay', type=float, default=0.9998)
-    group.add_argument('--model-ema-warmup', action='store_true')
+    group.add_argument('--model-ema', action='store_true', help='keep an EMA of the (student) weights', role=RECIPE)
+    group.add_argument('--model-ema-decay', type=float, default=0.9998, role=RECIPE)
+    group.add_argument('--model-ema-warmup', action='store_true', role=RECIPE)
 
 
 def _add_misc_args(parser: argparse.ArgumentParser) -> None:
     """Seed, logging, checkpoints, outputs, device, distributed, threads."""
     group = parser.add_argument_group('Misc')
-    group.add_argument('--seed', type=int, default=42, help='random seed')
-    group.add_argument('--log-interval', type=int, default=50, help='batches between log lines')
-    group.add_argument('--checkpoint-hist', type=int, default=2, help='checkpoints to keep')
-    group.add_argument('-j', '--workers', type=int, default=2, help='data loading workers per process')
-    group.add_argument('--amp', action='store_true', help='mixed precision (autocast)')
-    group.add_argument('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'))
-    group.add_argument('--no-prefetcher', action='store_true', help='disable timm\'s CUDA prefetcher')
-    group.add_argument('--pin-mem', action='store_true')
-    group.add_argument('--output', default='output', metavar='DIR', help='output root (default: output)')
-    group.add_argument('--experiment', default='', metavar='NAME', help='run sub-folder name')
-    group.add_argument('--eval-metric', default='top1', help='metric that picks the best checkpoint')
-    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    group.add_argument('--dist-backend', default=None, help='torch.distributed backend (gloo on CPU, nccl on CUDA)')
-    group.add_argument('--dist-url', default=None)
-    group.add_argument('--no-progress', action='store_true', help='no progress bar')
-    group.add_argument('--no-plot', action='store_true', help='skip the routing-consistency plot')
-    group.add_argument('--threads', type=int, default=None, help='torch CPU threads per process')
+    group.add_argument('--seed', type=int, default=42, help='random seed', role=RECIPE)
+    group.add_argument('--log-interval', type=int, default=50, help='batches between log lines', role=NEUTRAL)
+    group.add_argument('--checkpoint-hist', type=int, default=2, help='checkpoints to keep', role=RECORDED)
+    group.add_argument('-j', '--workers', type=int, default=2, help='data loading workers per process', role=NEUTRAL)
+    group.add_argument('--amp', action='store_true', help='mixed precision (autocast)', role=RECIPE)
+    group.add_argument('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'), role=RECIPE)
+    group.add_argument('--no-prefetcher', action='store_true', help='disable timm\'s CUDA prefetcher', role=RECORDED)
+    group.add_argument('--pin-mem', action='store_true', role=NEUTRAL)
+    group.add_argument('--output', default='output', metavar='DIR', help='output root (default: output)',
+                       role=RUN_FOLDER)
+    group.add_argument('--experiment', default='', metavar='NAME', help='run sub-folder name', role=RUN_FOLDER)
+    group.add_argument('--eval-metric', default='top1', help='metric that picks the best checkpoint', role=RECIPE)
+    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', role=NEUTRAL)
+    group.add_argument('--dist-backend', default=None, help='torch.distributed backend (gloo on CPU, nccl on CUDA)',
+                       role=NEUTRAL)
+    group.add_argument('--dist-url', default=None, role=NEUTRAL)
+    group.add_argument('--no-progress', action='store_true', help='no progress bar', role=NEUTRAL)
+    group.add_argument('--no-plot', action='store_true', help='skip the routing-consistency plot', role=NEUTRAL)
+    group.add_argument('--threads', type=int, default=None, help='torch CPU threads per process', role=NEUTRAL)
 
 
 def _add_observation_args(parser: argparse.ArgumentParser) -> None:
@@ -232,16 +310,18 @@ def _add_observation_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group('Routing pictures and experiment logging')
     group.add_argument('--visualize-every', type=int, default=0, metavar='N',
                        help='every N epochs and after the last, draw the routing pictures of a fixed validation '
-                            'batch into <run>/visualize/epoch-NNN/ (python -m timm_tgr.visualize\'s sheets; 0: off)')
+                            'batch into <run>/visualize/epoch-NNN/ (python -m timm_tgr.visualize\'s sheets; 0: off)',
+                       role=RECORDED)
     group.add_argument('--visualize-images', type=int, default=8, metavar='N',
-                       help='validation images with a sheet each in --visualize-every pictures (default: 8)')
+                       help='validation images with a sheet each in --visualize-every pictures (default: 8)',
+                       role=RECORDED)
     group.add_argument('--log-wandb', action='store_true',
                        help='log metrics, routing per MoE block and the pictures to Weights & Biases '
-                            '(pip install "timm-tgr[wandb]"; WANDB_MODE=offline works without network)')
-    group.add_argument('--wandb-project', default=None, type=str, help='wandb project name')
-    group.add_argument('--wandb-tags', default=[], type=str, nargs='+', help='wandb tags')
+                            '(pip install "timm-tgr[wandb]"; WANDB_MODE=offline works without network)', role=RECORDED)
+    group.add_argument('--wandb-project', default=None, type=str, help='wandb project name', role=RECORDED)
+    group.add_argument('--wandb-tags', default=[], type=str, nargs='+', help='wandb tags', role=RECORDED)
     group.add_argument('--wandb-resume-id', default='', type=str, metavar='ID',
-                       help='continue this wandb run (with --resume)')
+                       help='continue this wandb run (with --resume)', role=RECORDED)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -295,14 +375,22 @@ _RANGES = (
     ('layer_decay', 0., None, False), ('drop', 0., 1., True), ('drop_path', 0., 1., True),
     ('smoothing', 0., 1., True), ('mixup', 0., None, True), ('cutmix', 0., None, True),
     ('mixup_prob', 0., 1., True), ('reprob', 0., 1., True), ('hflip', 0., 1., True), ('vflip', 0., 1., True),
-    ('model_ema_decay', 0., 1., True), ('distill_weight', 0., None, True), ('teacher_load_weight', 0., None, True),
-    ('teacher_entropy_weight', 0., None, True),
+    ('model_ema_decay', 0., 1., True),
 )
+
+
+def _ranges():
+    """_RANGES and those of the guidance flags (GuidanceConfig's)."""
+    yield from _RANGES
+    for name, (_, _, meaning) in guidance_options().items():
+        flag = guidance_flag(name)
+        if flag is not None and (meaning.low is not None or meaning.high is not None):
+            yield _dest(flag), meaning.low, meaning.high, True
 
 
 def _check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Every numeric flag finite and inside its range (a flag left at None is not checked)."""
-    for dest, low, high, closed in _RANGES:
+    for dest, low, high, closed in _ranges():
         value = getattr(args, dest, None)
         if value is None:
             continue
@@ -321,8 +409,6 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error('--wandb-resume-id continues a wandb run: resume the training run too (--resume CHECKPOINT)')
     if args.freeze_router_at is not None and not 0. <= args.freeze_router_at <= 1.:
         parser.error(f'--freeze-router-at is a fraction of training in [0, 1], got {args.freeze_router_at}')
-    if not 0. <= args.distill_fraction <= 1.:
-        parser.error(f'--distill-fraction must be in [0, 1], got {args.distill_fraction}')
     if args.resume and not os.path.isfile(args.resume):
         parser.error(f'--resume {args.resume!r}: no such checkpoint file (train_tgr.py writes last.pth.tar '
                      f'in the run folder)')
@@ -351,7 +437,7 @@ def _check_run_folder(parser: argparse.ArgumentParser, args: argparse.Namespace)
     without --resume (or when --resume continues another folder's run), naming the two ways out."""
     if not args.experiment:
         return  # the checkpoint's own folder (--resume), or a new time-stamped one (setup_output_dir)
-    message = earlier_run(os.path.join(args.output, args.experiment), args)
+    message = earlier_run(os.path.join(args.output, args.experiment), args.resume, args.experiment)
     if message:
         parser.error(message)
 
@@ -364,14 +450,15 @@ def _checkpoints(folder: str, found: Sequence[str]) -> List[str]:
     return [n for n in ('last.pth.tar',) if n in found] + numbered + [n for n in ('model_best.pth.tar',) if n in found]
 
 
-def earlier_run(folder: str, args: argparse.Namespace, log: bool = True) -> Optional[str]:
-    """Why this command may not write into ``folder`` (None when it may): it holds a run's checkpoint and the
-    command does not resume that run. A folder with a run's records but no checkpoint (a run stopped before its
-    first checkpoint was saved) is started again: nothing in it can be continued, and the log says so."""
+def earlier_run(folder: str, resume: str, experiment: str, log: bool = True) -> Optional[str]:
+    """Why this command (its ``--resume`` and ``--experiment``) may not write into ``folder`` (None when it may):
+    it holds a run's checkpoint and the command does not resume that run. A folder with a run's records but no
+    checkpoint (a run stopped before its first checkpoint was saved) is started again: nothing in it can be
+    continued, and the log says so."""
     found = run_outputs(folder)
     if not found:
         return None
-    if args.resume and os.path.abspath(os.path.dirname(args.resume)) == os.path.abspath(folder):
+    if resume and os.path.abspath(os.path.dirname(resume)) == os.path.abspath(folder):
         return None  # continuing the run in its own folder
     checkpoints = _checkpoints(folder, found)
     held = ', '.join(found[:4]) + (' ...' if len(found) > 4 else '')
@@ -381,41 +468,11 @@ def earlier_run(folder: str, args: argparse.Namespace, log: bool = True) -> Opti
                             f'saved): nothing there can be continued, so this run starts there again and replaces '
                             f'them.')
         return None
-    name = f'--experiment {args.experiment} ({folder})' if args.experiment else folder
+    name = f'--experiment {experiment} ({folder})' if experiment else folder
     point = os.path.join(folder, checkpoints[0])
-    if args.resume:
+    if resume:
         return (f'{name} holds another run ({held}), and train_tgr.py never writes into an earlier run: resume '
-                f'{args.resume} into a new folder (another --experiment), or continue the run in {folder} with '
+                f'{resume} into a new folder (another --experiment), or continue the run in {folder} with '
                 f'--resume {point}.')
     return (f'{name} holds an earlier run ({held}), and train_tgr.py never writes into an earlier run: continue it '
             f'with --resume {point}, or start a new run with another --experiment (or --output).')
-
-
-def yaml_safe(d: dict) -> dict:
-    """``d`` with every value a plain YAML type (str, number, bool, None, list, dict); others as str."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, (str, int, float, bool, type(None))):
-            out[k] = v
-        elif isinstance(v, (list, tuple)):
-            out[k] = list(v)
-        elif isinstance(v, dict):
-            out[k] = yaml_safe(v)
-        else:
-            out[k] = str(v)
-    return out
-
-
-def checkpoint_args(args: argparse.Namespace) -> argparse.Namespace:
-    """The args saved in checkpoints: plain values (loadable with weights_only), ``model`` and the exact
-    ``model_kwargs`` that rebuild the model.
-
-    For an ``hf-hub:`` / ``local-dir:`` ``--model``, ``model`` is its architecture (so the checkpoint
-    rebuilds without the source) and ``model_source`` the name given.
-    """
-    d = yaml_safe(vars(args))
-    d['model_kwargs'] = dict(args.model_kwargs_resolved)
-    arch = getattr(args, 'model_arch', None) or args.model
-    if arch != args.model:
-        d['model'], d['model_source'] = arch, args.model
-    return argparse.Namespace(**d)

@@ -22,7 +22,7 @@ import torch.nn as nn
 from timm.models import load_model_config_from_hf, parse_model_name
 from timm.models._hub import load_model_config_from_path
 
-from ..models._factory import resolve_model_args
+from ..models._factory import is_architecture_kwarg, resolve_model_args
 from ..utils.checkpoint import (
     as_dict, check_finite, describe_weights, read_checkpoint, select_weights, state_dict_mismatches, student_state_dict,
 )
@@ -34,10 +34,13 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-# create_model kwargs that never change the weights' layout (left out of descriptions and comparisons)
-_NOT_ARCH = ('drop_rate', 'drop_path_rate', 'attn_drop_rate', 'proj_drop_rate', 'pos_drop_rate', 'num_classes')
 # MoE settings that change routing without changing any tensor shape: must match the checkpoint's too
 _ROUTING_KWARGS = ('num_experts', 'top_k')
+
+
+def _layout_kwarg(name: str) -> bool:
+    """An architecture kwarg that starting weights must match: the classifier is made fresh for any class count."""
+    return is_architecture_kwarg(name) and name != 'num_classes'
 
 
 def model_source(name: str) -> Tuple[str, Dict[str, Any]]:
@@ -84,7 +87,7 @@ def reset_classifier(model: nn.Module) -> None:
 
 def describe_model(arch: str, kwargs: Dict[str, Any]) -> str:
     """``'vmoe_deit_tiny with num_experts=4, embed_dim=32'``: the architecture and its layout kwargs."""
-    shown = {k: v for k, v in kwargs.items() if k not in _NOT_ARCH and not k.startswith('tgr_')}
+    shown = {k: v for k, v in kwargs.items() if _layout_kwarg(k)}
     first = [k for k in _ROUTING_KWARGS if k in shown]
     items = [f'{k}={shown[k]}' for k in first] + [f'{k}={v}' for k, v in shown.items() if k not in first]
     return f'{arch} with {", ".join(items)}' if items else arch
@@ -153,7 +156,7 @@ def _mismatch_error(path: str, detail: str, ckpt_model: Tuple[Optional[str], Dic
     ckpt_arch, ckpt_kwargs = ckpt_model
     trained = describe_model(ckpt_arch, ckpt_kwargs) if ckpt_arch else 'an architecture it does not record'
     differ = [f'{k}={v}' for k, v in ckpt_kwargs.items()
-              if k not in _NOT_ARCH and not k.startswith('tgr_') and kwargs.get(k) != v]
+              if _layout_kwarg(k) and kwargs.get(k) != v]
     fix = f'pass --model {ckpt_arch}' if ckpt_arch and ckpt_arch != arch else 'pass'
     fix = f'{fix} --model-kwargs {" ".join(differ)}' if differ else (fix if fix != 'pass' else '')
     fix = (fix + ', or ' if fix else '') + 'give an --initial-checkpoint of this architecture'

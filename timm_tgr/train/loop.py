@@ -10,8 +10,10 @@ batches and at the epoch's end elsewhere (one sync each), and the first non-fini
 with :class:`TrainingDiverged` naming the epoch, the step and the terms. No checkpoint is written after
 that, so the last checkpoint stays the last finite one. With a float16 ``GradScaler`` an update whose
 gradients overflow is skipped by the scaler and is not divergence: only the forward's values are checked.
+
+The loops read their settings from ``args``: a :class:`~timm_tgr.train.spec.LoopSpec` (``RunSpec.loop``), or
+anything with its attributes, such as train_tgr.py's parsed flags after timm's ``init_distributed_device``.
 """
-import argparse
 import logging
 import math
 import sys
@@ -24,6 +26,7 @@ from timm.utils import AverageMeter, accuracy, dispatch_clip_grad, is_primary, r
 
 from ..models import moe_model
 from ..task.metrics import RoutingStats
+from .spec import LoopSpec
 
 __all__ = ['train_one_epoch', 'validate', 'reduce_routing_stats', 'set_epoch', 'FiniteGuard', 'TrainingDiverged',
            'check_eval_finite']
@@ -122,7 +125,7 @@ def set_epoch(loader, epoch: int) -> None:
 
 
 def train_one_epoch(
-        epoch: int, task: nn.Module, loader, optimizer: torch.optim.Optimizer, args: argparse.Namespace,
+        epoch: int, task: nn.Module, loader, optimizer: torch.optim.Optimizer, args: LoopSpec,
         device: torch.device, lr_scheduler=None, loss_scaler=None, amp_autocast: Callable = suppress,
         mixup_fn: Optional[Callable] = None, num_updates_start: int = 0, freeze=None,
 ) -> Dict[str, float]:
@@ -195,7 +198,7 @@ def _forward_backward(task, input, target, optimizer, args, amp_autocast, loss_s
     return result
 
 
-def _maybe_freeze_routers(freeze, task, num_updates: int, args: argparse.Namespace) -> None:
+def _maybe_freeze_routers(freeze, task, num_updates: int, args: LoopSpec) -> None:
     """StableMoE baseline: freeze the routers once ``num_updates`` reaches the schedule's step."""
     if freeze is None:
         return
@@ -213,7 +216,7 @@ def _accumulate(sums: Dict[str, torch.Tensor], result: dict, n: int) -> int:
     return n
 
 
-def _epoch_means(sums: Dict[str, torch.Tensor], count: int, args: argparse.Namespace,
+def _epoch_means(sums: Dict[str, torch.Tensor], count: int, args: LoopSpec,
                  device: torch.device) -> Dict[str, float]:
     """Per-sample means of ``sums``, averaged over processes when distributed."""
     out = {}
@@ -225,7 +228,7 @@ def _epoch_means(sums: Dict[str, torch.Tensor], count: int, args: argparse.Names
     return out
 
 
-def _progress_bar(args: argparse.Namespace, total: int, epoch: int):
+def _progress_bar(args: LoopSpec, total: int, epoch: int):
     """A tqdm bar on the primary process unless --no-progress; else None."""
     if not is_primary(args) or args.no_progress:
         return None
@@ -233,7 +236,7 @@ def _progress_bar(args: argparse.Namespace, total: int, epoch: int):
     return tqdm(total=total, desc=f'epoch {epoch}', leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
-def _show_progress(progress, args: argparse.Namespace, batch_idx: int, last: bool, sums: Dict[str, torch.Tensor],
+def _show_progress(progress, args: LoopSpec, batch_idx: int, last: bool, sums: Dict[str, torch.Tensor],
                    count: int, optimizer: torch.optim.Optimizer) -> None:
     """Advance the bar; every --log-interval batches show the running loss (a device sync) and the lr."""
     progress.update(1)
@@ -244,7 +247,7 @@ def _show_progress(progress, args: argparse.Namespace, batch_idx: int, last: boo
 
 @torch.no_grad()
 def validate(
-        model: nn.Module, loader, args: argparse.Namespace, device: torch.device, amp_autocast: Callable = suppress,
+        model: nn.Module, loader, args: LoopSpec, device: torch.device, amp_autocast: Callable = suppress,
         route_fn: Optional[Callable] = None, routing_stats: Optional[RoutingStats] = None, probe_batches: int = 0,
 ) -> Tuple[Dict[str, float], Dict[int, torch.Tensor]]:
     """Top-1/top-5 and loss; optionally routing stats and the probe set's top-1 experts (from the same pass).
@@ -285,7 +288,7 @@ def validate(
     return out, {i: torch.cat(v) for i, v in probe.items()}
 
 
-def mean_over_processes(value: float, args: argparse.Namespace, device=None) -> float:
+def mean_over_processes(value: float, args: LoopSpec, device=None) -> float:
     """``value`` averaged over all processes (itself when not distributed), so that a decision taken from it (the
     adaptive distillation switch) is the same on every rank."""
     if not args.distributed:
@@ -308,7 +311,7 @@ def check_eval_finite(metrics: Dict[str, float], epoch: int, what: str, num_batc
         f'means nothing.', epoch, num_batches, ['eval_loss'])
 
 
-def reduce_routing_stats(stats: RoutingStats, args: argparse.Namespace) -> None:
+def reduce_routing_stats(stats: RoutingStats, args: LoopSpec) -> None:
     """Sum the choice and kept counts, drops and choices of all processes (in place; nothing when not distributed)."""
     if not args.distributed:
         return

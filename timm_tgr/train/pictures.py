@@ -8,15 +8,15 @@ in turn, then the second, ..., chosen once and kept for every epoch. The class-b
 agreement are counted over the whole probe set. Only the primary process draws; a missing matplotlib turns the
 pictures off with one log line.
 """
-import argparse
 import logging
 from itertools import islice
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from timm.utils import unwrap_model
 
 from ..visualize.writer import picture_epoch_dir
+from .spec import RunFolderSpec
 
 __all__ = ['RoutingPictures', 'picture_epoch_dir']
 
@@ -32,9 +32,9 @@ class RoutingPictures:
         self.enabled = True
 
     @classmethod
-    def create(cls, args: argparse.Namespace, model, num_epochs: int) -> Optional['RoutingPictures']:
+    def create(cls, folder: RunFolderSpec, model, num_epochs: int) -> Optional['RoutingPictures']:
         """None unless ``--visualize-every`` > 0 and the model is a timm_tgr MoE model."""
-        if not getattr(args, 'visualize_every', 0):
+        if not folder.visualize_every:
             return None
         if not hasattr(unwrap_model(model), 'routing_infos'):
             _logger.warning('--visualize-every draws MoE routing: the model has none, no pictures.')
@@ -44,7 +44,7 @@ class RoutingPictures:
         except ImportError:
             _logger.warning('--visualize-every needs matplotlib (pip install "timm-tgr[plot]"): no pictures.')
             return None
-        return cls(args.visualize_every, args.visualize_images, num_epochs)
+        return cls(folder.visualize_every, folder.visualize_images, num_epochs)
 
     def due(self, epoch: int) -> bool:
         return self.enabled and ((epoch + 1) % self.every == 0 or epoch == self.num_epochs - 1)
@@ -64,9 +64,10 @@ class RoutingPictures:
         return ProbeImages(torch.stack([x for _, _, x in chosen]), [t for _, t, _ in chosen],
                            [f'validation-{i:05d}' for i, _, _ in chosen])
 
-    def write(self, epoch: int, output_dir: str, model, task, loader, probe_batches: int, args: argparse.Namespace,
+    def write(self, epoch: int, output_dir: str, model, task, loader, probe_batches: int, run_args: Dict[str, Any],
               device: torch.device) -> Dict[str, object]:
-        """Write the epoch's pictures; returns their summary (``routing.json``'s content, paths under 'files')."""
+        """Write the epoch's pictures (``run_args``: the run's record, for the class names and the title); returns
+        their summary (``routing.json``'s content, paths under 'files')."""
         from ..visualize import TeacherRouting, write_routing_pictures
         from ..visualize.load import class_names_for
         base = unwrap_model(model)
@@ -74,10 +75,10 @@ class RoutingPictures:
             self.probe = self._probe_images(islice(loader, max(probe_batches, 1)))
         cfg = base.pretrained_cfg
         out = picture_epoch_dir(output_dir, epoch)
-        class_names = class_names_for(base, vars(args), getattr(loader, 'dataset', None))
+        class_names = class_names_for(base, run_args, getattr(loader, 'dataset', None))
         summary = write_routing_pictures(
             model, out, self.probe, cfg['mean'], cfg['std'], class_names, base.num_classes,
             dataset_batches=islice(loader, max(probe_batches, 1)), dataset_name='the probe set',
-            teacher=TeacherRouting.from_task(task), device=device, title=f'{args.model}, epoch {epoch}')
+            teacher=TeacherRouting.from_task(task), device=device, title=f'{run_args["model"]}, epoch {epoch}')
         _logger.info(f'routing pictures of epoch {epoch} in {out}')
         return summary

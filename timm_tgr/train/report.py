@@ -8,7 +8,6 @@ choices (``entropy``, Table S2) and of the kept assignments (``entropy_kept``), 
 adjacent-epoch routing consistency on the probe set, with their means over blocks; for
 runs started from trained weights also ``consistency_pretrained`` (to the starting weights' routing).
 """
-import argparse
 import csv
 import json
 import logging
@@ -19,6 +18,7 @@ from ..task.metrics import ConsistencyTracker
 from ..task.metrics import mean_over_layers
 from ..utils.checkpoint import write_error
 from ..utils.metrics_log import write_metrics
+from .spec import RunSpec
 
 __all__ = [
     'epoch_row', 'routing_row', 'row_metric', 'log_row', 'record_epoch', 'unrecord_epoch', 'write_rows',
@@ -64,11 +64,12 @@ def routing_row(summary: Dict[int, dict], adjacent: Optional[Dict[int, float]],
     return row
 
 
-def row_metric(row: dict, args: argparse.Namespace) -> float:
+def row_metric(row: dict, spec: RunSpec) -> float:
     """The metric that picks model_best: the EMA's when --model-ema, else the model's."""
-    if args.model_ema and f'eval_ema_{args.eval_metric}' in row:
-        return row[f'eval_ema_{args.eval_metric}']
-    return row[f'eval_{args.eval_metric}']
+    metric = spec.run.eval_metric
+    if spec.model.model_ema and f'eval_ema_{metric}' in row:
+        return row[f'eval_ema_{metric}']
+    return row[f'eval_{metric}']
 
 
 def log_row(row: dict) -> None:
@@ -137,9 +138,10 @@ def unrecord_epoch(output_dir: str, rows: List[dict], epoch: int) -> None:
         _logger.error(f'could not remove epoch {epoch} from the metrics files either ({e})')
 
 
-def write_consistency(output_dir: str, tracker: ConsistencyTracker, rows: List[dict], args: argparse.Namespace) -> None:
+def write_consistency(output_dir: str, tracker: ConsistencyTracker, rows: List[dict],
+                      plot_title: Optional[str]) -> None:
     """``routing_consistency.json``: adjacent and to-final probe consistency per epoch, per block and mean;
-    and its plot unless --no-plot."""
+    and its plot titled ``plot_title`` unless that is None (--no-plot)."""
     adjacent = tracker.adjacent()
     to_final = tracker.to_final()
     epochs = [r['epoch'] for r in rows][-len(tracker.history):] if rows else list(range(len(tracker.history)))
@@ -156,8 +158,8 @@ def write_consistency(output_dir: str, tracker: ConsistencyTracker, rows: List[d
         data['pretrained_mean'] = [r.get('consistency_pretrained') for r in tracked]
     with open(os.path.join(output_dir, 'routing_consistency.json'), 'w') as f:
         json.dump(data, f, indent=1)
-    if not args.no_plot:
-        plot_routing_consistency(rows, os.path.join(output_dir, 'routing_consistency.png'), title=args.model)
+    if plot_title is not None:
+        plot_routing_consistency(rows, os.path.join(output_dir, 'routing_consistency.png'), title=plot_title)
 
 
 def plot_routing_consistency(rows: List[dict], path: str, title: str = '') -> bool:

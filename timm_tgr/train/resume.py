@@ -14,9 +14,8 @@ or corrupt files get one message naming the file and the fix) and then:
 The optimizer's settings (``--lr``, ``--weight-decay``, betas, eps, momentum) are this command's, not the
 checkpoint's: a resume with another ``--lr`` trains the remaining epochs with it (the schedule is rebuilt
 from the flags), and the log names each change. ``args.yaml`` then keeps the earlier flags beside it
-(``setup.write_args_yaml``).
+(:func:`~timm_tgr.train.run_folder.write_args_yaml`).
 """
-import argparse
 import logging
 import os
 from dataclasses import dataclass
@@ -27,17 +26,15 @@ import torch.nn as nn
 from timm.models import clean_state_dict
 from timm.utils import unwrap_model
 
+from ..models._factory import is_architecture_kwarg
+from ..task.options import MODEL, RUN
 from ..utils.checkpoint import as_dict, check_finite, plain_value, read_checkpoint, state_dict_mismatches
+from .record import RESOLVED, flag_names, record_roles
+from .spec import RunSpec
 
 __all__ = ['Resumed', 'resume_run', 'load_resumed_ema', 'run_differences']
 
 _logger = logging.getLogger(__name__)
-
-# model kwargs that change neither the weights' layout nor what the run trains toward
-_NOT_ARCH = ('drop_rate', 'drop_path_rate', 'attn_drop_rate', 'proj_drop_rate', 'pos_drop_rate', 'patch_drop_rate')
-# args that define the run a checkpoint belongs to: (args key, the flag that sets it)
-_RUN_KEYS = (('model_arch', '--model'), ('teacher_resolved', '--teacher'), ('tgr_mode', '--tgr-mode'),
-             ('layer_map', '--layer-map'))
 
 
 @dataclass
@@ -51,7 +48,7 @@ class Resumed:
 def _kwargs_differences(flag: str, before: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
     out = []
     for k in sorted(set(before) | set(now)):
-        if k in _NOT_ARCH or k.startswith('tgr_'):
+        if not is_architecture_kwarg(k):
             continue
         b, n = plain_value(before.get(k, '(default)')), plain_value(now.get(k, '(default)'))
         if b != n:
@@ -59,22 +56,25 @@ def _kwargs_differences(flag: str, before: Dict[str, Any], now: Dict[str, Any]) 
     return out
 
 
-def run_differences(run_args: Dict[str, Any], args: argparse.Namespace, with_optimizer: bool = True) -> List[str]:
-    """What this command trains differently from the run that wrote a checkpoint with ``run_args`` (train_tgr.py
-    args): each as '--flag (the run: X; this command: Y)'. Empty for another trainer's checkpoint."""
+def run_differences(run_args: Dict[str, Any], now: Dict[str, Any], with_optimizer: bool = True) -> List[str]:
+    """What this command (its record ``now``) trains differently from the run that wrote a checkpoint with
+    ``run_args`` (train_tgr.py args): each flag of role model or run (``--opt`` only ``with_optimizer``) as
+    '--flag (the run: X; this command: Y)', a kwargs flag per architecture kwarg. Empty for another trainer's
+    checkpoint."""
     if 'model_kwargs_resolved' not in run_args:
         return []  # not recorded by train_tgr.py: the load below still fails clearly on a mismatch
-    now = vars(args)
     out = []
-    for key, flag in _RUN_KEYS + ((('opt', '--opt'),) if with_optimizer else ()):
-        before = run_args.get(key, run_args.get('model') if key == 'model_arch' else None)
-        if plain_value(before) != plain_value(now.get(key)):
-            out.append(f'{flag} (the run: {before}; this command: {now.get(key)})')
-    out += _kwargs_differences('--model-kwargs', run_args.get('model_kwargs_resolved') or {},
-                               now.get('model_kwargs_resolved') or {})
-    if run_args.get('teacher_resolved') and now.get('teacher_resolved'):
-        out += _kwargs_differences('--teacher-kwargs', run_args.get('teacher_kwargs') or {},
-                                   dict(now.get('teacher_kwargs') or {}))
+    both_guided = bool(run_args.get('teacher_resolved') and now.get('teacher_resolved'))
+    for dest, role in record_roles().items():
+        if role not in (MODEL, RUN) or dest not in flag_names() or (dest == 'opt' and not with_optimizer):
+            continue
+        key = RESOLVED.get(dest, dest)
+        before, value = run_args.get(key, run_args.get(dest)), now.get(key)
+        if isinstance(value, dict):  # --model-kwargs, and --teacher-kwargs when both runs have a teacher
+            if dest != 'teacher_kwargs' or both_guided:
+                out += _kwargs_differences(flag_names()[dest], before or {}, dict(value))
+        elif plain_value(before) != plain_value(value):
+            out.append(f'{flag_names()[dest]} (the run: {before}; this command: {value})')
     return out
 
 
@@ -129,18 +129,18 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, state: Dict[str, Any], pat
                      + ', '.join(f'{k} {n} (the run: {b})' for k, (b, n) in changes.items()) + '.')
 
 
-def resume_run(args: argparse.Namespace, task: nn.Module, optimizer: Optional[torch.optim.Optimizer],
+def resume_run(spec: RunSpec, task: nn.Module, optimizer: Optional[torch.optim.Optimizer],
                loss_scaler=None, log_info: bool = True) -> Resumed:
-    """Restore ``args.resume`` into ``task`` (and ``optimizer`` / ``loss_scaler`` unless --no-resume-opt)."""
-    path = args.resume
-    ckpt = read_checkpoint(path, trust_checkpoint=args.trust_checkpoint, what='--resume')
+    """Restore ``--resume`` into ``task`` (and ``optimizer`` / ``loss_scaler`` unless --no-resume-opt)."""
+    path = spec.run.resume
+    ckpt = read_checkpoint(path, trust_checkpoint=spec.model.trust_checkpoint, what='--resume')
     key = next((k for k in ('state_dict', 'model') if isinstance(ckpt, dict) and isinstance(ckpt.get(k), dict)), None)
     if key is None:
         raise ValueError(
             f"--resume {path} is not a training checkpoint (no 'state_dict'): give last.pth.tar or "
             f'checkpoint-N.pth.tar of a train_tgr.py / timm run; to start from bare weights, use --initial-checkpoint.')
-    keep_opt = optimizer is not None and not args.no_resume_opt
-    differ = run_differences(as_dict(ckpt.get('args')), args, with_optimizer=keep_opt)
+    keep_opt = optimizer is not None and not spec.run.no_resume_opt
+    differ = run_differences(as_dict(ckpt.get('args')), spec.record(), with_optimizer=keep_opt)
     if differ:
         raise ValueError(f'--resume {path} continues a run trained with other settings: {"; ".join(differ)}. '
                          f'{_ways_out(path)}')

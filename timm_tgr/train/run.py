@@ -43,6 +43,7 @@ from .loop import (
 from .pictures import RoutingPictures, picture_epoch_dir
 from .report import epoch_row, log_row, record_epoch, routing_row, row_metric, unrecord_epoch, write_consistency
 from .setup import Training, setup_training
+from .spec import LoopSpec, RunSpec, resolve_run
 from .wandb_log import WandbLogger
 
 __all__ = ['main', 'train']
@@ -60,32 +61,34 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 def train(args: argparse.Namespace) -> dict:
-    """Set up the run of parsed ``args``, train its epochs, write its outputs; returns as :func:`main`."""
-    t = setup_training(args)
+    """Set up the run of parsed ``args`` (:func:`~timm_tgr.train.spec.resolve_run`), train its epochs, write its
+    outputs; returns as :func:`main`."""
+    spec = resolve_run(args)
+    t = setup_training(spec)
     if t.reference is not None:
-        record_reference(t, args)
-    observers = Observers.create(t, args)
+        record_reference(t)
+    observers = Observers.create(t, spec)
     saver = t.run.saver
     best_metric, best_epoch = (saver.best_metric, saver.best_epoch) if saver is not None else (None, None)
     num_updates = t.start_epoch * t.optim.updates_per_epoch
     try:
         for epoch in range(t.start_epoch, t.optim.num_epochs):
             try:
-                row, num_updates = run_epoch(epoch, t, args, num_updates)
+                row, num_updates = run_epoch(epoch, t, spec, num_updates)
             except TrainingDiverged as e:
-                raise diverged(e, t, args) from None
+                raise diverged(e, t, spec) from None
             except KeyboardInterrupt:
                 raise interrupted(t, epoch) from None
-            metric = row_metric(row, args)
+            metric = row_metric(row, spec)
             if t.run.saver is not None:
                 try:
                     best_metric, best_epoch = save_epoch(t, epoch, row, metric)
                 except KeyboardInterrupt:
                     raise interrupted(t, epoch) from None
                 log_row(row)
-                observers.epoch_done(epoch, row, t, args)
+                observers.epoch_done(epoch, row, t, spec)
             t.optim.lr_scheduler.step(epoch + 1, metric)
-        return finish(t, args, best_metric, best_epoch)
+        return finish(t, spec, best_metric, best_epoch)
     finally:
         observers.close()
         if t.run.lock is not None:
@@ -145,18 +148,18 @@ def restore_files(output_dir: str, originals: Dict[str, Optional[bytes]]) -> Non
             _logger.error(f'could not put {path} back as it was ({e})')
 
 
-def diverged(e: TrainingDiverged, t: Training, args: argparse.Namespace) -> TrainingDiverged:
+def diverged(e: TrainingDiverged, t: Training, spec: RunSpec) -> TrainingDiverged:
     """The divergence error with what to do: where the last finite checkpoint is, and what to change."""
     point = t.run.saver.resume_point() if t.run.saver is not None else None
     if point is not None:
         where = (f'Nothing of epoch {e.epoch} was saved: {point[0]} (epoch {point[1]}) is the last finite checkpoint; '
-                 f'continue from it with --resume {point[0]} and a lower --lr (this run: {args.lr:g})')
+                 f'continue from it with --resume {point[0]} and a lower --lr (this run: {spec.optim.lr:g})')
     else:
         where = (f'No checkpoint of this run was written; start it again (another --experiment) with a lower --lr '
-                 f'(this run: {args.lr:g})')
-    clip = ' or gradient clipping (--clip-grad 1.0)' if args.clip_grad is None else ''
+                 f'(this run: {spec.optim.lr:g})')
+    clip = ' or gradient clipping (--clip-grad 1.0)' if spec.optim.clip_grad is None else ''
     error = TrainingDiverged(f'{e} {where}{clip}.', e.epoch, e.step, e.terms)
-    if is_primary(args):
+    if is_primary(spec):
         _logger.error(str(error))
     return error
 
@@ -165,23 +168,25 @@ class Observers:
     """What watches a run from the primary process besides metrics.jsonl: the routing pictures
     (``--visualize-every``) and the wandb run (``--log-wandb``)."""
 
-    def __init__(self, pictures: Optional[RoutingPictures] = None, wandb: Optional[WandbLogger] = None):
-        self.pictures, self.wandb = pictures, wandb
+    def __init__(self, pictures: Optional[RoutingPictures] = None, wandb: Optional[WandbLogger] = None,
+                 run_args: Optional[dict] = None):
+        self.pictures, self.wandb, self.run_args = pictures, wandb, run_args or {}
 
     @classmethod
-    def create(cls, t: Training, args: argparse.Namespace) -> 'Observers':
+    def create(cls, t: Training, spec: RunSpec) -> 'Observers':
         if t.run.saver is None:  # not the primary process
             return cls()
-        return cls(pictures=RoutingPictures.create(args, t.model, t.optim.num_epochs),
-                   wandb=WandbLogger.create(args, t.run.output_dir) if args.log_wandb else None)
+        wandb = WandbLogger.create(spec.run, spec.record(), t.run.output_dir) if spec.run.log_wandb else None
+        return cls(pictures=RoutingPictures.create(spec.run, t.model, t.optim.num_epochs), wandb=wandb,
+                   run_args=spec.record())
 
-    def epoch_done(self, epoch: int, row: dict, t: Training, args: argparse.Namespace) -> None:
+    def epoch_done(self, epoch: int, row: dict, t: Training, spec: RunSpec) -> None:
         """After the epoch's row is recorded: draw its pictures if due, log the row (and pictures) to wandb."""
         pictures, picture_dir = None, ''
         if self.pictures is not None and self.pictures.due(epoch):
             picture_dir = picture_epoch_dir(t.run.output_dir, epoch)
             pictures = self.pictures.write(epoch, t.run.output_dir, t.task.get_eval_model(), t.task, t.loaders.eval,
-                                           t.loaders.probe_batches, args, t.device)
+                                           t.loaders.probe_batches, self.run_args, t.device)
         if self.wandb is not None:
             self.wandb.log(row, pictures, picture_dir)
 
@@ -190,7 +195,7 @@ class Observers:
             self.wandb.finish()
 
 
-def record_reference(t: Training, args: argparse.Namespace) -> None:
+def record_reference(t: Training) -> None:
     """Before the first training step: the starting model's top-1 expert per probe token and MoE layer
     (eval mode), the reference of ``consistency_pretrained``. A resumed run keeps the checkpoint's."""
     if t.reference.assignments is not None:
@@ -205,27 +210,27 @@ def record_reference(t: Training, args: argparse.Namespace) -> None:
         t.task.get_eval_model(), batches, device=t.device, amp_autocast=t.optim.amp_autocast))
 
 
-def run_epoch(epoch: int, t: Training, args: argparse.Namespace, num_updates: int) -> Tuple[dict, int]:
+def run_epoch(epoch: int, t: Training, spec: RunSpec, num_updates: int) -> Tuple[dict, int]:
     """Train and evaluate one epoch; its metrics row and the update count after it."""
     t0 = time.time()
-    random_seed(args.seed + epoch, args.rank)  # every epoch re-seeds: resume reproduces the run
+    random_seed(spec.runtime.seed + epoch, spec.runtime.rank)  # every epoch re-seeds: resume reproduces the run
     set_epoch(t.loaders.train, epoch)
     train_metrics = train_one_epoch(
-        epoch, t.task, t.loaders.train, t.optim.optimizer, args, t.device, lr_scheduler=t.optim.lr_scheduler,
+        epoch, t.task, t.loaders.train, t.optim.optimizer, spec.loop, t.device, lr_scheduler=t.optim.lr_scheduler,
         loss_scaler=t.optim.loss_scaler, amp_autocast=t.optim.amp_autocast, mixup_fn=t.loaders.mixup_fn,
         num_updates_start=num_updates, freeze=t.optim.freeze)
     num_updates = train_metrics.pop('num_updates')
-    row = evaluate_epoch(epoch, t, args, train_metrics)
+    row = evaluate_epoch(epoch, t, spec.loop, train_metrics)
     row['time_s'] = round(time.time() - t0, 2)
     return row, num_updates
 
 
-def evaluate_epoch(epoch: int, t: Training, args: argparse.Namespace, train_metrics: Dict[str, float]) -> dict:
+def evaluate_epoch(epoch: int, t: Training, loop: LoopSpec, train_metrics: Dict[str, float]) -> dict:
     """Validate the model (and the EMA, and teacher-routed in teacher_route mode); routing stats and
     probe-set consistency for MoE models, which also feed the adaptive distillation schedule."""
     eval_model = t.task.get_eval_model()
     stats = RoutingStats() if t.tracker is not None else None
-    validate_ = partial(validate, loader=t.loaders.eval, args=args, device=t.device, amp_autocast=t.optim.amp_autocast)
+    validate_ = partial(validate, loader=t.loaders.eval, args=loop, device=t.device, amp_autocast=t.optim.amp_autocast)
     num_batches = len(t.loaders.eval)
     eval_metrics, probe = validate_(eval_model, routing_stats=stats, probe_batches=t.loaders.probe_batches)
     check_eval_finite(eval_metrics, epoch, 'the model', num_batches)
@@ -240,28 +245,28 @@ def evaluate_epoch(epoch: int, t: Training, args: argparse.Namespace, train_metr
         row['eval_ema_top1'] = ema_metrics['top1']
         row['eval_ema_loss'] = ema_metrics['loss']
     if t.tracker is not None:
-        reduce_routing_stats(stats, args)
+        reduce_routing_stats(stats, loop)
         pretrained = t.reference.consistency(probe) if t.reference is not None and probe else None
         row.update(routing_row(stats.summary(), t.tracker.add(probe) if probe else None, pretrained))
         if isinstance(t.task, TGRTask) and row['consistency_prev'] is not None:  # one decision for all ranks
-            t.task.schedule.observe_consistency(mean_over_processes(row['consistency_prev'], args, t.device))
+            t.task.schedule.observe_consistency(mean_over_processes(row['consistency_prev'], loop, t.device))
     return row
 
 
-def finish(t: Training, args: argparse.Namespace, best_metric, best_epoch) -> dict:
+def finish(t: Training, spec: RunSpec, best_metric, best_epoch) -> dict:
     """Write routing_consistency.json (+ plot), log the best epoch, wait for all processes."""
     result = {'output_dir': t.run.output_dir, 'best_metric': best_metric, 'best_epoch': best_epoch,
               'rows': t.run.rows}
-    if is_primary(args) and t.tracker is not None and t.tracker.history:
-        write_consistency(t.run.output_dir, t.tracker, t.run.rows, args)
-    if is_primary(args):
+    if is_primary(spec) and t.tracker is not None and t.tracker.history:
+        write_consistency(t.run.output_dir, t.tracker, t.run.rows, None if spec.run.no_plot else spec.model.model)
+    if is_primary(spec):
         if t.start_epoch >= t.optim.num_epochs:
             _logger.info(f'Nothing left to do: the run in {t.run.output_dir} has done all its {t.optim.num_epochs} '
-                         f'epochs (raise --epochs to train more). Best {args.eval_metric} {best_metric} at epoch '
+                         f'epochs (raise --epochs to train more). Best {spec.run.eval_metric} {best_metric} at epoch '
                          f'{best_epoch}.')
         else:
-            _logger.info(f'Done: best {args.eval_metric} {best_metric} at epoch {best_epoch}; '
+            _logger.info(f'Done: best {spec.run.eval_metric} {best_metric} at epoch {best_epoch}; '
                          f'outputs in {t.run.output_dir}')
-    if args.distributed:
+    if spec.runtime.distributed:
         torch.distributed.barrier()
     return result

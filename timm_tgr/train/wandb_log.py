@@ -6,12 +6,12 @@ MoE block as ``routing/block<i>/<metric>`` (0-based block index as in metrics.js
 ``routing/block<i>/load/expert<e>``) and, on epochs with ``--visualize-every`` pictures, the sheets as images.
 Install with ``pip install "timm-tgr[wandb]"``; ``WANDB_MODE=offline`` logs to ``<run>/wandb`` without network.
 """
-import argparse
 import logging
 import os
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
-from .args import yaml_safe
+from .record import yaml_safe
+from .spec import RunFolderSpec
 
 __all__ = ['WandbLogger', 'flatten_row']
 
@@ -37,8 +37,9 @@ class WandbLogger:
         self.run, self.wandb = run, wandb_module
 
     @classmethod
-    def create(cls, args: argparse.Namespace, output_dir: str) -> Optional['WandbLogger']:
-        """``wandb.init`` for the run (None, with a warning, when wandb is not installed)."""
+    def create(cls, folder: RunFolderSpec, record: Dict[str, Any], output_dir: str) -> Optional['WandbLogger']:
+        """``wandb.init`` for the run, its ``record`` as config (None, with a warning, when wandb is not
+        installed)."""
         try:
             import wandb
         except ImportError:
@@ -46,9 +47,9 @@ class WandbLogger:
                             '(pip install "timm-tgr[wandb]").')
             return None
         run = wandb.init(
-            project=args.wandb_project, name=os.path.basename(os.path.normpath(output_dir)),
-            config=yaml_safe(vars(args)), tags=args.wandb_tags or None, dir=output_dir, id=args.wandb_resume_id or None,
-            resume='must' if args.wandb_resume_id else None)
+            project=folder.wandb_project, name=os.path.basename(os.path.normpath(output_dir)),
+            config=yaml_safe(record), tags=folder.wandb_tags or None, dir=output_dir,
+            id=folder.wandb_resume_id or None, resume='must' if folder.wandb_resume_id else None)
         return cls(run, wandb)
 
     def log(self, row: dict, pictures: Optional[dict] = None, picture_dir: str = '') -> None:

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from timm.data import create_dataset, create_transform, resolve_data_config
 
+from ..data.fashion_mnist import FASHION_MNIST_NAMES
 from ..models import moe_model
 from ..utils.cli import ArgumentParser, ParseKwargs, torch_threads
 from .load import class_names_for, load_model, load_teacher_routing, run_title
@@ -24,7 +25,6 @@ __all__ = ['main', 'draw', 'build_parser', 'model_data_config', 'image_files']
 _logger = logging.getLogger('timm_tgr.visualize')
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
-_FASHION_MNIST = ('torch/fashion_mnist', 'torchvision/fashion_mnist')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,7 +130,7 @@ def _dataset_probe(dataset, n: int, class_names: Sequence[str], split: str) -> P
 
 
 def _create_dataset(args, transform, img_mode: str):
-    if args.dataset.lower() in _FASHION_MNIST:
+    if args.dataset.lower() in FASHION_MNIST_NAMES:
         from ..data import prepare_fashion_mnist
         prepare_fashion_mnist(args.data_dir)
     dataset = create_dataset(args.dataset, root=args.data_dir, split=args.split, is_training=False,

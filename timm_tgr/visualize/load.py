@@ -15,13 +15,12 @@ import torch.nn as nn
 
 import timm
 
+from ..data.fashion_mnist import FASHION_MNIST_NAMES
 from ..task.teacher_router import TeacherRouting
 
 __all__ = ['LoadedModel', 'load_model', 'load_teacher_routing', 'class_names_for', 'run_title']
 
 _logger = logging.getLogger(__name__)
-
-_FASHION_MNIST = ('torch/fashion_mnist', 'torchvision/fashion_mnist')
 
 
 @dataclass
@@ -112,7 +111,7 @@ def class_names_for(model: nn.Module, run_args: Dict[str, Any], dataset=None,
                       (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')):
         if candidate and len(candidate) == num_classes:
             return [str(c) for c in candidate]
-    if str(run_args.get('dataset', '')).lower() in _FASHION_MNIST and num_classes == 10:
+    if str(run_args.get('dataset', '')).lower() in FASHION_MNIST_NAMES and num_classes == 10:
         from torchvision.datasets import FashionMNIST
         return list(FashionMNIST.classes)
     if num_classes == 1000:
