@@ -130,7 +130,7 @@ def test_dropless_preset(throughput):
 
 
 def test_quick_smoke_run_never_writes_the_committed_results(throughput):
-    """README's smoke run (--quick) writes under the git-ignored output/, never over benchmarks/results/."""
+    """The documented smoke run (--quick) writes under the git-ignored output/, never over benchmarks/results/."""
     cpu = torch.device('cpu')
     quick = throughput.default_out(throughput.parse_args(['--quick', '--device', 'cpu']), cpu)
     assert quick == os.path.join(throughput._ROOT, 'output', 'throughput-cpu-quick.json')
