@@ -39,7 +39,7 @@ Examples::
 
     python benchmarks/throughput.py --device cuda                  # the full issue-6 grid (long: split it)
     python benchmarks/throughput.py --device cuda --models tiny --experts 16,128 --out tiny.json
-    python benchmarks/throughput.py --quick                        # CPU smoke run, seconds
+    python benchmarks/throughput.py --quick                        # CPU smoke run, seconds (output/*-quick.json)
     python benchmarks/throughput.py --preset dropless --threads 2  # the dropless targets (CPU; CUDA adds GPU rows)
 """
 import argparse
@@ -179,7 +179,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--quick', action='store_true',
                    help='tiny CPU smoke settings: ' + ', '.join(f'{k}={v}' for k, v in QUICK.items()))
-    p.add_argument('--out', default=None, help='JSON path (default benchmarks/results/throughput-<device>.json)')
+    p.add_argument('--out', default=None,
+                   help='JSON path (default benchmarks/results/throughput-<device>.json; with --quick '
+                        'output/throughput-<device>-quick.json, so a smoke run never replaces a committed result)')
     args = p.parse_args(argv)
 
     if args.device is None:
@@ -234,6 +236,16 @@ def _device_slug(device: torch.device) -> str:
     if device.type != 'cuda':
         return device.type
     return re.sub(r'[^a-z0-9]+', '-', _device_name(device).lower()).strip('-') or 'cuda'
+
+
+def default_out(args: argparse.Namespace, device: torch.device) -> str:
+    """Where the JSON goes: ``--out``; else a ``--quick`` smoke run writes under the git-ignored ``output/`` and a
+    measurement to ``benchmarks/results/`` (where the committed results are)."""
+    if args.out:
+        return args.out
+    if args.quick:
+        return os.path.join(_ROOT, 'output', f'throughput-{_device_slug(device)}-quick.json')
+    return os.path.join(_ROOT, 'benchmarks', 'results', f'throughput-{_device_slug(device)}.json')
 
 
 def _git_rev() -> Optional[str]:
@@ -740,7 +752,7 @@ def _run(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> Dict[str, o
         'goals_note': None if bench.cuda else ('GPU goals, not evaluated on CPU' + (
             '; the dropless targets are evaluated on every device' if dropless_goals else '')),
     }
-    out = args.out or os.path.join(_ROOT, 'benchmarks', 'results', f'throughput-{_device_slug(device)}.json')
+    out = default_out(args, device)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, 'w') as f:
         json.dump(result, f, indent=2, default=str)

@@ -1,4 +1,8 @@
-"""The package's public names: each one importable from ``timm_tgr`` is the object its home module defines."""
+"""The package's public names: each one importable from ``timm_tgr`` is the object its home module defines.
+
+The top level is the model API (the MoE layers, the model classes, upcycling, and the ``losses``, ``moe_baselines`` and
+``stablemoe`` modules), as docs/models.md says; training, data and helper names are imported from their subpackage
+(``timm_tgr.task``, ``timm_tgr.data``, ``timm_tgr.utils``), as timm keeps ``timm.task`` and ``timm.data`` apart."""
 import importlib
 import inspect
 
@@ -39,6 +43,25 @@ def test_public_name_is_its_home_modules_object(name):
 @pytest.mark.parametrize('name', sorted(MODULES))
 def test_public_module_is_the_module(name):
     assert getattr(timm_tgr, name) is importlib.import_module(MODULES[name])
+
+
+def test_top_level_exports_exactly_the_model_api():
+    assert set(timm_tgr.__all__) == set(PUBLIC) | set(MODULES) | {'__version__'}
+
+
+# names docs point to in their subpackage, not at the top level
+SUBPACKAGE_NAMES = {'timm_tgr.task': ('TGRTask', 'VMoETask', 'GuidanceConfig'),
+                    'timm_tgr.utils': ('read_metrics', 'metrics_row', 'read_checkpoint'),
+                    'timm_tgr.data': ('DeviceDataLoader', 'prepare_fashion_mnist'),
+                    'timm_tgr.models': ('HF_HUB_ORG',)}
+
+
+@pytest.mark.parametrize('package', sorted(SUBPACKAGE_NAMES))
+def test_training_and_helper_names_live_in_their_subpackage(package):
+    module = importlib.import_module(package)
+    for name in SUBPACKAGE_NAMES[package]:
+        assert name in module.__all__, (package, name)
+        assert not hasattr(timm_tgr, name), f'{name} is at the top level: say so in docs/models.md'
 
 
 def test_pre_layout_module_paths_are_gone():

@@ -1,6 +1,9 @@
-"""Every command README.md shows uses flags its program has: each flag of each ``bash`` block's command line must
-appear in that program's ``--help``."""
+"""Every command the docs show uses flags its program has: each flag of each ``bash`` block's command line, in
+README.md, BENCHMARKS.md, CONTRIBUTING.md, every page of docs/ and every study write-up in benchmarks/results/, must
+appear in that program's ``--help``; and every relative link of those pages leads to a file (and heading) that
+exists."""
 import contextlib
+import glob
 import importlib
 import importlib.util
 import io
@@ -13,22 +16,30 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS = os.path.join(ROOT, 'benchmarks')
+# the documentation: what a user or a contributor reads
+DOCS = ['README.md', 'BENCHMARKS.md', 'CONTRIBUTING.md'] + sorted(
+    os.path.relpath(p, ROOT) for pattern in ('docs/**/*.md', 'benchmarks/results/*/README.md')
+    for p in glob.glob(os.path.join(ROOT, pattern), recursive=True))
+
+
+def _read(doc):
+    with open(os.path.join(ROOT, doc)) as f:
+        return f.read()
 
 
 def _commands():
-    """(program, argv) of every command line in README's bash blocks that runs one of ours."""
-    with open(os.path.join(ROOT, 'README.md')) as f:
-        blocks = re.findall(r'```bash\n(.*?)```', f.read(), re.S)
+    """(doc, program, argv) of every command line in the docs' bash blocks that runs one of ours."""
     out = []
-    for block in blocks:
-        for line in block.replace('\\\n', ' ').splitlines():
-            line = line.split(' #')[0].strip()
-            if not line or line.startswith('#'):
-                continue
-            argv = shlex.split(line.replace('[', '').replace(']', ''))
-            found = _program(argv)
-            if found is not None:
-                out.append((found[0], argv[found[1]:]))
+    for doc in DOCS:
+        for block in re.findall(r'```bash\n(.*?)```', _read(doc), re.S):
+            for line in block.replace('\\\n', ' ').splitlines():
+                line = line.split(' #')[0].strip()
+                if not line or line.startswith('#'):
+                    continue
+                argv = shlex.split(line.replace('[', '').replace(']', ''))
+                found = _program(argv)
+                if found is not None:
+                    out.append((doc, found[0], argv[found[1]:]))
     return out
 
 
@@ -81,13 +92,55 @@ def _help(program):
 COMMANDS = _commands()
 
 
-def test_readme_shows_commands_of_every_entry_point():
-    programs = {p for p, _ in COMMANDS}
-    assert {'train', 'quickstart', 'export', 'visualize', 'benchmarks/reproduce'} <= programs, programs
+def test_the_docs_are_found():
+    assert {'docs/models.md', 'docs/training.md', 'docs/troubleshooting.md', 'docs/results.md',
+            'benchmarks/results/cpu_recipe/README.md'} <= set(DOCS), DOCS
 
 
-@pytest.mark.parametrize('program, argv', COMMANDS, ids=[f"{p} {' '.join(a)}"[:80] for p, a in COMMANDS])
-def test_readme_command_flags_exist(program, argv):
+def test_docs_show_commands_of_every_entry_point():
+    programs = {p for _, p, _ in COMMANDS}
+    assert {'train', 'quickstart', 'export', 'visualize', 'benchmarks/reproduce', 'benchmarks/throughput',
+            'benchmarks/transfer', 'benchmarks/upcycle', 'benchmarks/eval_capacity'} <= programs, programs
+    assert {'train', 'quickstart', 'export', 'visualize'} <= {p for d, p, _ in COMMANDS if d == 'README.md'}
+
+
+def test_readme_keeps_the_commands_ci_runs():
+    """.ci/run runs README's test command; the quickstart is the other of "the two commands"."""
+    readme = _read('README.md')
+    assert 'python -m pytest -q ' in readme and 'python -m timm_tgr.quickstart ' in readme
+    assert 'python -m pytest -q' in _read('.ci/run')
+
+
+def test_readme_indexes_every_docs_page():
+    readme = _read('README.md')
+    pages = [d for d in DOCS if d.startswith('docs/')]
+    assert [p for p in pages if f']({p})' not in readme] == []
+
+
+@pytest.mark.parametrize('doc, program, argv', COMMANDS,
+                         ids=[f"{d}: {p} {' '.join(a)}"[:100] for d, p, a in COMMANDS])
+def test_doc_command_flags_exist(doc, program, argv):
     text = _help(program)
     missing = [f for f in _flags(argv, program) if not re.search(r'(?<![\w-])' + re.escape(f) + r'(?![\w-])', text)]
-    assert not missing, f'README runs {program} with {missing}, which its --help does not list'
+    assert not missing, f'{doc} runs {program} with {missing}, which its --help does not list'
+
+
+def _anchors(doc):
+    """GitHub's anchors of a Markdown file's headings (lower case, punctuation dropped, spaces as hyphens)."""
+    text = re.sub(r'```.*?```', '', _read(doc), flags=re.S)
+    return {re.sub(r'[^\w\- ]', '', h.strip().lower()).replace(' ', '-')
+            for h in re.findall(r'^#{1,6} (.*)$', text, re.M)}
+
+
+LINKS = [(doc, target) for doc in DOCS
+         for target in re.findall(r'\]\(([^)\s]+)\)', re.sub(r'```.*?```', '', _read(doc), flags=re.S))
+         if not re.match(r'[a-z]+:', target)]
+
+
+@pytest.mark.parametrize('doc, target', LINKS, ids=[f'{d} -> {t}'[:100] for d, t in LINKS])
+def test_doc_links_resolve(doc, target):
+    path, _, anchor = target.partition('#')
+    dest = os.path.normpath(os.path.join(os.path.dirname(doc), path)) if path else doc
+    assert os.path.exists(os.path.join(ROOT, dest)), f'{doc} links to {target}: {dest} does not exist'
+    if anchor and dest.endswith('.md'):
+        assert anchor in _anchors(dest), f'{doc} links to {target}: {dest} has no heading #{anchor}'

@@ -1,6 +1,6 @@
 """Fashion-MNIST quickstart: dense teacher -> TGR-MoE student -> evaluation -> student-only export.
 
-    python -m timm_tgr.quickstart                      # quick recipe: about 15 min on 2 CPU cores
+    python -m timm_tgr.quickstart                      # quick recipe: about 17 min on 2 CPU cores
     python -m timm_tgr.quickstart --recipe full        # longer recipe, meant for a GPU
 
 Steps (each a ``train_tgr.py`` run with a shipped config, ``timm_tgr/configs/fmnist_<recipe>_*.yaml``):
@@ -42,7 +42,7 @@ def config_path(name: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog='python -m timm_tgr.quickstart', description=__doc__.split('\n')[0])
-    p.add_argument('--recipe', default='quick', choices=RECIPES, help='quick (CPU, ~15 min) or full (GPU)')
+    p.add_argument('--recipe', default='quick', choices=RECIPES, help='quick (CPU: about 17 min on 2 cores) or full (GPU)')
     p.add_argument('--data-dir', default='data', help='where Fashion-MNIST is (or is prepared)')
     p.add_argument('--output', default='output/quickstart', help='runs, checkpoints and export go here')
     p.add_argument('--no-download', action='store_true',

@@ -129,6 +129,17 @@ def test_dropless_preset(throughput):
     assert args.batch_size == 4
 
 
+def test_quick_smoke_run_never_writes_the_committed_results(throughput):
+    """The documented smoke run (--quick) writes under the git-ignored output/, never over benchmarks/results/."""
+    cpu = torch.device('cpu')
+    quick = throughput.default_out(throughput.parse_args(['--quick', '--device', 'cpu']), cpu)
+    assert quick == os.path.join(throughput._ROOT, 'output', 'throughput-cpu-quick.json')
+    measured = throughput.default_out(throughput.parse_args(['--device', 'cpu']), cpu)
+    assert measured == os.path.join(throughput._ROOT, 'benchmarks', 'results', 'throughput-cpu.json')
+    given = throughput.parse_args(['--quick', '--device', 'cpu', '--out', 'x.json'])
+    assert throughput.default_out(given, cpu) == 'x.json'
+
+
 def test_cli_validation(throughput):
     args = throughput.parse_args(['--quick', '--device', 'cpu'])
     assert (args.img_size, args.models, args.compile_modes, args.amp_dtype) == (32, ['tiny'], ['eager'], 'float32')

@@ -18,7 +18,7 @@ def test_step0_upcycled_model_is_its_dense_parent_at_full_eval_capacity(study):
     s0 = result['step0']
     full = s0['upcycled'][str(float(result['experts']))]
     assert full['top1'] == s0['dense_top1'] and full['dropped_fraction'] == 0.
-    assert full['max_abs_logit_diff_rel'] < 1e-4  # the tolerance stated in README / timm_tgr.models.upcycle
+    assert full['max_abs_logit_diff_rel'] < 1e-4  # the tolerance stated in docs/upcycling.md / timm_tgr.models.upcycle
     assert s0['upcycled']['1.05']['eval_capacity_factor'] == 1.05
 
 

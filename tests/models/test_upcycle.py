@@ -10,7 +10,7 @@ from test_export import REPO, _hub_cache, _offline  # an HF cache laid out as hu
 from timm_tgr.models import HF_HUB_ORG, UPCYCLED_TAG, upcycle_dense_state_dict, upcycle_from
 
 # eval logits of the upcycled model equal the dense model's to TOL * max|dense logit|: the gates are
-# 1/E * (1 + O(router logit spread = 1e-5)); measured 0.7e-5 to 1.2e-5 of max|logit| (README)
+# 1/E * (1 + O(router logit spread = 1e-5)); measured 0.7e-5 to 1.2e-5 of max|logit| (docs/upcycling.md)
 TOL = 1e-4
 TINY = 'deit_tiny_patch16_224'
 # the Fashion-MNIST quickstart's width on 28x28 images: 17 tokens, E=8

@@ -98,7 +98,8 @@ def test_bad_flags_are_refused_by_the_parser(argv, message, capsys):
 
 
 def test_a_bad_flag_is_one_line_with_status_2_and_no_usage(capsys):
-    """README: a bad flag ends with one error line and argparse's status 2; the usage comes with --help only."""
+    """docs/troubleshooting.md: a bad flag ends with one error line and argparse's status 2; the usage comes with
+    --help only."""
     with pytest.raises(SystemExit) as e:
         parse_args(['--epochs', '0'])
     err = capsys.readouterr().err

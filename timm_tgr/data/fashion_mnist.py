@@ -5,9 +5,12 @@ which expects the decompressed idx files in ``<root>/FashionMNIST/raw/``.
 :func:`prepare_fashion_mnist` puts them there from the first source that has them:
 
 1. files already in ``<root>/FashionMNIST/raw/`` (a previous run);
-2. Debian's package (``apt-get install dataset-fashion-mnist``: ``/usr/share/datasets/fashion-mnist``)
-   or any directory given by ``TIMM_TGR_FASHION_MNIST`` holding the four ``*-ubyte.gz`` files;
+2. the four ``*-ubyte.gz`` (or decompressed) files in ``<root>/FashionMNIST/raw/`` or in ``<root>`` itself,
+   then in a directory given by ``TIMM_TGR_FASHION_MNIST``, then Debian's package
+   (``apt-get install dataset-fashion-mnist``: ``/usr/share/datasets/fashion-mnist``);
 3. torchvision's download, only when ``download=True``.
+
+A directory holding only some of the four files is passed over with a warning that names the missing ones.
 
 When none applies, or the download fails (offline), it raises an error that lists the three ways to get
 the data.
@@ -17,6 +20,7 @@ data, as many labels as images, labels below the class count; a corrupt ``.gz`` 
 and never copied into ``raw/``. Each error names the file and how to get a good one.
 """
 import gzip
+import logging
 import os
 import shutil
 import zlib
@@ -25,6 +29,8 @@ from typing import Optional
 import numpy as np
 
 from .idx import check_idx_size, read_idx, write_idx
+
+_logger = logging.getLogger(__name__)
 
 __all__ = ['FASHION_MNIST_FILES', 'prepare_fashion_mnist', 'FASHION_MNIST_MEAN', 'FASHION_MNIST_STD', 'MNIST_FOLDERS',
            'check_mnist_files', 'write_synthetic_fashion_mnist']
@@ -46,9 +52,11 @@ def _has_all(raw: str) -> bool:
     return all(os.path.isfile(os.path.join(raw, f)) for f in FASHION_MNIST_FILES)
 
 
-def _source_dirs(source_dir: Optional[str]):
+def _source_dirs(root: str, source_dir: Optional[str]):
     if source_dir:
         yield source_dir
+    yield _raw_dir(root)  # torchvision's layout (its download keeps the .gz files there)
+    yield root  # the files put straight into the data folder
     env = os.environ.get('TIMM_TGR_FASHION_MNIST')
     if env:
         yield env
@@ -63,10 +71,15 @@ def prepare_fashion_mnist(root: str, download: bool = False, source_dir: Optiona
     raw = _raw_dir(root)
     if _has_all(raw):
         return 'existing'
-    for src in _source_dirs(source_dir):
+    for src in _source_dirs(root, source_dir):
         gz = [os.path.join(src, f + '.gz') for f in FASHION_MNIST_FILES]
         plain = [os.path.join(src, f) for f in FASHION_MNIST_FILES]
-        if not (all(os.path.isfile(p) for p in gz) or all(os.path.isfile(p) for p in plain)):
+        found = [f for f, g, p in zip(FASHION_MNIST_FILES, gz, plain) if os.path.isfile(p) or os.path.isfile(g)]
+        if len(found) < len(FASHION_MNIST_FILES):
+            if found:  # someone put files there: say why they are not used
+                missing = [f + '.gz' for f in FASHION_MNIST_FILES if f not in found]
+                _logger.warning(f'{src} holds {len(found)} of the 4 Fashion-MNIST files (missing: '
+                                f'{", ".join(missing)}): passed over, looking further.')
             continue
         os.makedirs(raw, exist_ok=True)
         for name, g, p in zip(FASHION_MNIST_FILES, gz, plain):
@@ -107,7 +120,8 @@ def _ways_to_get_it() -> str:
     return (
         f'Get it one of three ways: '
         f'(1) apt-get install dataset-fashion-mnist (Debian/Ubuntu; files in {DEBIAN_FASHION_MNIST_DIR}); '
-        f'(2) set TIMM_TGR_FASHION_MNIST to a directory holding {", ".join(f + ".gz" for f in FASHION_MNIST_FILES)}; '
+        f'(2) put {", ".join(f + ".gz" for f in FASHION_MNIST_FILES)} into the data folder, or set '
+        f'TIMM_TGR_FASHION_MNIST to a directory holding them; '
         f'(3) download it with torchvision (needs internet): train_tgr.py --dataset-download, or the quickstart '
         f'without --no-download.')
 

@@ -120,7 +120,7 @@ class GroupedExperts(nn.Module):
       autocast dtype here; the bias is added after the matmul. ``dim`` and ``hidden_dim`` must be
       multiples of 8 (16-byte strides in bf16). Under ``torch.compile`` only bf16/fp16 operands take
       ``_grouped_mm`` (torch's meta kernel rejects fp32); fp32 there falls back to ``'bmm'``.
-      Same results as ``'bmm'`` up to float rounding; no speed claim is made for it (BENCHMARKS.md).
+      Same results as ``'bmm'`` up to float rounding; no speed claim is made for it (docs/moe_layer.md).
 
     :meth:`forward_jagged` runs the experts on rows sorted by expert instead (one grouped matmul per layer over
     groups of any size, no padding); :meth:`jagged_dtype` says whether this torch can, for a given input.

@@ -3,7 +3,7 @@
 Every expert of an MoE block starts as a copy of the dense block's MLP. A V-MoE block then computes
 ``y = sum_k p_k * MLP(x)`` over the kept top-K choices, with the un-renormalized softmax gates p_k of
 :mod:`timm_tgr.layers.router`, and a choice over its expert's capacity adds nothing. Three choices make the eval-mode
-outputs those of the dense model (measurements: README, "Upcycling from dense DeiT weights"):
+outputs those of the dense model (measurements: docs/upcycling.md):
 
 - ``expert_scale`` (default E/K) multiplies every expert's fc2 weight and bias, so that near-uniform gates
   p_k = 1/E give ``sum_k 1/E * E/K * MLP(x) = MLP(x)``.

@@ -64,8 +64,8 @@ class VMoEVisionTransformerDistilled(MoEVisionTransformerMixin, VisionTransforme
 
 
 # Model kwargs that upcycled weights change from V-MoE's defaults, for fine-tuning from them (kwargs given to
-# create_model win). Chosen by the fine-tuning study (BENCHMARKS.md, "Fine-tuning from upcycled weights", which
-# holds its numbers): V-MoE's code's noise '1/E' keeps the training-mode MoE output close to the dense MLP's at
+# create_model win). Chosen by the fine-tuning study (benchmarks/results/upcycle-finetune/, which holds its
+# numbers): V-MoE's code's noise '1/E' keeps the training-mode MoE output close to the dense MLP's at
 # step 0, where the paper's 1.0 moves it further. Eval mode always gets eval_capacity_factor=E/K (nothing dropped:
 # the dense function).
 UPCYCLED_FINETUNE_DEFAULTS: Dict[str, object] = {'router_noise_std': '1/E'}
