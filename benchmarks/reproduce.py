@@ -199,21 +199,30 @@ def _record_invocation(args, argv, device: str, plan: Plan, synthetic: bool, tie
     write_json(env_path, environment)
     settings_path = os.path.join(args.output, 'settings.json')
     settings = _settings(args, plan, synthetic, tier)
-    if os.path.isfile(settings_path) and 'baseline_study' in read_json(settings_path):  # kept across invocations
-        settings['baseline_study'] = read_json(settings_path)['baseline_study']
+    baseline = _baseline_study(args, read_json(settings_path) if os.path.isfile(settings_path) else {})
+    if baseline:
+        settings['baseline_study'] = baseline
     write_json(settings_path, settings)
 
 
+def _baseline_study(args, settings: dict) -> Optional[dict]:
+    """settings.json's ``baseline_study``, where :func:`build_report` reads it (checked there): ``--baseline-study``,
+    else what ``settings`` (an earlier invocation's) recorded."""
+    if args.baseline_study is None:
+        return settings.get('baseline_study')
+    return {'study': os.path.relpath(os.path.abspath(args.baseline_study), ROOT),
+            'variants': list(args.baseline_variants)}
+
+
 def _record_baseline(args) -> None:
-    """Note ``--baseline-study`` in settings.json, where :func:`build_report` reads it (checked there)."""
+    """``--report-only`` with ``--baseline-study``: note it in the study's settings.json."""
     if args.baseline_study is None:
         return
     path = os.path.join(args.output, 'settings.json')
     if not os.path.isfile(path):
         raise SystemExit(f'{path} is missing: --baseline-study adds rows to a study that has run (train first)')
     settings = read_json(path)
-    settings['baseline_study'] = {'study': os.path.relpath(os.path.abspath(args.baseline_study), ROOT),
-                                  'variants': list(args.baseline_variants)}
+    settings['baseline_study'] = _baseline_study(args, settings)
     write_json(path, settings)
 
 
@@ -281,7 +290,6 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.estimate_only:
         return {'estimate': json.loads(json.dumps(est))}
     _record_invocation(args, argv, device, plan, synthetic, tier)
-    _record_baseline(args)
     report = _train(args, plan, runs, device)
     publish(args.output, args.publish)
     return report

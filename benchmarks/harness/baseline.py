@@ -9,6 +9,7 @@ import os
 from typing import List, Sequence, Tuple
 
 from .files import read_json
+from .runner import ROOT
 
 # settings that must agree for a row of one study to stand beside the rows of another
 SAME_STUDENT = ('recipe', 'student_config', 'epochs', 'student_model_kwargs', 'main_experts', 'synthetic_data',
@@ -55,6 +56,6 @@ def baseline_runs(study: str, variants: Sequence[str], settings: dict, own_runs:
         raise SystemExit(f'--baseline-study {study} cannot supply {list(variants)} to this study: '
                          + '; '.join(problems) + '. Train those rows here instead (--variants).')
     gits = sorted({inv.get('git') for inv in data.get('environment', {}).get('invocations', []) if inv.get('git')})
-    record = {'study': name, 'path': os.path.relpath(path), 'variants': list(variants), 'git': gits,
-              'runs': sorted(r['name'] for r in runs)}
+    record = {'study': name, 'path': os.path.relpath(os.path.abspath(path), ROOT), 'variants': list(variants),
+              'git': gits, 'runs': sorted(r['name'] for r in runs)}
     return runs, record

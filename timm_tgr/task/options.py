@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 __all__ = ['TGR_MODES', 'MODEL', 'RUN', 'RECIPE', 'RECORDED', 'NEUTRAL', 'RUN_FOLDER', 'ROLES', 'Option', 'option',
            'GuidanceConfig', 'guidance_options', 'paper_value', 'option_help', 'option_types', 'check_option',
-           'describe_range']
+           'describe_range', 'no_teacher']
 
 TGR_MODES = ('tgr', 'distill_only', 'teacher_route')
 
@@ -114,7 +114,12 @@ class GuidanceConfig:
     @property
     def guided(self) -> bool:
         """False for ``teacher='none'``: train without teacher guidance."""
-        return not (isinstance(self.teacher, str) and self.teacher.lower() == 'none')
+        return not no_teacher(self.teacher)
+
+
+def no_teacher(teacher: Any) -> bool:
+    """Whether a ``teacher`` option says to train without one (``'none'``, any case)."""
+    return isinstance(teacher, str) and teacher.lower() == 'none'
 
 
 @functools.lru_cache(maxsize=None)

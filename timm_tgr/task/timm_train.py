@@ -43,7 +43,7 @@ from timm.utils import unwrap_model
 
 from ..models import moe_model
 from .factory import create_training_task
-from .options import GuidanceConfig, check_option, guidance_options, option_help, option_types
+from .options import GuidanceConfig, check_option, guidance_options, no_teacher, option_help, option_types
 from .teacher import default_teacher, teacher_fixes
 
 _logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def model_guidance_cfg(model: nn.Module) -> Dict[str, Any]:
 def _wants_guidance(base: nn.Module, cfg: Dict[str, Any]) -> bool:
     if 'enable' in cfg:
         return bool(cfg['enable'])
-    if isinstance(cfg.get('teacher'), str) and cfg['teacher'].lower() == 'none':
+    if no_teacher(cfg.get('teacher')):
         return False
     name = (getattr(base, 'pretrained_cfg', None) or {}).get('architecture', '')
     return name.startswith('tgr_') or bool(cfg)

@@ -16,8 +16,8 @@ import yaml
 import timm
 
 from ..task.options import (
-    MODEL, NEUTRAL, RECIPE, RECORDED, ROLES, RUN, RUN_FOLDER, GuidanceConfig, guidance_options, option_help,
-    option_types,
+    MODEL, NEUTRAL, RECIPE, RECORDED, ROLES, RUN, RUN_FOLDER, GuidanceConfig, guidance_options, no_teacher,
+    option_help, option_types,
 )
 from ..utils.checkpoint import run_outputs
 from ..utils.cli import ArgumentParser, ParseKwargs
@@ -419,7 +419,7 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     if args.teacher_routers_from and not os.path.isfile(args.teacher_routers_from):
         parser.error(f'--teacher-routers-from {args.teacher_routers_from!r}: no such file (give the pre-training '
                      f"run's checkpoint, e.g. its last.pth.tar)")
-    if args.teacher_routers_from and args.teacher is not None and args.teacher.lower() == 'none':
+    if args.teacher_routers_from and no_teacher(args.teacher):
         parser.error('--teacher-routers-from needs a teacher to guide the routers: drop --teacher none')
     if not timm.is_model(args.model) and not args.model.startswith(('hf-hub:', 'local-dir:')):
         parser.error(f'--model {args.model!r} is not a timm model; see timm.list_models("*moe*") '

@@ -18,7 +18,7 @@ from timm.utils.distributed import init_distributed_device_so
 from ..data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from ..data.fashion_mnist import FASHION_MNIST_NAMES
 from ..task import default_teacher
-from ..task.options import GuidanceConfig
+from ..task.options import GuidanceConfig, no_teacher
 from ..task.teacher import teacher_fixes
 from .args import guidance_from_flags
 from .finetune import model_source
@@ -288,7 +288,7 @@ TRAIN_TGR_TEACHER_FIXES = dict(
 def resolve_teacher(flags: Mapping[str, Any], arch: str) -> Optional[str]:
     """The teacher's name: --teacher, else the paper's for ``tgr_*`` models; None for 'none' or no teacher."""
     teacher = flags['teacher']
-    if teacher is not None and teacher.lower() == 'none':
+    if no_teacher(teacher):
         return None
     if teacher is None and arch.startswith('tgr_'):
         with teacher_fixes(TRAIN_TGR_TEACHER_FIXES):
