@@ -37,7 +37,7 @@ It is not a peak and is a rough guide only.
 
 Examples::
 
-    python benchmarks/throughput.py --device cuda                  # the full issue-6 grid (long: split it)
+    python benchmarks/throughput.py --device cuda                  # the full grid (long: split it)
     python benchmarks/throughput.py --device cuda --models tiny --experts 16,128 --out tiny.json
     python benchmarks/throughput.py --quick                        # CPU smoke run, seconds (output/*-quick.json)
     python benchmarks/throughput.py --preset dropless --threads 2  # the dropless targets (CPU; CUDA adds GPU rows)
